@@ -1,0 +1,263 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_ftprop
+from keras_ftprop import HardThreshold, SaturatedReLU, Staircase, target_losses
+from tests import numpy_reference as ref
+from tests.custom_target_loss import Cubic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _every_layer_model(seed=0):
+    """A small conv net with every layer kind, a custom loss, and a layer as ``activation=``."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(6, 3, padding="same"),
+            HardThreshold(),
+            keras.layers.Conv2D(6, 3, padding="same", activation=HardThreshold(target_loss="sste", zero_one=True)),
+            Staircase(steps=3, target_loss=Cubic(), scale_by_grad=False),
+            keras.layers.Conv2D(6, 3, padding="same"),
+            Staircase(steps=5, target_loss=target_losses.SoftHinge(xscale=2.0), low=-1.0, high=2.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8),
+            SaturatedReLU(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def _data(n=16, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8, 8, 3)).astype(np.float32), rng.integers(0, 3, size=n)
+
+
+def _weight_gradients(model, x, y):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+def _run_python(code, tmp_path):
+    """Runs ``code`` in a fresh interpreter from the repository root."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        HardThreshold(),
+        HardThreshold(target_loss="sigmoid", scale_by_grad=False, zero_one=True, name="h"),
+        Staircase(steps=5, target_loss="sste", low=-1.0, high=3.0),
+        Staircase(target_loss=Cubic()),
+        SaturatedReLU(),
+    ],
+)
+def test_config_round_trip(layer):
+    config = layer.get_config()
+    json.dumps(keras.saving.serialize_keras_object(layer))  # JSON-serializable
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    if hasattr(layer, "target_loss"):
+        assert clone.target_loss == layer.target_loss
+    x = tf.constant(np.linspace(-3, 3, 24, dtype=np.float32).reshape(2, 12))
+    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+
+
+def test_layers_are_registered_under_the_package():
+    for cls in (HardThreshold, Staircase, SaturatedReLU):
+        assert keras.saving.get_registered_name(cls) == f"keras_ftprop>{cls.__name__}"
+        assert keras.saving.get_registered_object(f"keras_ftprop>{cls.__name__}") is cls
+
+
+def test_layer_gradient_is_the_op_gradient():
+    layer = Staircase(steps=4, target_loss="truncated_hinge", low=-1.0, high=1.0)
+    x = tf.constant(np.linspace(-2, 2, 33, dtype=np.float32).reshape(3, 11))
+    g = tf.constant(np.random.default_rng(3).normal(size=(3, 11)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    expected = ref.staircase_grad("truncated_hinge", x.numpy(), g.numpy(), 4, -1.0, 1.0, True)
+    np.testing.assert_allclose(tape.gradient(y, x, output_gradients=g).numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_layers_cast_integer_inputs():
+    y = HardThreshold()(tf.constant([[-2, 0, 3]]))
+    assert y.dtype == tf.float32
+    np.testing.assert_array_equal(y.numpy(), [[-1, -1, 1]])
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="valid names are: soft_hinge"):
+        HardThreshold(target_loss="hinge")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        Staircase(steps=0)
+    with pytest.raises(ValueError, match="high > low"):
+        Staircase(low=1.0, high=-1.0)
+
+
+def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
+    model = _every_layer_model()
+    x, y = _data()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)  # non-initial weights, built optimizer
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    _run_python(
+        f"""
+        import numpy as np, keras, tensorflow as tf
+        import keras_ftprop
+        import tests.custom_target_loss
+        from tests.test_layers import _weight_gradients
+        model = keras.saving.load_model({str(path)!r})
+        data = np.load({str(tmp_path / "data.npz")!r})
+        grads = _weight_gradients(model, data["x"], data["y"])
+        np.savez({str(tmp_path / "out.npz")!r}, pred=model.predict(data["x"], verbose=0), *grads)
+        """,
+        tmp_path,
+    )
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(out["pred"], model.predict(x, verbose=0))
+    expected = _weight_gradients(model, x, y)
+    assert len(expected) == len(out.files) - 1
+    for i, grad in enumerate(expected):
+        np.testing.assert_allclose(out[f"arr_{i}"], grad, rtol=1e-6, atol=1e-7)
+
+
+def test_export_serves_without_the_library(tmp_path):
+    model = _every_layer_model()
+    x, _ = _data()
+    model.export(str(tmp_path / "exported"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    _run_python(
+        f"""
+        import sys, numpy as np, tensorflow as tf
+        served = tf.saved_model.load({str(tmp_path / "exported")!r})
+        out = served.serve(tf.constant(np.load({str(tmp_path / "x.npy")!r})))
+        assert "keras_ftprop" not in sys.modules
+        np.save({str(tmp_path / "served.npy")!r}, out.numpy())
+        """,
+        tmp_path,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "served.npy"), model.predict(x, verbose=0))
+
+
+def test_layer_as_activation_argument():
+    dense = keras.layers.Dense(4, activation=HardThreshold(zero_one=True))
+    y = dense(tf.ones((2, 3)))
+    assert set(np.unique(y.numpy())) <= {0.0, 1.0}
+    clone = keras.layers.Dense.from_config(dense.get_config())
+    assert isinstance(clone.activation, HardThreshold) and clone.activation.zero_one
+
+
+def test_mixed_precision_dtypes():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _every_layer_model()
+        x, y = _data()
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            hidden = model.layers[1](model.layers[0](xt))
+            out = model(xt)
+        assert hidden.dtype == tf.float16
+        assert tape.gradient(hidden, xt).dtype == tf.float32  # back through the float32 input cast
+        for layer in model.layers:
+            if isinstance(layer, (HardThreshold, Staircase, SaturatedReLU)):
+                assert layer.compute_dtype == "float16"
+        assert out.dtype == tf.float16
+        grads = _weight_gradients(model, x, y)
+        assert all(np.isfinite(g).all() for g in grads)
+        assert any(np.abs(g).sum() > 0 for g in grads[:2]), "no gradient reached the first conv"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("scale_by_grad", [True, False])
+def test_mirrored_gradients_equal_single_device(scale_by_grad):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2, "tests/conftest.py should provide two logical CPUs"
+    x, y = _data(n=8)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(4, 3),
+                HardThreshold(scale_by_grad=scale_by_grad),
+                keras.layers.Conv2D(4, 3),
+                Staircase(scale_by_grad=scale_by_grad),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    single = build()
+    expected = _weight_gradients(single, x, y)
+
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        mirrored = build()
+    mirrored.set_weights(single.get_weights())
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
+    features, labels = next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+    @tf.function
+    def replica_gradients(features, labels):
+        with tf.GradientTape() as tape:
+            loss = ce(labels, mirrored(features, training=True)) / len(x)
+        return tape.gradient(loss, mirrored.trainable_variables)
+
+    per_replica = strategy.run(replica_gradients, args=(features, labels))
+    got = [strategy.reduce("SUM", g, axis=None).numpy() for g in per_replica]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _xor_data(n, seed):
+    """Two classes as the XOR of two signs, plus noise features: no linear model beats chance."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int32)
+    return x, y
+
+
+@pytest.mark.parametrize("target_loss", ["soft_hinge", "sste"])
+def test_hidden_step_units_learn_xor(target_loss):
+    x, y = _xor_data(2048, seed=0)
+    x_test, y_test = _xor_data(1024, seed=1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(32),
+            HardThreshold(target_loss=target_loss),
+            keras.layers.Dense(32),
+            Staircase(steps=3, target_loss=target_loss, low=-1.0, high=1.0),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=64, epochs=15, verbose=0)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    assert accuracy > 0.85, f"{target_loss}: test accuracy {accuracy:.3f} (chance 0.5)"

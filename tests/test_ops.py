@@ -1,0 +1,152 @@
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ftprop import ops
+from tests import numpy_reference as ref
+
+STAIRCASES = [  # (steps, low, high)
+    (3, 0.0, 1.0),
+    (5, 0.0, 1.0),
+    (1, 0.0, 1.0),
+    (4, -1.0, 3.0),
+    (2, 0.5, 0.75),
+]
+
+
+def _inputs(low=-1.0, high=1.0, batch=6, units=16, seed=0):
+    """Pre-activations spread over and beyond [low, high] with the tie points, and
+    upstream gradients that include exact zeros (units with no target)."""
+    rng = np.random.default_rng(seed)
+    span = high - low
+    x = rng.uniform(low - 0.75 * span, high + 0.75 * span, size=(batch, units)).astype(np.float32)
+    x[0, :5] = [low, high, (low + high) / 2, 0.0, low + span / 4]
+    x[1, :4] = [-1.0, 1.0, 0.0, 0.0]
+    g = rng.normal(size=(batch, units)).astype(np.float32)
+    g[rng.random(size=g.shape) < 0.2] = 0.0
+    g[1, 2] = 0.0  # x = 0 and no target
+    return x, g
+
+
+def _grad(fn, x, g):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    return y.numpy(), tape.gradient(y, x, output_gradients=tf.constant(g)).numpy()
+
+
+@pytest.mark.parametrize(
+    "name, scale_by_grad, zero_one",
+    list(itertools.product(ref.LOSSES, [True, False], [False, True])),
+)
+def test_hard_threshold_matches_numpy(name, scale_by_grad, zero_one):
+    x, g = _inputs()
+    y, grad = _grad(lambda v: ops.hard_threshold(v, name, scale_by_grad, zero_one), x, g)
+    np.testing.assert_array_equal(y, ref.step_forward(x, zero_one))
+    np.testing.assert_allclose(grad, ref.step_grad(name, x, g, scale_by_grad), rtol=2e-5, atol=1e-7)
+    if name not in ("ste", "linear") or not scale_by_grad:
+        assert np.all(grad[g == 0] == 0), "a unit with no target must get no gradient"
+
+
+@pytest.mark.parametrize(
+    "name, scale_by_grad, shape",
+    list(itertools.product(ref.LOSSES, [True, False], STAIRCASES)),
+)
+def test_staircase_matches_numpy(name, scale_by_grad, shape):
+    steps, low, high = shape
+    x, g = _inputs(low, high)
+    y, grad = _grad(lambda v: ops.staircase(v, steps, name, scale_by_grad, low, high), x, g)
+    np.testing.assert_allclose(y, ref.staircase_forward(x, steps, low, high), rtol=0, atol=1e-6)
+    expected = ref.staircase_grad(name, x, g, steps, low, high, scale_by_grad)
+    np.testing.assert_allclose(grad, expected, rtol=2e-5, atol=1e-7)
+
+
+def test_step_forward_at_the_tie_point():
+    x = tf.constant([-1e-30, -0.0, 0.0, 1e-30, np.inf, -np.inf])
+    np.testing.assert_array_equal(ops.hard_threshold(x).numpy(), [-1, -1, -1, 1, 1, -1])
+    np.testing.assert_array_equal(ops.hard_threshold(x, zero_one=True).numpy(), [0, 0, 0, 1, 1, 0])
+
+
+def test_staircase_forward_boundaries_by_hand():
+    # n = 3 on [0, 1]: thresholds at x' = 0, 1/2, 1; levels {0, 1/3, 2/3, 1}
+    x = tf.constant([-5.0, -0.1, 0.0, 1e-6, 0.5, 0.500001, 1.0, 1.000001, 1.5, 9.0])
+    expected = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 3], np.float32) / 3
+    np.testing.assert_array_equal(ops.staircase(x, steps=3).numpy(), expected)
+
+
+def test_staircase_forward_on_a_shifted_range():
+    # n = 2 on [-2, 2]: x' = (x + 2) / 4, thresholds at x = -2 and x = 2; levels {-2, 0, 2}
+    x = tf.constant([-3.0, -2.0, -1.99, 0.0, 2.0, 2.01])
+    np.testing.assert_allclose(ops.staircase(x, 2, low=-2.0, high=2.0).numpy(), [-2, -2, 0, 0, 0, 2], atol=1e-6)
+
+
+def test_single_step_staircase_is_a_zero_one_step():
+    x = tf.constant([-1.0, 0.0, 1e-3, 0.7, 3.0])
+    np.testing.assert_array_equal(ops.staircase(x, steps=1).numpy(), [0, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("op", [ops.hard_threshold, ops.staircase, ops.saturated_relu])
+@pytest.mark.parametrize("value", [[1, 2], [True], ["a"], np.array([3], np.uint8)])
+def test_ops_refuse_non_floating_tensors(op, value):
+    dtype = tf.constant(value).dtype.name
+    with pytest.raises(ValueError, match=f"floating-point tensor.*got dtype {dtype}"):
+        op(value)
+
+
+@pytest.mark.parametrize("steps", [0, -2, 2.5, "three", True])
+def test_staircase_rejects_bad_steps(steps):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        ops.staircase(tf.zeros(3), steps=steps)
+
+
+@pytest.mark.parametrize("low, high", [(1.0, 1.0), (1.0, 0.0)])
+def test_staircase_rejects_empty_range(low, high):
+    with pytest.raises(ValueError, match="high > low"):
+        ops.staircase(tf.zeros(3), low=low, high=high)
+
+
+def test_unknown_loss_is_rejected_by_the_op():
+    with pytest.raises(ValueError, match="Unknown target loss"):
+        ops.hard_threshold(tf.zeros(3), target_loss="soft-hinge")
+
+
+def test_saturated_relu_forward_and_gradient():
+    x, g = np.array([-1.0, 0.25, 0.5, 2.0], np.float32), np.ones(4, np.float32)
+    y, grad = _grad(ops.saturated_relu, x, g)
+    np.testing.assert_array_equal(y, np.clip(x, 0, 1))
+    np.testing.assert_array_equal(grad, [0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])
+@pytest.mark.parametrize("op", [ops.hard_threshold, ops.staircase])
+def test_output_and_gradient_dtypes_follow_the_input(op, dtype):
+    x = tf.cast(tf.linspace(-2.0, 2.0, 8), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = op(x)
+    grad = tape.gradient(y, x)
+    assert y.dtype == dtype and grad.dtype == dtype
+    expected_y, _ = _grad(op, x.numpy().astype(np.float32), np.ones(8, np.float32))
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected_y, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["soft_hinge", "sste", "truncated_hinge"])
+@pytest.mark.parametrize("scale_by_grad", [True, False])
+def test_gradients_under_xla_equal_eager(name, scale_by_grad):
+    x, g = _inputs()
+
+    def both(v):
+        return ops.hard_threshold(v, name, scale_by_grad) + ops.staircase(v, 3, name, scale_by_grad)
+
+    @tf.function(jit_compile=True)
+    def compiled(v, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = both(v)
+        return tape.gradient(y, v, output_gradients=upstream)
+
+    _, eager = _grad(both, x, g)
+    np.testing.assert_allclose(compiled(tf.constant(x), tf.constant(g)).numpy(), eager, rtol=1e-5, atol=2e-6)
