@@ -15,6 +15,7 @@ class _Activation(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
+        self.target_probe = None  # a keras_ftprop.diagnostics.TargetProbe while diagnostics are on
 
     def _floating(self, inputs):
         if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(inputs.dtype)):
@@ -40,12 +41,13 @@ class HardThreshold(_Activation):
         self.zero_one = bool(zero_one)
 
     def call(self, inputs):
-        return ops.hard_threshold(
-            self._floating(inputs),
-            target_loss=self.target_loss,
-            scale_by_grad=self.scale_by_grad,
-            zero_one=self.zero_one,
+        inputs = self._floating(inputs)
+        outputs = ops.hard_threshold(
+            inputs, target_loss=self.target_loss, scale_by_grad=self.scale_by_grad, zero_one=self.zero_one
         )
+        if self.target_probe is None:
+            return outputs
+        return self.target_probe(inputs, outputs)
 
     def get_config(self):
         return {
@@ -72,14 +74,18 @@ class Staircase(_Activation):
         self.scale_by_grad = bool(scale_by_grad)
 
     def call(self, inputs):
-        return ops.staircase(
-            self._floating(inputs),
+        inputs = self._floating(inputs)
+        outputs = ops.staircase(
+            inputs,
             steps=self.steps,
             target_loss=self.target_loss,
             scale_by_grad=self.scale_by_grad,
             low=self.low,
             high=self.high,
         )
+        if self.target_probe is None:
+            return outputs
+        return self.target_probe(2.0 * (inputs - self.low) / (self.high - self.low) - 1.0, outputs)
 
     def get_config(self):
         return {

@@ -1,0 +1,131 @@
+"""Keras callbacks for training hard-threshold networks."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ftprop.diagnostics import TargetProbe
+from keras_ftprop.layers import HardThreshold, Staircase
+
+__all__ = ["TargetDiagnostics"]
+
+
+def _threshold_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _threshold_layers(layer)
+        elif isinstance(layer, (HardThreshold, Staircase)):
+            yield layer
+
+
+class TargetDiagnostics(keras.callbacks.Callback):
+    """Logs what the targets of every HardThreshold/Staircase layer do, every ``every`` steps.
+
+    Per layer, from the training step's backward pass (summed over replicas):
+
+        target_none       = #[g == 0] / #units
+        target_satisfied  = #[sign(u) == t] / #[t != 0]
+        target_loss       = sum L(u, t) / #[t != 0]      (target losses, not SSTE/STE)
+        target_active     = #[grad_u != 0] / #[t != 0]
+
+    and, when ``probe_data`` (a batch of inputs) is given, on that fixed batch:
+
+        flipped           = fraction of outputs that changed since the previous logged step
+        pre-activation histograms
+
+    Values go to TensorBoard under ``log_dir/diagnostics`` (if ``log_dir``), to
+    ``self.history`` (a list of ``(step, {name: value})``) and, latest values, to
+    the epoch ``logs`` as ``"<layer>/<statistic>"``.
+    """
+
+    def __init__(self, every=100, log_dir=None, probe_data=None):
+        super().__init__()
+        if int(every) < 1:
+            raise ValueError(f"every must be a positive number of steps; got {every!r}.")
+        self.every = int(every)
+        self.log_dir = log_dir
+        self.probe_data = probe_data
+        self.history = []
+        self._probes = {}
+        self._writer = None
+        self._previous_outputs = None
+        self._latest = {}
+        self._step = 0
+        self._recording = False
+
+    def set_model(self, model):
+        super().set_model(model)
+        layers = list(_threshold_layers(model))
+        with model.distribute_strategy.scope():
+            self._probes = {layer.name: TargetProbe(layer) for layer in layers}
+        for layer in layers:
+            layer.target_probe = self._probes[layer.name]
+        model.train_function = None  # retrace with the probes in the backward pass
+        self._probe_model = None
+        if self.probe_data is not None and layers:
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            self._probe_model = keras.Model(inputs, [layer.input for layer in layers])
+
+    def on_train_begin(self, logs=None):
+        self._step = int(self.model.optimizer.iterations.numpy())
+        self._recording = False
+        if self.log_dir:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "diagnostics"))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        recording = self._step % self.every == 0
+        if recording != self._recording:  # flip the flags only on the steps that change them
+            for probe in self._probes.values():
+                probe.recording.assign(recording)
+            self._recording = recording
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._step % self.every == 0 and self._probes:
+            self._log(self._step)
+        self._step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._latest)
+
+    def on_train_end(self, logs=None):
+        for probe in self._probes.values():
+            probe.layer.target_probe = None
+        self.model.train_function = None  # later fits trace without the probes
+        if self._writer is not None:
+            self._writer.close()
+
+    def _log(self, step):
+        values = {}
+        for name, probe in self._probes.items():
+            sums = probe.read()
+            probe.reset()
+            targeted = max(sums["targeted"], 1.0)
+            values[f"{name}/target_none"] = sums["none"] / max(sums["units"], 1.0)
+            values[f"{name}/target_satisfied"] = sums["satisfied"] / targeted
+            values[f"{name}/target_active"] = sums["active"] / targeted
+            if probe.has_loss:
+                values[f"{name}/target_loss"] = sums["loss"] / targeted
+        histograms = {}
+        if self._probe_model is not None:
+            pre_activations = self._probe_model(self.probe_data, training=False)
+            if not isinstance(pre_activations, (list, tuple)):
+                pre_activations = [pre_activations]
+            outputs = []
+            for (name, probe), x in zip(self._probes.items(), pre_activations):
+                histograms[f"{name}/pre_activation"] = x
+                outputs.append(np.asarray(probe.layer(x)))
+            if self._previous_outputs is not None:
+                for name, new, old in zip(self._probes, outputs, self._previous_outputs):
+                    values[f"{name}/flipped"] = float(np.mean(new != old))
+            self._previous_outputs = outputs
+        self.history.append((step, values))
+        self._latest = values
+        if self._writer is not None:
+            with self._writer.as_default(step=step):
+                for key, value in values.items():
+                    tf.summary.scalar(key, value)
+                for key, value in histograms.items():
+                    tf.summary.histogram(key, value)

@@ -1,0 +1,126 @@
+import glob
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ftprop import HardThreshold, Staircase
+from keras_ftprop.callbacks import TargetDiagnostics
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, name="d1"),
+            HardThreshold(name="h1"),
+            keras.layers.Dense(6, name="d2"),
+            Staircase(steps=3, target_loss="sste", name="s1"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    kernel, bias = model.get_layer("d2").get_weights()
+    kernel[2:4] = 0.0  # h1 units 2 and 3 feed nothing: g = 0, no target
+    model.get_layer("d2").set_weights([kernel, bias])
+    return model
+
+
+def _data(n=32):
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, size=n)
+
+
+def _expected(model, x, y):
+    """The statistics restated in numpy from one forward/backward pass."""
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    d1, h1, d2, s1, out = model.layers
+    with tf.GradientTape(persistent=True) as tape:
+        x1 = d1(x)
+        y1 = h1(x1)
+        x2 = d2(y1)
+        y2 = s1(x2)
+        loss = ce(y, out(y2))
+    result = {}
+    for name, pre, post, unit in [
+        ("h1", x1, y1, lambda v: v),
+        ("s1", x2, y2, lambda v: 2.0 * v - 1.0),
+    ]:
+        g = tape.gradient(loss, post).numpy()
+        u = unit(pre.numpy())
+        t = -np.sign(g)
+        targeted = t != 0
+        agree = np.where(u > 0, 1.0, -1.0) == t
+        result[f"{name}/target_none"] = np.mean(~targeted)
+        result[f"{name}/target_satisfied"] = np.sum(agree & targeted) / np.sum(targeted)
+        if name == "h1":  # soft hinge: always active, loss tanh(-u t) + 1
+            result[f"{name}/target_active"] = 1.0
+            result[f"{name}/target_loss"] = np.sum(np.where(targeted, np.tanh(-u * t) + 1, 0)) / np.sum(targeted)
+        else:  # sste: active inside |u| <= 1
+            result[f"{name}/target_active"] = np.sum((np.abs(u) <= 1) & targeted) / np.sum(targeted)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit", "mirrored"])
+def test_statistics_match_numpy(mode, tmp_path):
+    x, y = _data()
+    reference = _model()
+    expected = _expected(reference, x, y)
+    assert expected["h1/target_none"] >= 2 / 8  # the two cut units, plus any the sste window blocks
+
+    def compile_(model):
+        model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=mode == "jit", run_eagerly=mode == "eager")
+
+    if mode == "mirrored":
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+        with strategy.scope():
+            model = _model()
+            compile_(model)
+    else:
+        model = _model()
+        compile_(model)
+    diagnostics = TargetDiagnostics(every=2, log_dir=str(tmp_path), probe_data=x)
+    history = model.fit(x, y, batch_size=len(x), epochs=5, shuffle=False, verbose=0, callbacks=[diagnostics])
+
+    assert [step for step, _ in diagnostics.history] == [0, 2, 4]
+    for _, values in diagnostics.history:  # lr = 0: every logged step sees the same batch and weights
+        for key, value in expected.items():
+            assert values[key] == pytest.approx(value, rel=1e-5), key
+        assert "s1/target_loss" not in values  # sste has no loss
+    assert diagnostics.history[-1][1]["h1/flipped"] == 0.0  # unchanged weights: nothing flips
+    assert history.history["h1/target_satisfied"][-1] == pytest.approx(expected["h1/target_satisfied"])
+
+    tags = set()
+    for path in glob.glob(str(tmp_path / "diagnostics" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"h1/target_none", "s1/target_active", "h1/pre_activation", "s1/flipped"} <= tags
+
+
+def test_flips_are_counted_on_the_probe_batch():
+    x, y = _data()
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    diagnostics = TargetDiagnostics(every=1, probe_data=x)
+    before = np.sign(model.get_layer("d1")(x).numpy())
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[diagnostics])
+    # step 1 is logged after two updates of d1; its flip fraction compares with step 0 (after one)
+    assert 0.0 <= diagnostics.history[1][1]["h1/flipped"] <= 1.0
+    after = np.sign(model.get_layer("d1")(x).numpy())
+    assert np.any(before != after), "lr 0.5 should move some units across the threshold"
+
+
+def test_probes_are_removed_after_training():
+    x, y = _data()
+    model = _model()
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[TargetDiagnostics(every=1)])
+    assert all(getattr(layer, "target_probe", None) is None for layer in model.layers)
+    assert model.train_function is None
+
+
+def test_every_must_be_positive():
+    with pytest.raises(ValueError, match="positive number of steps"):
+        TargetDiagnostics(every=0)
