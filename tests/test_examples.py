@@ -1,0 +1,23 @@
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_digits_example_trains_exports_and_serves(tmp_path):
+    export_dir = tmp_path / "exported"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "digits_step_network.py"),
+         "--epochs", "10", "--export-dir", str(export_dir)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (export_dir / "saved_model.pb").exists()
+    served = re.search(r"Served in a separate process: test accuracy ([\d.]+), agreement with Keras ([\d.]+)",
+                       result.stdout)
+    assert served, result.stdout
+    accuracy, agreement = map(float, served.groups())
+    assert agreement == 1.0
+    assert accuracy > 0.85, result.stdout  # about 0.95 after 10 epochs; chance is 0.1
