@@ -1,0 +1,1 @@
+"""Training-side helpers for keras-ftprop (input pipelines, training loop)."""
