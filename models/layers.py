@@ -1,0 +1,243 @@
+"""Building blocks shared by the model builders.
+
+Everything here reproduces a PyTorch behaviour the reference code relies on:
+
+* ``PaddedMaxPooling2D``: ``torch.nn.MaxPool2d(k, s, padding=p)``. PyTorch pads
+  ``p`` on *every* side with -inf. Keras offers neither option directly:
+  ``MaxPooling2D(padding="same")`` puts the whole padding after the data (its
+  windows are shifted by one), and ``ZeroPadding2D`` + valid pooling lets a
+  padded 0 beat real values whenever they are negative, which is always the
+  case for a step unit that outputs -1. So this layer pads with -inf itself.
+* ``conv2d`` / ``dense`` / ``batch_norm_layer``: layers with PyTorch's default
+  initialisation (weights and biases uniform in +-1/sqrt(fan_in)), PyTorch's
+  batch-norm momentum (0.1 in PyTorch = 0.9 in Keras) and the coupled L2 weight
+  decay of :mod:`models.regularization` attached to every trainable weight.
+* ``ActivationSites``: calls the user's zero-argument activation factory once
+  per hidden activation and names the layer deterministically.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from models.regularization import l2_weight_decay
+
+# PyTorch's BatchNorm momentum 0.1 weights the *new* batch statistic; Keras's
+# momentum weights the *old* moving average.
+TORCH_BATCH_NORM_MOMENTUM = 0.9
+TORCH_BATCH_NORM_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="ftprop_models")
+class PaddedMaxPooling2D(keras.layers.Layer):
+    """Max pooling over a feature map padded with -inf on all four sides.
+
+    Equivalent to PyTorch's ``MaxPool2d(pool_size, strides, padding)``
+    (``ceil_mode=False``): output size ``floor((n + 2 * padding - pool_size) /
+    strides) + 1``, and padded positions never win the max, whatever the sign of
+    the inputs. Requires ``padding < pool_size`` so that every window holds at
+    least one real value (PyTorch requires ``padding <= pool_size // 2``).
+    Channels-last input only.
+    """
+
+    preserves_precision = True  # a max of its inputs: keras_ftprop.summary keeps their bit width
+
+    def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= padding < pool_size:
+            raise ValueError(
+                f"padding must be in [0, pool_size), got padding={padding} "
+                f"with pool_size={pool_size}"
+            )
+        self.pool_size = int(pool_size)
+        self.strides = int(strides)
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        pad = self.padding
+        if pad:
+            inputs = ops.pad(
+                inputs,
+                [[0, 0], [pad, pad], [pad, pad], [0, 0]],
+                constant_values=-math.inf,
+            )
+        return ops.max_pool(
+            inputs, self.pool_size, self.strides, padding="valid"
+        )
+
+    def compute_output_shape(self, input_shape):
+        def pooled(size):
+            if size is None:
+                return None
+            return (size + 2 * self.padding - self.pool_size) // self.strides + 1
+
+        batch, height, width, channels = input_shape
+        return (batch, pooled(height), pooled(width), channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            pool_size=self.pool_size, strides=self.strides, padding=self.padding
+        )
+        return config
+
+
+def torch_default_initializers(fan_in):
+    """PyTorch's default Conv/Linear initialisation: U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    kernel = keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )  # limit sqrt(3 * scale / fan_in) = 1 / sqrt(fan_in)
+    bias = keras.initializers.RandomUniform(-bound, bound)
+    return kernel, bias
+
+
+def conv2d(
+    filters,
+    kernel_size,
+    *,
+    in_channels,
+    name,
+    strides=1,
+    padding="valid",
+    use_bias=True,
+    weight_decay=0.0,
+    kernel_initializer=None,
+):
+    """A ``Conv2D`` initialised like PyTorch unless told otherwise."""
+    kernel_height, kernel_width = _pair(kernel_size)
+    default_kernel_init, bias_init = torch_default_initializers(
+        in_channels * kernel_height * kernel_width
+    )
+    return keras.layers.Conv2D(
+        filters,
+        (kernel_height, kernel_width),
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer or default_kernel_init,
+        bias_initializer=bias_init,
+        kernel_regularizer=l2_weight_decay(weight_decay),
+        bias_regularizer=l2_weight_decay(weight_decay) if use_bias else None,
+        name=name,
+    )
+
+
+def dense(units, *, in_features, name, use_bias=True, activation=None,
+          weight_decay=0.0):
+    """A ``Dense`` layer initialised like PyTorch's ``nn.Linear``."""
+    kernel_init, bias_init = torch_default_initializers(in_features)
+    return keras.layers.Dense(
+        units,
+        use_bias=use_bias,
+        activation=activation,
+        kernel_initializer=kernel_init,
+        bias_initializer=bias_init,
+        kernel_regularizer=l2_weight_decay(weight_decay),
+        bias_regularizer=l2_weight_decay(weight_decay) if use_bias else None,
+        name=name,
+    )
+
+
+def batch_norm_layer(*, name, epsilon=TORCH_BATCH_NORM_EPSILON,
+                     weight_decay=0.0):
+    """``BatchNormalization`` with PyTorch's momentum (gamma=1, beta=0)."""
+    return keras.layers.BatchNormalization(
+        momentum=TORCH_BATCH_NORM_MOMENTUM,
+        epsilon=epsilon,
+        gamma_regularizer=l2_weight_decay(weight_decay),
+        beta_regularizer=l2_weight_decay(weight_decay),
+        name=name,
+    )
+
+
+class ActivationSites:
+    """Creates one fresh activation layer per hidden activation of a model.
+
+    ``factory`` is a zero-argument callable returning a Keras layer (``None``
+    means ReLU). Each call ``sites(x, name)`` builds a new layer, renames it to
+    ``name`` so that ``model.get_layer(name)`` is stable, and applies it.
+    """
+
+    def __init__(self, factory=None):
+        if factory is None:
+            factory = keras.layers.ReLU
+        if not callable(factory):
+            raise TypeError(
+                "activation must be a zero-argument callable returning a Keras "
+                f"layer (or None for ReLU), got {factory!r}; to choose an "
+                "activation by name use models.get_model or "
+                "models.activation_factory"
+            )
+        self._factory = factory
+        self.layers = []
+
+    def __call__(self, inputs, name):
+        layer = self._factory()
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                "the activation factory must return a keras.layers.Layer, got "
+                f"{type(layer).__name__}"
+            )
+        if any(layer is seen for seen in self.layers):
+            raise ValueError(
+                "the activation factory returned the same layer object twice; "
+                "it must create a new layer on every call (e.g. "
+                "`lambda: HardThreshold()`, not `lambda: shared_layer`)"
+            )
+        layer.name = name
+        self.layers.append(layer)
+        return layer(inputs)
+
+
+def model_input(input_shape, default_shape, input_tensor=None):
+    """The ``keras.Input`` of a builder (channels-last ``(H, W, C)``)."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "these models are channels-last only; got "
+            f"image_data_format={keras.config.image_data_format()!r}"
+        )
+    if input_tensor is not None:
+        if not keras.utils.is_keras_tensor(input_tensor):
+            raise TypeError(
+                "input_tensor must be a symbolic Keras tensor (keras.Input), got "
+                f"{type(input_tensor).__name__}"
+            )
+        if input_shape is not None and tuple(input_tensor.shape[1:]) != tuple(
+            input_shape
+        ):
+            raise ValueError(
+                f"input_shape={tuple(input_shape)} disagrees with the shape of "
+                f"input_tensor {tuple(input_tensor.shape[1:])}"
+            )
+        return input_tensor
+    shape = tuple(default_shape if input_shape is None else input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels), got {shape}"
+        )
+    return keras.Input(shape=shape, name="input")
+
+
+def pool_features(features, pooling):
+    """``pooling`` of the keras.applications API, for ``include_top=False``."""
+    if pooling is None:
+        return features
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(features)
+    raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+
+
+def validate_classes(classes):
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ValueError(f"classes must be a positive integer, got {classes!r}")
+
+
+def _pair(value):
+    if isinstance(value, int):
+        return value, value
+    height, width = value
+    return int(height), int(width)

@@ -1,0 +1,209 @@
+"""ResNet-18 and ResNet-34 (torchvision layout) with a pluggable activation.
+
+Layer table for ResNet-18 at 224x224 (ResNet-34: 3, 4, 6, 3 blocks per stage)::
+
+    name                       layer                                 output
+    stem_pad, stem_conv        conv 64 7x7 /2, pad 3, no bias        112x112x64
+    stem_bn, stem_act          BN -> act
+    stem_pool                  maxpool 3x3 /2, pad 1 (-inf)          56x56x64
+    stage1_block{1,2}          basic block 64                        56x56x64
+    stage2_block{1,2}          basic block 128 (first one /2)        28x28x128
+    stage3_block{1,2}          basic block 256 (first one /2)        14x14x256
+    stage4_block{1,2}          basic block 512 (first one /2)        7x7x512
+    avg_pool                   global average pool                   512
+    predictions                dense ``classes`` (bias)
+
+    basic block ``stage{s}_block{b}_*`` (input x):
+        conv1 3x3 (/2 in the first block of stages 2-4, pad 1) -> bn1 -> act1
+        conv2 3x3 -> bn2;  shortcut = x, or shortcut_conv 1x1 /2 -> shortcut_bn
+        add (conv path + shortcut) -> act2
+
+Every hidden activation, including the stem's and the one after each residual
+addition, is the chosen activation (17 sites in ResNet-18, 33 in ResNet-34).
+Convolutions have no bias; batch norm uses PyTorch's defaults (epsilon 1e-5,
+momentum 0.1). Padding is PyTorch's symmetric padding (explicit
+``ZeroPadding2D`` before strided convolutions, ``PaddedMaxPooling2D`` for the
+pool). Initialisation follows the reference: convolutions
+N(0, 2 / (k * k * filters)) (He, fan-out), batch-norm gamma 1 and beta 0,
+classifier PyTorch's default. The reference's fixed 7x7 average pool is a
+global average pool here, identical at 224x224 and valid for any input size
+(down to 32x32 and below; spatial dimensions may be None).
+
+Trainable parameters with 1000 classes: ResNet-18 11,689,512; ResNet-34
+21,797,672 (the torchvision numbers).
+"""
+
+import keras
+
+from models.layers import (
+    ActivationSites,
+    PaddedMaxPooling2D,
+    batch_norm_layer,
+    conv2d,
+    dense,
+    model_input,
+    pool_features,
+    validate_classes,
+)
+
+STAGE_FILTERS = (64, 128, 256, 512)
+RESNET18_BLOCKS = (2, 2, 2, 2)
+RESNET34_BLOCKS = (3, 4, 6, 3)
+
+# The reference re-initialises every conv with normal(0, sqrt(2 / n)),
+# n = kernel_height * kernel_width * out_channels.
+_HE_FAN_OUT_NORMAL = dict(
+    scale=2.0, mode="fan_out", distribution="untruncated_normal"
+)
+
+
+def _he_fan_out():
+    return keras.initializers.VarianceScaling(**_HE_FAN_OUT_NORMAL)
+
+
+def _conv_bn(x, filters, kernel_size, strides, name, bn_name, weight_decay):
+    """conv (PyTorch padding kernel_size // 2, no bias) -> BN."""
+    pad = kernel_size // 2
+    in_channels = x.shape[-1]
+    if pad == 0:
+        padding = "valid"
+    elif strides > 1:
+        # Keras "same" would pad (0, 1) for a stride-2 conv on an even input;
+        # PyTorch pads (1, 1). Pad explicitly and convolve "valid".
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"  # symmetric for stride 1 and an odd kernel
+    x = conv2d(
+        filters,
+        kernel_size,
+        in_channels=in_channels,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=_he_fan_out(),
+        weight_decay=weight_decay,
+        name=name,
+    )(x)
+    return batch_norm_layer(name=bn_name, weight_decay=weight_decay)(x)
+
+
+def _basic_block(x, filters, strides, prefix, activations, weight_decay):
+    shortcut = x
+    out = _conv_bn(x, filters, 3, strides, f"{prefix}_conv1", f"{prefix}_bn1",
+                   weight_decay)
+    out = activations(out, f"{prefix}_act1")
+    out = _conv_bn(out, filters, 3, 1, f"{prefix}_conv2", f"{prefix}_bn2",
+                   weight_decay)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides, f"{prefix}_shortcut_conv",
+                            f"{prefix}_shortcut_bn", weight_decay)
+    out = keras.layers.Add(name=f"{prefix}_add")([out, shortcut])
+    return activations(out, f"{prefix}_act2")
+
+
+def build_resnet(
+    blocks_per_stage,
+    *,
+    include_top=True,
+    input_shape=None,
+    classes=1000,
+    classifier_activation=None,
+    activation=None,
+    weight_decay=0.0,
+    pooling=None,
+    input_tensor=None,
+    name="resnet",
+):
+    """A basic-block ResNet; see the module docstring for the layout."""
+    if include_top:
+        validate_classes(classes)
+    activations = ActivationSites(activation)
+    inputs = model_input(input_shape, (224, 224, 3), input_tensor)
+
+    x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
+    x = conv2d(
+        64, 7, in_channels=inputs.shape[-1], strides=2, use_bias=False,
+        kernel_initializer=_he_fan_out(), weight_decay=weight_decay,
+        name="stem_conv",
+    )(x)
+    x = batch_norm_layer(name="stem_bn", weight_decay=weight_decay)(x)
+    x = activations(x, "stem_act")
+    x = PaddedMaxPooling2D(3, 2, padding=1, name="stem_pool")(x)
+
+    for stage, (filters, blocks) in enumerate(
+        zip(STAGE_FILTERS, blocks_per_stage), start=1
+    ):
+        for block in range(1, blocks + 1):
+            strides = 2 if (stage > 1 and block == 1) else 1
+            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}",
+                             activations, weight_decay)
+
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = dense(classes, in_features=x.shape[-1],
+                  activation=classifier_activation, weight_decay=weight_decay,
+                  name="predictions")(x)
+    else:
+        x = pool_features(x, pooling)
+    return keras.Model(inputs, x, name=name)
+
+
+def resnet18(
+    include_top=True,
+    input_shape=None,
+    classes=1000,
+    classifier_activation=None,
+    activation=None,
+    weight_decay=0.0,
+    pooling=None,
+    input_tensor=None,
+    name="resnet18",
+):
+    """ResNet-18 (2, 2, 2, 2 basic blocks); 11,689,512 parameters at 1000 classes.
+
+    Args:
+        include_top: add global average pooling and the ``classes``-way dense
+            classifier. If False the output is the 7x7x512 feature map (at
+            224x224), reduced by ``pooling`` ("avg", "max" or None).
+        input_shape: ``(height, width, channels)``; None means (224, 224, 3).
+            Spatial dimensions may be None (the network is fully convolutional
+            up to the global pool).
+        classes: number of classes of the classifier.
+        classifier_activation: activation of the classifier; None gives logits
+            (the reference trains on logits with cross-entropy).
+        activation: zero-argument factory returning a fresh Keras layer for each
+            hidden activation (e.g. ``lambda: HardThreshold()``); None is ReLU.
+        weight_decay: coupled L2 weight decay ``wd`` (PyTorch semantics, see
+            :mod:`models.regularization`); 0 adds no regulariser.
+        pooling: only with ``include_top=False``, as in keras.applications.
+        input_tensor: optional ``keras.Input`` to build the model on.
+        name: model name.
+    """
+    return build_resnet(
+        RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape,
+        classes=classes, classifier_activation=classifier_activation,
+        activation=activation, weight_decay=weight_decay, pooling=pooling,
+        input_tensor=input_tensor, name=name,
+    )
+
+
+def resnet34(
+    include_top=True,
+    input_shape=None,
+    classes=1000,
+    classifier_activation=None,
+    activation=None,
+    weight_decay=0.0,
+    pooling=None,
+    input_tensor=None,
+    name="resnet34",
+):
+    """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
+    classes. Not used in the paper; arguments as :func:`resnet18`."""
+    return build_resnet(
+        RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape,
+        classes=classes, classifier_activation=classifier_activation,
+        activation=activation, weight_decay=weight_decay, pooling=pooling,
+        input_tensor=input_tensor, name=name,
+    )
