@@ -3,8 +3,9 @@
 For every layer, per example:
 
     output bits   1 (HardThreshold), log2(steps + 1) (Staircase), the input's bits for
-                  layers that only move or select values (pooling, padding, reshape,
-                  dropout, ...), else the width of the compute dtype (32 or 16)
+                  layers that only move or select values (max pooling, padding, reshape,
+                  dropout, ...; a custom layer says so with ``preserves_precision = True``),
+                  else the width of the compute dtype (32 or 16)
     activations   prod(output shape)
     MACs          Conv: prod(output spatial) * filters * prod(kernel) * in_channels / groups
                   Dense: prod(input shape[:-1]) * in_features * units
@@ -184,7 +185,8 @@ def summary(model, print_fn=print):
         in_bits = max((bits_of.get(id(t), float_bits) for t in inputs), default=float_bits)
         bits = _activation_bits(layer) or _activation_bits(getattr(layer, "activation", None))
         if bits is None:
-            bits = in_bits if isinstance(layer, _PASS_THROUGH) else float(_dtype_bits(layer.compute_dtype))
+            preserves = isinstance(layer, _PASS_THROUGH) or getattr(layer, "preserves_precision", False)
+            bits = in_bits if preserves else float(_dtype_bits(layer.compute_dtype))
         output = layer.output
         bits_of[id(output)] = bits
         out_shape = tuple(output.shape[1:])

@@ -62,6 +62,80 @@ def test_printed_table_names_layers_and_totals():
     assert "saving" in text
 
 
+def test_custom_layers_can_declare_that_they_preserve_precision():
+    class Shuffle(keras.layers.Layer):
+        preserves_precision = True
+
+        def call(self, x):
+            return keras.ops.flip(x, axis=-1)
+
+    model = keras.Sequential([keras.Input((4,)), HardThreshold(), Shuffle(), keras.layers.Dense(2)])
+    result = summary(model, print_fn=None)
+    assert result.layers[1].bits == 1 and result.layers[2].macs["1-bit"] == 8
+
+
 def test_unbuilt_model_is_refused():
     with pytest.raises(ValueError, match="built model"):
         summary(keras.Sequential([keras.layers.Dense(2)]), print_fn=None)
+
+
+def _conv(out_h, out_w, filters, kernel, in_channels):
+    return out_h * out_w * filters * kernel * kernel * in_channels
+
+
+def _expected_macs():
+    """MACs per example of the paper's networks at their paper inputs, from their layer tables.
+
+    Only the first layer reads the (float) image; every other conv/dense reads
+    activation outputs, except ResNet's classifier, which reads a global average.
+    """
+    resnet_stage1 = 4 * _conv(56, 56, 64, 3, 64)
+    resnet_later = [  # conv1 (/2), conv2, 1x1 downsample, block 2's two convs
+        _conv(s, s, c, 3, c // 2) + _conv(s, s, c, 3, c) + _conv(s, s, c, 1, c // 2) + 2 * _conv(s, s, c, 3, c)
+        for s, c in [(28, 128), (14, 256), (7, 512)]
+    ]
+    return {
+        "convnet4": (  # conv1 pad 3 -> 34x34, pool 17, conv2 pad 2 -> 17x17, pool 8, fc 4096 -> 1024 -> 10
+            _conv(34, 34, 32, 5, 3),
+            _conv(17, 17, 64, 5, 32) + 8 * 8 * 64 * 1024 + 1024 * 10,
+        ),
+        "convnet8": (
+            _conv(32, 32, 48, 5, 3),
+            _conv(16, 16, 64, 3, 48) + _conv(16, 16, 64, 3, 64) + _conv(6, 6, 128, 3, 64)
+            + _conv(6, 6, 128, 3, 128) + _conv(4, 4, 128, 3, 128) + _conv(1, 1, 512, 4, 128) + 512 * 10,
+        ),
+        "alexnet": (
+            _conv(54, 54, 96, 12, 3),
+            _conv(54, 54, 256, 5, 96) + _conv(27, 27, 384, 3, 256) + _conv(13, 13, 384, 3, 384)
+            + _conv(13, 13, 256, 3, 384) + 9216 * 4096 + 4096 * 4096 + 4096 * 1000,
+        ),
+        "resnet18": (
+            _conv(112, 112, 64, 7, 3) + 512 * 1000,
+            resnet_stage1 + sum(resnet_later),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["convnet4", "convnet8", "alexnet", "resnet18"])
+@pytest.mark.parametrize("activation, quantized", [("step", "1-bit"), ("staircase", "k-bit"), ("relu", "float")])
+def test_paper_networks(name, activation, quantized):
+    import models
+
+    classes = 10 if name.startswith("convnet") else 1000
+    model = models.get_model(name, activation=activation, classes=classes)
+    result = summary(model, print_fn=None)
+    float_macs, activation_macs = _expected_macs()[name]
+    expected = {"1-bit": 0, "k-bit": 0, "float": float_macs}
+    expected[quantized] += activation_macs
+    assert result.macs == expected
+    assert result.params == sum(math.prod(w.shape) for w in model.trainable_weights)
+    bits = {layer.kind: layer.bits for layer in result.layers}
+    if activation == "step":
+        assert bits["HardThreshold"] == 1
+    if activation == "staircase":
+        steps = models.DEFAULT_STAIRCASE_STEPS[name]
+        assert bits["Staircase"] == pytest.approx(math.log2(steps + 1))
+    if activation == "relu":
+        assert result.activation_saving == 0.0
+    else:
+        assert 0.0 < result.activation_saving < 1.0
