@@ -1,0 +1,464 @@
+"""train.py end to end, on CPU with tiny settings.
+
+Most runs go through ``train.main(argv)`` in this process (conftest splits the
+CPU into two logical devices, which the mirrored run uses); the checks that
+need fresh processes (the command line itself, kill -9 and resume, two
+multi-worker processes) start ``python train.py``.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+QUICK = ["--steps_per_epoch=2", "--eval_steps=1", "--batch_size=8", "--verbose=2"]
+
+
+def run_main(capsys, *args):
+    """``train.main`` on ``args``; returns (status, stdout, stderr)."""
+    status = train.main(["train.py", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("train.py: error:")]
+
+
+def metrics(model_dir):
+    with open(os.path.join(model_dir, "metrics.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def settings(model_dir):
+    with open(os.path.join(model_dir, "settings.json")) as f:
+        return json.load(f)
+
+
+def checkpoint_number(model_dir):
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return None if path is None else int(path.rsplit("-", 1)[1])
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def write_jpeg(path, rng, size=(20, 24)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = rng.integers(0, 256, size=size + (3,), dtype=np.uint8)
+    tf.io.write_file(path, tf.io.encode_jpeg(pixels))
+
+
+def make_folder(root, train_classes=("cat", "dog"), val_classes=("cat", "dog"), per_class=6):
+    rng = np.random.default_rng(0)
+    for split, classes, count in (("train", train_classes, per_class), ("val", val_classes, 2)):
+        for name in classes:
+            for i in range(count):
+                write_jpeg(os.path.join(root, split, name, f"{i}.jpg"), rng)
+    return root
+
+
+# --------------------------------------------------------------------------
+# the default command, outputs, summary
+# --------------------------------------------------------------------------
+
+
+def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--epochs=1", *QUICK, f"--model_dir={model_dir}")
+    assert status == 0, err
+    # Defaults: ResNet-18, step, FTP-SH, digits at 32x32, paper recipe adapted to digits.
+    s = settings(model_dir)
+    assert (s["model"], s["activation"], s["target_loss"], s["dataset"]) == (
+        "resnet18", "step", "soft_hinge", "digits")
+    assert s["image_shape"] == [32, 32, 3] and s["num_classes"] == 10
+    assert s["resolved"]["optimizer"] == "adam" and s["resolved"]["weight_decay"] == 5e-7
+    assert s["sources"]["epochs"] == "--epochs"
+    assert "epochs           1            (--epochs)" in out
+    assert "instead of the recipe's" not in out  # --epochs was given
+
+    rows = metrics(model_dir)
+    assert len(rows) == 1 and rows[0]["epoch"] == "0"
+    for key in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "learning_rate"):
+        assert np.isfinite(float(rows[0][key]))
+
+    for name in ("final.keras", "best.keras", "best.json", "flags.txt",
+                 "export/final/saved_model.pb", "export/best/saved_model.pb"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert "--model=resnet18" in open(os.path.join(model_dir, "flags.txt")).read()
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert tf.io.gfile.glob(os.path.join(model_dir, "tensorboard", "train", "events.*"))
+    else:
+        assert "no TensorBoard logs (the tensorboard package is not installed)" in out
+    assert checkpoint_number(model_dir) == 2
+
+    loaded = tf.saved_model.load(os.path.join(model_dir, "export", "final"))
+    logits = loaded.serve(tf.zeros((3, 32, 32, 3))).numpy()
+    assert logits.shape == (3, 10) and np.all(np.isfinite(logits))
+
+    assert "Summary: resnet18/step on digits, 1 epoch" in out
+    assert re.search(r"best +\d+\.\d\d% \(epoch 1\) +\d+\.\d\d% \(epoch 1\)", out)
+    assert re.search(r"final +\d+\.\d\d% \(epoch 1\)", out)
+    assert f"final SavedModel: {os.path.join(model_dir, 'export', 'final')}" in out
+
+
+def test_digits_replaces_the_recipe_epochs_and_says_so(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet4", "--steps_per_epoch=1",
+                                "--eval_steps=1", "--batch_size=8", f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert "digits is a small demo set: 5 epochs instead of the recipe's" in out
+    assert [r["epoch"] for r in metrics(model_dir)] == ["0", "1", "2", "3", "4"]
+    assert settings(model_dir)["sources"]["epochs"] == "digits adaptation"
+
+
+def test_resume_continues_and_refuses_another_model(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", *QUICK, f"--model_dir={model_dir}"]
+    assert run_main(capsys, "--epochs=1", *args)[0] == 0
+    status, out, err = run_main(capsys, "--epochs=3", *args)
+    assert status == 0, err
+    assert "resuming from the checkpoint saved after epoch 1" in out
+    assert "Epoch 1/3" not in out and "Epoch 2/3" in out
+    assert [r["epoch"] for r in metrics(model_dir)] == ["0", "1", "2"]
+    assert checkpoint_number(model_dir) == 3 * 2  # optimizer iterations went on
+
+    status, out, err = run_main(capsys, "--epochs=4", "--activation=relu", *args)
+    assert status == 2
+    assert error_lines(err) == [
+        f"train.py: error: --model_dir {model_dir} holds a run with activation='step', "
+        "this command has activation='relu'; resume with the same settings or pass "
+        "another --model_dir"]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", *QUICK, f"--model_dir={model_dir}"]
+    assert run_main(capsys, "--epochs=1", *args)[0] == 0
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    before = {name: open(os.path.join(checkpoints, name), "rb").read()
+              for name in os.listdir(checkpoints)}
+    final_mtime = os.stat(os.path.join(model_dir, "final.keras")).st_mtime_ns
+
+    status, out, err = run_main(capsys, "--epochs=3", "--learning_rate=1e30", *args)
+    assert status == 1
+    (line,) = error_lines(err)
+    assert "NaN/inf loss: the training loss became" in line and "at epoch 2" in line
+    assert "the last good checkpoint, saved after epoch 1, is intact" in line
+    assert "Traceback" not in err
+    after = {name: open(os.path.join(checkpoints, name), "rb").read()
+             for name in os.listdir(checkpoints)}
+    assert after == before
+    assert len(metrics(model_dir)) == 1
+    assert os.stat(os.path.join(model_dir, "final.keras")).st_mtime_ns == final_mtime
+
+
+# --------------------------------------------------------------------------
+# data sets and strategies
+# --------------------------------------------------------------------------
+
+
+def test_folder_dataset_with_corrupt_jpeg(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "images"))
+    good = os.path.join(root, "train", "dog", "0.jpg")
+    with open(good, "rb") as f, open(os.path.join(root, "train", "dog", "bad.jpg"), "wb") as g:
+        g.write(f.read()[:150])  # a truncated JPEG
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, f"--dataset=folder:{root}", "--model=convnet4",
+                                "--image_size=16", "--epochs=1", "--steps_per_epoch=2",
+                                "--batch_size=4", "--verbose=0", f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert "skipped 1 unreadable image file(s)" in out
+    s = settings(model_dir)
+    assert s["skipped_files"] == 1 and s["num_classes"] == 2
+    assert s["train_examples"] == 12 and s["image_shape"] == [16, 16, 3]
+    # Not digits: the paper's convnet4 recipe, except what was given.
+    assert s["sources"]["learning_rate"] == "paper recipe for convnet4/step"
+    assert len(metrics(model_dir)) == 1
+
+
+def test_tfds_dataset_with_mock_data(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=16):
+        status, out, err = run_main(capsys, "--dataset=cifar10", "--model=convnet4",
+                                    "--activation=staircase", "--target_loss=sste",
+                                    "--epochs=1", *QUICK, f"--model_dir={model_dir}")
+    assert status == 0, err
+    s = settings(model_dir)
+    assert (s["dataset"], s["num_classes"], s["image_shape"]) == ("cifar10", 10, [32, 32, 3])
+    assert s["resolved"]["learning_rate"] == 2.5e-4 and s["resolved"]["lr_decay_epochs"] == [200, 250]
+    assert "learning_rate    0.00025      (paper recipe for convnet4/staircase)" in out
+    assert len(metrics(model_dir)) == 1
+
+
+def test_diagnostics_and_the_model_summary(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet4", "--epochs=1", "--diagnostics=1", *QUICK,
+                                f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert "conv1_act (HardThreshold)" in out and "MACs:" in out and "saving" in out
+    tags = set()
+    for root, _, names in os.walk(os.path.join(model_dir, "tensorboard", "diagnostics")):
+        for name in names:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                tags.update(value.tag for value in event.summary.value)
+    assert {"conv1_act/target_satisfied", "fc1_act/target_none", "conv2_act/pre_activation"} <= tags
+
+
+def test_mirrored_over_two_virtual_cpus(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--devices=/cpu:0,/cpu:1", "--model=convnet8",
+                                "--activation=staircase", "--epochs=1", *QUICK,
+                                f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert "strategy: MirroredStrategy, 2 replica(s) on CPU:0, CPU:1" in out
+    assert settings(model_dir)["strategy"].startswith("MirroredStrategy, 2 replica(s)")
+    assert len(metrics(model_dir)) == 1
+
+
+# --------------------------------------------------------------------------
+# bad input: one line, exit status 2
+# --------------------------------------------------------------------------
+
+
+BAD_INPUTS = {
+    "unknown model": (["--model=vgg16"], "flag --model=vgg16: value should be one of"),
+    "unknown activation": (["--activation=tanh"], "flag --activation=tanh: value should be"),
+    "unknown target loss": (["--target_loss=hinge2"], "target loss 'hinge2'"),
+    "unknown dataset": (["--dataset=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
+    "missing folder": (["--dataset=folder:{tmp}/missing"], "{tmp}/missing"),
+    "empty folder": (["--dataset=folder:{tmp}/empty"], "{tmp}/empty"),
+    "class mismatch": (["--dataset=folder:{tmp}/mismatch"], "class"),
+    "batch not divisible": (["--devices=/cpu:0,/cpu:1", "--batch_size=7"],
+                            "--batch_size 7 (global) is not divisible by the 2 replicas"),
+    "no paper recipe": (["--model=resnet34"], "the paper has no recipe for model 'resnet34'"),
+    "bad decay epochs": (["--lr_decay_epochs=30,x"], "not an epoch number: 'x'"),
+    "decreasing decay epochs": (["--lr_decay_epochs=60,30"], "--lr_decay_epochs must be increasing"),
+    "negative steps": (["--steps_per_epoch=0"], "--steps_per_epoch=0"),
+    "image too small": (["--model=alexnet", "--image_size=32"], "at least"),
+    "missing device": (["--devices=/gpu:0"], "no such device /device:GPU:0"),
+    "multi_worker without TF_CONFIG": (["--strategy=multi_worker"],
+                                       "--strategy=multi_worker needs the TF_CONFIG"),
+    "extra argument": (["cifar10"], "unexpected arguments: cifar10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_status_2(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    args, expected = BAD_INPUTS[case]
+    tmp = str(tmp_path)
+    os.makedirs(os.path.join(tmp, "empty"))
+    make_folder(os.path.join(tmp, "mismatch"), train_classes=("cat", "dog"),
+                val_classes=("cat", "cow"), per_class=1)
+    args = [a.format(tmp=tmp) for a in args]
+    status, out, err = run_main(capsys, *args, f"--model_dir={tmp}/run", "--epochs=1")
+    assert status == 2, (out, err)
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert expected.format(tmp=tmp) in lines[0]
+    assert "Traceback" not in err
+    assert not os.path.exists(os.path.join(tmp, "run", "checkpoints"))
+
+
+def test_multi_worker_needs_a_shared_model_dir(capsys):
+    status, _, err = run_main(capsys, "--strategy=multi_worker")
+    assert status == 2
+    assert error_lines(err) == [
+        "train.py: error: --strategy=multi_worker needs an explicit --model_dir, the same "
+        "for every worker, on a file system they share"]
+
+
+def test_command_line_bad_input_exit_status(tmp_path):
+    result = subprocess.run(
+        [sys.executable, TRAIN_PY, "--dataset=folder:" + str(tmp_path / "nowhere"),
+         f"--model_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=180, cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    # TensorFlow's C++ start-up lines (absl's notice, oneDNN's) aside: one line.
+    tf_startup = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|I\d{4} )")
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not tf_startup.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), result.stderr
+    assert "nowhere" in lines[0]
+
+
+def test_helpfull_documents_every_flag():
+    result = subprocess.run([sys.executable, TRAIN_PY, "--helpfull"], capture_output=True,
+                            text=True, env=subprocess_env(), timeout=180)
+    text = result.stdout + result.stderr
+    for name in ("model", "activation", "target_loss", "steps", "no_scale_by_grad", "recipe",
+                 "dataset", "data_dir", "manual_dir", "image_size", "epochs", "batch_size",
+                 "optimizer", "learning_rate", "momentum", "weight_decay", "lr_decay",
+                 "lr_decay_epochs", "steps_per_epoch", "eval_steps", "seed", "mixed_precision",
+                 "jit_compile", "strategy", "devices", "model_dir", "save_every_steps",
+                 "verbose"):
+        assert f"--{name}" in text or f"--[no]{name}" in text, name
+
+
+# --------------------------------------------------------------------------
+# slow: every network and activation, multi-worker, kill -9
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["step", "staircase", "relu", "saturated_relu"])
+@pytest.mark.parametrize("model", ["convnet4", "convnet8", "alexnet", "resnet18"])
+def test_every_model_and_activation(model, activation, tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, f"--model={model}", f"--activation={activation}",
+                                "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1",
+                                "--batch_size=4", "--verbose=0", "--save_every_steps=0",
+                                f"--model_dir={model_dir}")
+    assert status == 0, err
+    (row,) = metrics(model_dir)
+    assert np.isfinite(float(row["loss"])) and 0 <= float(row["val_top1"]) <= 1
+    side = 60 if model == "alexnet" else 32
+    assert settings(model_dir)["image_shape"] == [side, side, 3]
+    shutil.rmtree(model_dir)  # up to 1 GB of checkpoints and models per network
+
+
+@pytest.mark.slow
+def test_devices_flag_splits_the_cpu_in_a_fresh_process(tmp_path):
+    model_dir = str(tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, TRAIN_PY, "--devices=/cpu:0,/cpu:1,/cpu:2", "--model=convnet4",
+         "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1", "--batch_size=6",
+         "--verbose=0", f"--model_dir={model_dir}"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "strategy: MirroredStrategy, 3 replica(s) on CPU:0, CPU:1, CPU:2" in result.stdout
+    assert len(metrics(model_dir)) == 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_local_processes(tmp_path):
+    model_dir = str(tmp_path / "run")
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = [sys.executable, TRAIN_PY, "--strategy=multi_worker", "--model=convnet4",
+            "--epochs=2", "--steps_per_epoch=3", "--eval_steps=2", "--batch_size=8",
+            "--verbose=2", "--save_every_steps=2", f"--model_dir={model_dir}"]
+    workers = []
+    for index in range(2):
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
+            env=subprocess_env(TF_CONFIG=config, TMPDIR=str(scratch))))
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=400)[0])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for index, (worker, out) in enumerate(zip(workers, outputs)):
+        assert worker.returncode == 0, out
+        assert "MultiWorkerMirroredStrategy, 2 replica(s)" in out
+        assert f"this process is worker {index}" in out
+    assert "Summary:" in outputs[0] and "not the chief" in outputs[1]
+    # The two workers trained as one: the same metrics on both.
+    last = [re.findall(r"val_top1: [\d.]+", out)[-1] for out in outputs]
+    assert last[0] == last[1]
+    assert [r["epoch"] for r in metrics(model_dir)] == ["0", "1"]
+    assert os.path.exists(os.path.join(model_dir, "export", "final", "saved_model.pb"))
+    assert checkpoint_number(model_dir) == 2 * 3
+    assert os.listdir(scratch) == []  # worker 1's temporary directory is gone
+
+
+def _latest_checkpoint_number(model_dir):
+    try:
+        text = open(os.path.join(model_dir, "checkpoints", "checkpoint")).read()
+    except OSError:
+        return None
+    match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', text)
+    return int(match.group(1)) if match else None
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume(tmp_path):
+    model_dir = str(tmp_path / "run")
+    steps, epochs = 10, 4
+    args = [sys.executable, TRAIN_PY, "--model=convnet4", f"--epochs={epochs}",
+            f"--steps_per_epoch={steps}", "--eval_steps=1", "--batch_size=8",
+            "--save_every_steps=3", "--verbose=2", f"--model_dir={model_dir}"]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=subprocess_env(), cwd=str(tmp_path))
+    deadline = time.time() + 300
+    try:
+        # Wait for a checkpoint saved within epoch 2 or later (the number is the step).
+        while True:
+            number = _latest_checkpoint_number(model_dir)
+            if number is not None and number > steps and number % steps:
+                break
+            assert first.poll() is None, "training finished before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    rows_before = metrics(model_dir)
+    assert len(rows_before) >= 1
+
+    second = subprocess.run(args, capture_output=True, text=True, env=subprocess_env(),
+                            cwd=str(tmp_path), timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    match = re.search(r"resuming from the checkpoint saved after epoch (\d+) and (\d+) batches",
+                      second.stdout)
+    assert match, second.stdout
+    resumed_epoch, batches = int(match.group(1)), int(match.group(2))
+    assert resumed_epoch >= 1 and batches > 0
+    assert f"finishing epoch {resumed_epoch + 1} with its last {steps - batches} batches" \
+        in second.stdout
+    assert "Epoch 1/" not in second.stdout
+    rows = metrics(model_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))  # no duplicate, no gap
+    assert rows[:resumed_epoch] == rows_before[:resumed_epoch]  # earlier rows untouched
+    # Every step ran exactly once: optimizer iterations = epochs x steps.
+    assert checkpoint_number(model_dir) == epochs * steps
+
+
+def test_mixed_precision_and_xla_keep_float32_logits(tmp_path, capsys):
+    import keras
+
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet4", "--mixed_precision", "--jit_compile",
+                                "--epochs=1", *QUICK, f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    model = keras.models.load_model(os.path.join(model_dir, "final.keras"))
+    assert model.output.dtype == "float32"
+    assert model.get_layer("logits_float32").dtype_policy.name == "float32"
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in model.layers)
+    assert settings(model_dir)["mixed_precision"] and settings(model_dir)["jit_compile"]

@@ -1,0 +1,171 @@
+"""TrainingCheckpoint (resume state), BestModelSaver and the NaN stop, on a tiny model."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import callbacks
+
+STEPS = 5
+
+
+def tiny_model(width=8):
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(width)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])
+    return model
+
+
+def dataset(nan=False):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    if nan:
+        x[:] = np.nan
+    y = rng.integers(0, 3, size=40)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises at (epoch, batch), as a kill would stop the process there."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def checkpoint_numbers(directory):
+    state = tf.train.get_checkpoint_state(directory)
+    return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
+
+
+def test_restore_continues_from_mid_epoch_state(tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    model = tiny_model()
+    saver = callbacks.TrainingCheckpoint(directory, directory, every_steps=2)
+    assert saver.restore(model) == (0, 0)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(dataset(), epochs=3, steps_per_epoch=STEPS, verbose=0,
+                  callbacks=[saver, Interrupt(epoch=1, batch=3)])
+    # epoch 0: saves after 2 and 4 batches and at its end (5); epoch 1: after 2 (7).
+    assert saver.last_saved == (1, 2)
+    assert checkpoint_numbers(directory) == [5, 7]  # the previous one is kept too
+    trained = [w.numpy() for w in model.weights]
+    iterations = int(model.optimizer.iterations.numpy())
+    assert iterations == 8  # the interrupted batch 3 ran past the last save
+
+    fresh = tiny_model()
+    resumed = callbacks.TrainingCheckpoint(directory, directory, every_steps=2)
+    assert resumed.restore(fresh) == (1, 2)
+    assert int(fresh.optimizer.iterations.numpy()) == 7
+    # Adam's slots come back too, not only the weights.
+    velocities = [v for v in fresh.optimizer.variables if "velocity" in v.path]
+    assert velocities and all(np.any(v.numpy() != 0) for v in velocities)
+    assert len(fresh.weights) == len(trained)
+
+    # The interrupted epoch is finished with its remaining batches: positions line up.
+    resumed.batch_offset = 2
+    fresh.fit(dataset(), initial_epoch=1, epochs=2, steps_per_epoch=STEPS - 2, verbose=0,
+              callbacks=[resumed])
+    assert resumed.last_saved == (2, 0)
+    assert int(fresh.optimizer.iterations.numpy()) == 2 * STEPS
+
+
+def test_epoch_end_saves_only_and_weights_round_trip(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    model = tiny_model()
+    saver = callbacks.TrainingCheckpoint(directory, directory, every_steps=0)
+    saver.restore(model)
+    model.fit(dataset(), epochs=2, steps_per_epoch=STEPS, verbose=0, callbacks=[saver])
+    assert checkpoint_numbers(directory) == [STEPS, 2 * STEPS]
+    fresh = tiny_model()
+    assert callbacks.TrainingCheckpoint(directory, directory).restore(fresh) == (2, 0)
+    for a, b in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # BN statistics included
+
+
+def test_non_chief_reads_chief_dir_and_writes_its_own(tmp_path):
+    chief_dir, own_dir = str(tmp_path / "chief"), str(tmp_path / "own")
+    model = tiny_model()
+    saver = callbacks.TrainingCheckpoint(chief_dir, chief_dir)
+    saver.restore(model)
+    model.fit(dataset(), epochs=1, steps_per_epoch=STEPS, verbose=0, callbacks=[saver])
+    other = callbacks.TrainingCheckpoint(chief_dir, own_dir)
+    fresh = tiny_model()
+    assert other.restore(fresh) == (1, 0)
+    fresh.fit(dataset(), initial_epoch=1, epochs=2, steps_per_epoch=STEPS, verbose=0,
+              callbacks=[other])
+    assert checkpoint_numbers(chief_dir) == [STEPS]
+    assert checkpoint_numbers(own_dir) == [2 * STEPS]
+
+
+def test_restore_into_another_model_is_a_clear_error(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    model = tiny_model()
+    saver = callbacks.TrainingCheckpoint(directory, directory)
+    saver.restore(model)
+    model.fit(dataset(), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[saver])
+    with pytest.raises(ValueError, match="does not fit this model"):
+        callbacks.TrainingCheckpoint(directory, directory).restore(tiny_model(width=5))
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches, self.epochs = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_non_finite_loss_raises_before_later_callbacks_run(tmp_path):
+    model = tiny_model()
+    directory = str(tmp_path / "ckpt")
+    saver = callbacks.TrainingCheckpoint(directory, directory, every_steps=1)
+    saver.restore(model)
+    recorder = Recorder()
+    with pytest.raises(callbacks.NonFiniteLossError, match="NaN/inf loss.*epoch 1, batch 1") as e:
+        model.fit(dataset(nan=True), epochs=2, steps_per_epoch=STEPS, verbose=0,
+                  callbacks=[callbacks.StopOnNonFiniteLoss(), saver, recorder])
+    assert (e.value.epoch, e.value.batch) == (0, 0) and np.isnan(e.value.loss)
+    assert recorder.batches == [] and recorder.epochs == []
+    assert tf.train.latest_checkpoint(directory) is None
+
+
+def test_best_model_saver(tmp_path):
+    model = tiny_model()
+    saver = callbacks.BestModelSaver(str(tmp_path), str(tmp_path))
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"val_top1": 0.5, "val_top5": 0.9})
+    first = os.stat(tmp_path / "best.keras").st_mtime_ns
+    saver.on_epoch_end(1, {"val_top1": 0.4, "val_top5": 0.95})  # worse: kept
+    saver.on_epoch_end(2, {"val_top1": float("nan")})
+    assert os.stat(tmp_path / "best.keras").st_mtime_ns == first
+    assert json.loads((tmp_path / "best.json").read_text()) == {
+        "epoch": 1, "val_top1": 0.5, "val_top5": 0.9}
+    # A resumed run reads the value to beat back.
+    again = callbacks.BestModelSaver(str(tmp_path), str(tmp_path))
+    assert (again.best, again.best_epoch) == (0.5, 1)
+    again.set_model(model)
+    again.on_epoch_end(3, {"val_top1": 0.75})
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 4
+    assert keras.models.load_model(tmp_path / "best.keras").count_params() == model.count_params()
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]

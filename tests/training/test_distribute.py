@@ -1,0 +1,93 @@
+"""Strategy selection, --devices, chief/worker file handling (conftest gives 2 logical CPUs)."""
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from training import distribute
+
+
+def test_parse_devices():
+    assert distribute.parse_devices(None) == []
+    assert distribute.parse_devices("/cpu:0, /CPU:1") == ["/device:CPU:0", "/device:CPU:1"]
+    assert distribute.parse_devices(["/gpu:3"]) == ["/device:GPU:3"]
+    assert distribute.parse_devices("/device:CPU:0,") == ["/device:CPU:0"]
+    with pytest.raises(ValueError, match="lists a device twice"):
+        distribute.parse_devices("/cpu:0,/device:CPU:0")
+    with pytest.raises(ValueError, match="not a local device name"):
+        distribute.parse_devices("/job:worker/task:1/cpu:0")
+    with pytest.raises(ValueError, match="not a"):
+        distribute.parse_devices("cpu")
+
+
+def test_configure_devices_after_initialisation():
+    tf.constant(1.0)  # the runtime is up: the CPU split can no longer change
+    distribute.configure_devices(["/device:CPU:0", "/device:CPU:1"])  # conftest made two
+    with pytest.raises(ValueError, match="needs 4 logical CPU devices .* initialised with 2"):
+        distribute.configure_devices(["/device:CPU:3"])
+    distribute.configure_devices(["/device:GPU:0"])  # nothing to create for GPUs
+
+
+def test_make_strategy_choices():
+    cpus = ["/device:CPU:0", "/device:CPU:1"]
+    default = distribute.make_strategy("default")
+    assert default.num_replicas_in_sync == 1
+    assert not isinstance(default, tf.distribute.MirroredStrategy)
+    assert distribute.describe(default).startswith("default strategy, 1 replica")
+
+    # No GPUs here: auto is the default strategy; with --devices it mirrors over them.
+    assert distribute.make_strategy("auto").num_replicas_in_sync == 1
+    mirrored = distribute.make_strategy("auto", cpus)
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == 2
+    assert distribute.describe(mirrored) == "MirroredStrategy, 2 replica(s) on CPU:0, CPU:1"
+    assert isinstance(distribute.make_strategy("auto", cpus[:1]), tf.distribute.OneDeviceStrategy)
+    assert distribute.make_strategy("mirrored", cpus).num_replicas_in_sync == 2
+    assert distribute.is_chief(mirrored)
+
+
+@pytest.mark.parametrize("name,devices,message", [
+    ("auto", ["/device:GPU:0"], "no such device /device:GPU:0"),
+    ("default", ["/device:CPU:0"], "--devices needs --strategy=auto or --strategy=mirrored"),
+    ("multi_worker", ["/device:CPU:0"], "--devices cannot be used with --strategy=multi_worker"),
+    ("ring", [], "unknown strategy 'ring'"),
+])
+def test_make_strategy_errors(name, devices, message):
+    with pytest.raises(ValueError, match=message):
+        distribute.make_strategy(name, devices)
+
+
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not a valid cluster description"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": []},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="lists no member"):
+        distribute.make_strategy("multi_worker")
+
+
+def test_chief_task():
+    assert distribute.chief_task(None, None, {})
+    assert distribute.chief_task("worker", 0, {"worker": ["a", "b"]})
+    assert not distribute.chief_task("worker", 1, {"worker": ["a", "b"]})
+    assert distribute.chief_task("chief", 0, {"chief": ["c"], "worker": ["a"]})
+    assert not distribute.chief_task("worker", 0, {"chief": ["c"], "worker": ["a"]})
+    assert not distribute.chief_task("evaluator", 0, {"worker": ["a"]})
+
+
+def test_write_dir(tmp_path):
+    chief = distribute.WriteDir(str(tmp_path))
+    assert chief.path == str(tmp_path)
+    chief.cleanup()
+    assert os.path.isdir(tmp_path)  # the chief's model_dir is never removed
+    with distribute.WriteDir(str(tmp_path), chief=False, label="worker1") as other:
+        assert other.path != str(tmp_path) and os.path.isdir(other.path)
+        assert "worker1" in os.path.basename(other.path)
+        open(os.path.join(other.path, "x"), "w").close()
+    assert not os.path.exists(other.path)
