@@ -68,6 +68,16 @@ class TargetDiagnostics(keras.callbacks.Callback):
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
             self._probe_model = keras.Model(inputs, [layer.input for layer in layers])
 
+            @tf.function
+            def probe_fn(data):
+                """Pre-activations and outputs of every threshold layer on the probe batch."""
+                pre_activations = self._probe_model(data, training=False)
+                if not isinstance(pre_activations, (list, tuple)):
+                    pre_activations = [pre_activations]
+                return pre_activations, [layer(x) for layer, x in zip(layers, pre_activations)]
+
+            self._probe_fn = probe_fn
+
     def on_train_begin(self, logs=None):
         self._step = int(self.model.optimizer.iterations.numpy())
         self._recording = False
@@ -110,13 +120,10 @@ class TargetDiagnostics(keras.callbacks.Callback):
                 values[f"{name}/target_loss"] = sums["loss"] / targeted
         histograms = {}
         if self._probe_model is not None:
-            pre_activations = self._probe_model(self.probe_data, training=False)
-            if not isinstance(pre_activations, (list, tuple)):
-                pre_activations = [pre_activations]
-            outputs = []
-            for (name, probe), x in zip(self._probes.items(), pre_activations):
+            pre_activations, outputs = self._probe_fn(self.probe_data)
+            outputs = [np.asarray(y) for y in outputs]
+            for name, x in zip(self._probes, pre_activations):
                 histograms[f"{name}/pre_activation"] = x
-                outputs.append(np.asarray(probe.layer(x)))
             if self._previous_outputs is not None:
                 for name, new, old in zip(self._probes, outputs, self._previous_outputs):
                     values[f"{name}/flipped"] = float(np.mean(new != old))
