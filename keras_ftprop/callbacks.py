@@ -53,16 +53,14 @@ class TargetDiagnostics(keras.callbacks.Callback):
         self._previous_outputs = None
         self._latest = {}
         self._step = 0
-        self._recording = False
+        self._train_functions = {}
+        self._pending = None  # the logged step whose statistics are still to be read
 
     def set_model(self, model):
         super().set_model(model)
         layers = list(_threshold_layers(model))
         with model.distribute_strategy.scope():
             self._probes = {layer.name: TargetProbe(layer) for layer in layers}
-        for layer in layers:
-            layer.target_probe = self._probes[layer.name]
-        model.train_function = None  # retrace with the probes in the backward pass
         self._probe_model = None
         if self.probe_data is not None and layers:
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
@@ -78,34 +76,46 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
             self._probe_fn = probe_fn
 
+    def _attach(self, attached):
+        """Probes on or off the layers, with the training step traced for that state."""
+        for probe in self._probes.values():
+            probe.layer.target_probe = probe if attached else None
+        self.model.train_function = self._train_functions[attached]
+
     def on_train_begin(self, logs=None):
         self._step = int(self.model.optimizer.iterations.numpy())
-        self._recording = False
+        plain = self.model.make_train_function()
+        self.model.make_train_function(force=True)  # traced, on first call, with the probes attached
+        self._train_functions = {False: plain, True: self.model.train_function}
+        self._attach(False)
         if self.log_dir:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "diagnostics"))
 
+    # No on_train_batch_end: overriding it would make Keras synchronise on every step's logs.
+    # A logged step is read at the start of the next one (or at the end of the epoch).
     def on_train_batch_begin(self, batch, logs=None):
-        recording = self._step % self.every == 0
-        if recording != self._recording:  # flip the flags only on the steps that change them
-            for probe in self._probes.values():
-                probe.recording.assign(recording)
-            self._recording = recording
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._step % self.every == 0 and self._probes:
-            self._log(self._step)
+        self._flush()
+        record = self._step % self.every == 0 and bool(self._probes)
+        self._attach(record)
+        if record:
+            self._pending = self._step
         self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        self._flush()
         if logs is not None:
             logs.update(self._latest)
 
     def on_train_end(self, logs=None):
-        for probe in self._probes.values():
-            probe.layer.target_probe = None
-        self.model.train_function = None  # later fits trace without the probes
+        self._flush()
+        self._attach(False)
         if self._writer is not None:
             self._writer.close()
+
+    def _flush(self):
+        if self._pending is not None:
+            self._log(self._pending)
+            self._pending = None
 
     def _log(self, step):
         values = {}

@@ -13,8 +13,9 @@ layer's centred unit ``u`` (x for a step, 2x' - 1 for a staircase) and
     active     = #[t != 0 and grad_u != 0]          inside the loss's active region
     units      = #units,  targeted = #[t != 0]
 
-A layer without a probe adds nothing to the graph; a probe that is not
-recording adds one ``tf.cond`` per layer and step.
+A layer without a probe adds nothing to the graph: the callback keeps two
+compiled training steps, one traced with the probes attached, used on the
+logged steps only, and the plain one.
 """
 
 import tensorflow as tf
@@ -37,7 +38,6 @@ class TargetProbe:
             aggregation=tf.VariableAggregation.SUM,
         )
         self.sums = {name: tf.Variable(0.0, name=f"{layer.name}_{name}", **on_read) for name in STATISTICS}
-        self.recording = tf.Variable(False, trainable=False, name=f"{layer.name}_recording")
         loss = layer.target_loss
         self.has_loss = not isinstance(loss, target_losses.DirectEstimator)
 
@@ -50,14 +50,14 @@ class TargetProbe:
         return {name: float(variable.read_value()) for name, variable in self.sums.items()}
 
     def __call__(self, unit, y):
-        """Identity on ``y``; records the statistics of ``unit`` against the gradient of ``y``."""
+        """Identity on ``y``; adds the statistics of ``unit`` against the gradient of ``y`` to the sums."""
 
         @tf.custom_gradient
         def _observe(y):
             def grad(g):
-                record = tf.cond(self.recording, lambda: self._accumulate(unit, g), lambda: tf.constant(False))
-                with tf.control_dependencies([record]):
-                    return tf.identity(g)
+                # The sums are side effects, kept by automatic control dependencies.
+                self._accumulate(unit, g)
+                return g
 
             return tf.identity(y), grad
 
@@ -84,6 +84,5 @@ class TargetProbe:
         if self.has_loss:
             per_unit = layer.target_loss(unit, t)
             updates["loss"] = tf.reduce_sum(tf.where(targeted, per_unit, 0.0))
-        ops = [self.sums[name].assign_add(value) for name, value in updates.items()]
-        with tf.control_dependencies(ops):
-            return tf.constant(True)
+        for name, value in updates.items():
+            self.sums[name].assign_add(value)
