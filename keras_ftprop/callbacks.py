@@ -7,17 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ftprop.diagnostics import TargetProbe
-from keras_ftprop.layers import HardThreshold, Staircase
+from keras_ftprop.layers import HardThreshold, Staircase, leaf_layers
 
 __all__ = ["TargetDiagnostics"]
-
-
-def _threshold_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _threshold_layers(layer)
-        elif isinstance(layer, (HardThreshold, Staircase)):
-            yield layer
 
 
 class TargetDiagnostics(keras.callbacks.Callback):
@@ -58,7 +50,7 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        layers = list(_threshold_layers(model))
+        layers = [layer for layer in leaf_layers(model) if isinstance(layer, (HardThreshold, Staircase))]
         with model.distribute_strategy.scope():
             self._probes = {layer.name: TargetProbe(layer) for layer in layers}
         self._probe_model = None

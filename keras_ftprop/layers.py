@@ -4,7 +4,7 @@ import keras
 
 from keras_ftprop import ops, target_losses
 
-__all__ = ["HardThreshold", "Staircase", "SaturatedReLU"]
+__all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "leaf_layers"]
 
 _PACKAGE = "keras_ftprop"
 
@@ -107,3 +107,12 @@ class SaturatedReLU(_Activation):
 
     def call(self, inputs):
         return ops.saturated_relu(self._floating(inputs))
+
+
+def leaf_layers(model):
+    """The layers of ``model``, with nested models replaced by their own layers."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer

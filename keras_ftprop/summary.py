@@ -22,7 +22,7 @@ import math
 import keras
 import numpy as np
 
-from keras_ftprop.layers import HardThreshold, Staircase
+from keras_ftprop.layers import HardThreshold, Staircase, leaf_layers
 
 __all__ = ["summary", "ModelSummary", "LayerCost"]
 
@@ -158,14 +158,6 @@ def _macs(layer, input_shape, output_shape):
     return 0
 
 
-def _flatten(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _flatten(layer)
-        else:
-            yield layer
-
-
 def summary(model, print_fn=print):
     """Prints and returns a :class:`ModelSummary` of a built functional or Sequential model.
 
@@ -178,7 +170,7 @@ def summary(model, print_fn=print):
     for tensor in model.inputs:
         bits_of[id(tensor)] = _dtype_bits(tensor.dtype)
     costs = []
-    for layer in _flatten(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         inputs = keras.tree.flatten(layer.input)
