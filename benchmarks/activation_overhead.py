@@ -1,97 +1,118 @@
-"""Training-step time of hard-threshold activations relative to ReLU.
+"""Training-step time of each hidden activation relative to ReLU, on the paper's networks.
 
-Builds one mid-sized conv net per activation (8 conv layers, 32x32x3 input,
-batch 64), compiles its training step with XLA, and times the steps in
-interleaved rounds in one process, so that all variants see the same machine
-state. Prints the median step time of each variant and its ratio to ReLU.
+For every model in ``--models`` (default: convnet8 at 32x32, batch 64, and
+ResNet-18 at 64x64, batch 32) builds one network per configuration of
+``benchmarks/reproduce.py`` with ``models.get_model``:
 
-    python benchmarks/activation_overhead.py [--rounds 7] [--steps 10] [--batch 64] [--no-jit]
+    relu, saturated_relu, step-sste, step-ftp_sh, staircase-sste, staircase-ftp_sh
+
+compiles each as ``train.py`` does (cross-entropy on logits, SGD with
+momentum; ``--jit`` for XLA, off by default like ``train.py``), warms them
+up, then times ``train_on_batch`` on one fixed batch in interleaved rounds
+(each round: ``--steps`` steps of every configuration), so load changes on
+the machine hit all configurations alike. Prints, per model, the median
+step time over rounds and its ratio to ReLU (target: <= 1.10).
+
+    python benchmarks/activation_overhead.py [--models convnet8,resnet18] [--rounds 9] [--steps 5] [--jit]
 """
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from keras_ftprop import HardThreshold, Staircase  # noqa: E402
+from models import get_model  # noqa: E402
 
-VARIANTS = {
-    "relu": keras.layers.ReLU,
-    "step (soft_hinge)": lambda: HardThreshold(target_loss="soft_hinge"),
-    "step (sste)": lambda: HardThreshold(target_loss="sste"),
-    "staircase (soft_hinge)": lambda: Staircase(steps=3, target_loss="soft_hinge"),
+CONFIGS = {  # name: get_model arguments (the configurations of benchmarks/reproduce.py)
+    "relu": dict(activation="relu"),
+    "saturated_relu": dict(activation="saturated_relu"),
+    "step-sste": dict(activation="step", target_loss="sste"),
+    "step-ftp_sh": dict(activation="step", target_loss="soft_hinge"),
+    "staircase-sste": dict(activation="staircase", target_loss="sste"),
+    "staircase-ftp_sh": dict(activation="staircase", target_loss="soft_hinge"),
+}
+DEFAULT_SHAPES = {  # model: (image side, batch size)
+    "convnet4": (32, 64), "convnet8": (32, 64), "alexnet": (64, 32),
+    "resnet18": (64, 32), "resnet34": (64, 32),
 }
 
 
-def conv_net(activation, classes=10):
-    """8 conv layers (3x3, 32-32-64-64-128-128-256-256 filters, BN, 2x2 pooling every 2), GAP, dense."""
-    inputs = keras.Input((32, 32, 3))
-    x = inputs
-    for i, filters in enumerate([32, 32, 64, 64, 128, 128, 256, 256]):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = activation()(x)
-        if i % 2 == 1 and i < 7:
-            x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(classes)(x))
+def build(model_name, config, image_size, classes, jit):
+    keras.utils.set_random_seed(0)
+    model = get_model(model_name, input_shape=(image_size, image_size, 3), classes=classes,
+                      **CONFIGS[config])
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    return model
 
 
-def make_train_step(model, jit_compile):
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-        return loss
-
-    return step
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per variant per round")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--no-jit", dest="jit", action="store_false", help="time without XLA")
-    args = parser.parse_args()
-
+def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, steps=5, warmup=2,
+                 jit=False, configs=tuple(CONFIGS)):
+    """{config: [seconds per step, one per round]} of interleaved training steps."""
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
-    y = tf.constant(rng.integers(0, 10, size=args.batch))
-    steps = {}
-    for name, activation in VARIANTS.items():
-        keras.utils.set_random_seed(0)
-        steps[name] = make_train_step(conv_net(activation), args.jit)
-        for _ in range(3):  # compile and warm up
-            steps[name](x, y).numpy()
-
-    times = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
+    images = rng.standard_normal((batch_size, image_size, image_size, 3)).astype("float32")
+    labels = rng.integers(0, classes, size=batch_size)
+    models = {}
+    for config in configs:
+        models[config] = build(model_name, config, image_size, classes, jit)
+        for _ in range(1 + warmup):  # the first call traces and compiles
+            models[config].train_on_batch(images, labels)
+    times = {config: [] for config in configs}
+    for _ in range(rounds):
+        for config, model in models.items():
             start = time.perf_counter()
-            for _ in range(args.steps):
-                loss = step(x, y)
-            loss.numpy()
-            times[name].append((time.perf_counter() - start) / args.steps)
+            for _ in range(steps):
+                loss = model.train_on_batch(images, labels)
+            float(np.asarray(loss))  # the last step has finished
+            times[config].append((time.perf_counter() - start) / steps)
+    return times
 
-    base = statistics.median(times["relu"])
-    print(f"8-conv net, batch {args.batch}, 32x32x3, jit_compile={args.jit}, "
-          f"{args.rounds} rounds x {args.steps} steps, median step time")
-    print(f"| activation | ms/step | ratio to ReLU |\n|---|---|---|")
-    for name, samples in times.items():
+
+def table(times, baseline="relu"):
+    """Markdown rows: configuration, median ms/step, ratio to the baseline's median."""
+    base = statistics.median(times[baseline])
+    rows = ["| configuration | median ms/step | ratio to ReLU |", "|---|---:|---:|"]
+    for config, samples in times.items():
         median = statistics.median(samples)
-        print(f"| {name} | {1000 * median:.1f} | {median / base:.3f} |")
+        rows.append(f"| {config} | {1000 * median:.1f} | {median / base:.3f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="convnet8,resnet18")
+    parser.add_argument("--image-size", type=int, default=None, help="default: 32 for convnets, 64 otherwise")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 for convnets, 32 otherwise")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    parser.add_argument("--steps", type=int, default=5, help="steps per configuration per round")
+    parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    args = parser.parse_args(argv)
+    configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    if "relu" not in configs:
+        parser.error("--configs must include relu, the baseline")
+    results = {}
+    for model_name in (m.strip() for m in args.models.split(",") if m.strip()):
+        side, batch = DEFAULT_SHAPES[model_name]
+        side, batch = args.image_size or side, args.batch_size or batch
+        times = time_configs(model_name, image_size=side, batch_size=batch, rounds=args.rounds,
+                             steps=args.steps, jit=args.jit, configs=configs)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\n{model_name}, {side}x{side}x3, batch {batch}, jit_compile={args.jit}, median of "
+              f"{args.rounds} interleaved rounds x {args.steps} steps, {os.cpu_count()} CPUs, "
+              f"load average {load:.2f}\n")
+        print(table(times), flush=True)
+        results[model_name] = times
+    return results
 
 
 if __name__ == "__main__":
