@@ -126,8 +126,8 @@ def aggregate(args):
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows = read_metrics(os.path.join(args.output_dir, "runs", f"{config}-seed{seed}"))
-            if not rows or "val_top1" not in rows[0]:
-                continue
+            if not rows or "val_top1" not in rows[0] or (args.epochs and len(rows) < args.epochs):
+                continue  # not started, no evaluation, or still running
             top1 = [row["val_top1"] for row in rows]
             top5 = [row.get("val_top5") for row in rows]
             runs.append({"seed": seed, "top1": top1, "top5": top5, "best_top1": max(top1), "final_top1": top1[-1],

@@ -31,6 +31,7 @@ def test_report_aggregates_seeds(tmp_path, capsys):
     _write_run(out, "step-sste", 1, [0.5, 0.7, 0.6], [0.9, 0.95, 0.96])
     _write_run(out, "step-sste", 2, [0.6, 0.8, 0.8], [0.9, 0.97, 0.98])
     _write_run(out, "relu", 1, [0.7, 0.9, 0.85], [0.99, 0.99, 0.99])
+    _write_run(out, "relu", 2, [0.1], [0.5])  # still running: left out
     reproduce.main(["--report_only", "--seeds=2", "--configs=step-sste,relu", "--epochs=3",
                     f"--output_dir={out}"])
     results = json.load(open(os.path.join(out, "results.json")))
