@@ -54,7 +54,7 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
 
     @tf.custom_gradient
     def _step(x):
-        y = tf.where(x > 0, tf.ones_like(x), tf.fill(tf.shape(x), tf.constant(low, x.dtype)))
+        y = tf.where(x > 0, tf.constant(1.0, x.dtype), tf.constant(low, x.dtype))
 
         def grad(g):
             return loss.input_gradient(x, g, scale_by_grad=scale_by_grad, batch_size=_global_batch_size(g))
@@ -86,17 +86,19 @@ def staircase(x, steps=3, target_loss="soft_hinge", scale_by_grad=True, low=0.0,
 
     @tf.custom_gradient
     def _staircase(x):
-        unit = (x - low) / span
+        # (Python-level shortcuts skip activation-sized temporaries for [0, 1].)
+        unit = x if (low, span) == (0.0, 1.0) else (x - low) / span
         y = tf.clip_by_value(tf.math.ceil(unit * slope), 0.0, levels) / levels
-        y = y * span + low
+        if (low, span) != (0.0, 1.0):
+            y = y * span + low
 
         def grad(g):
             centred = 2.0 * unit - 1.0
-            g_unit = g * span  # dLoss/dy'
+            g_unit = g if span == 1.0 else g * span  # dLoss/dy'
             grad_unit = loss.input_gradient(
                 centred, g_unit, scale_by_grad=scale_by_grad, batch_size=_global_batch_size(g)
             )
-            return grad_unit / span
+            return grad_unit if span == 1.0 else grad_unit / span
 
         return y, grad
 

@@ -120,8 +120,11 @@ class SoftHinge(TargetLoss):
     def input_gradient(self, x, g, *, scale_by_grad, batch_size):
         if not scale_by_grad:
             return super().input_gradient(x, g, scale_by_grad=False, batch_size=batch_size)
-        th = tf.tanh(self.xscale * x)
-        return g * ((self.yscale * self.xscale) * (1.0 - th * th))
+        # TanhGrad(y, dy) = dy (1 - y^2) in one kernel: the backward of the widest
+        # layers then holds two activation-sized temporaries, not five.
+        scale = self.yscale * self.xscale
+        th = tf.tanh(x if self.xscale == 1.0 else self.xscale * x)
+        return tf.raw_ops.TanhGrad(y=th, dy=g if scale == 1.0 else g * scale)
 
     def get_config(self):
         return {"xscale": self.xscale, "yscale": self.yscale}
@@ -223,6 +226,9 @@ class SaturatedSTE(DirectEstimator):
 
     def window(self, x):
         return tf.cast(tf.abs(x) <= self.limit, x.dtype)
+
+    def input_gradient(self, x, g, *, scale_by_grad, batch_size):
+        return tf.where(tf.abs(x) <= self.limit, g, tf.zeros([], g.dtype))
 
     def get_config(self):
         return {"limit": self.limit}
