@@ -166,6 +166,7 @@ def plot(args, results):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -179,14 +180,22 @@ def plot(args, results):
         (line,) = axis.plot(epochs, curves.mean(axis=0), marker="o", markersize=3, label=config)
         axis.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_ylabel("eval top-1 (%)")
-    axis.set_title(f"{args.model} on {args.dataset} (mean over seeds, shaded min-max)")
+    axis.set_title(f"{args.model} on {_short_dataset(args.dataset)}: mean over seeds, shaded min-max",
+                   fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
     path = os.path.join(args.output_dir, "top1.png")
     figure.savefig(path, dpi=120)
     return path
+
+
+def _short_dataset(spec):
+    """``idx:/a/b/fashion-mnist`` -> ``idx:fashion-mnist``; other names unchanged."""
+    kind, _, path = spec.partition(":")
+    return f"{kind}:{os.path.basename(os.path.normpath(path))}" if path else spec
 
 
 def _num_classes(args):
