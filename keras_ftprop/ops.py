@@ -84,12 +84,13 @@ def staircase(x, steps=3, target_loss="soft_hinge", scale_by_grad=True, low=0.0,
     levels = tf.constant(float(steps), x.dtype)
     slope = tf.constant(float(max(steps - 1, 1)), x.dtype)
 
+    unit_range = (low, high) == (0.0, 1.0)  # x' = x: no affine maps, no temporaries for them
+
     @tf.custom_gradient
     def _staircase(x):
-        # (Python-level shortcuts skip activation-sized temporaries for [0, 1].)
-        unit = x if (low, span) == (0.0, 1.0) else (x - low) / span
+        unit = x if unit_range else (x - low) / span
         y = tf.clip_by_value(tf.math.ceil(unit * slope), 0.0, levels) / levels
-        if (low, span) != (0.0, 1.0):
+        if not unit_range:
             y = y * span + low
 
         def grad(g):

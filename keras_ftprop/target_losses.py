@@ -205,16 +205,21 @@ class Sigmoid(TargetLoss):
 
 
 class DirectEstimator(TargetLoss):
-    """A backward given directly as grad_x = g * window(x); ``scale_by_grad`` does not apply."""
+    """A backward given directly as grad_x = g * 1[x in window]; ``scale_by_grad`` does not apply.
+
+    Computed as one select of g, not a product with a float mask, so the
+    backward holds no extra activation-sized float tensor.
+    """
 
     def __call__(self, z, t):
         raise TypeError(f"{type(self).__name__} is a direct gradient estimator and has no loss L(z, t).")
 
-    def window(self, x):
+    def in_window(self, x):
+        """Boolean mask of the units whose gradient passes."""
         raise NotImplementedError
 
     def input_gradient(self, x, g, *, scale_by_grad, batch_size):
-        return g * self.window(x)
+        return tf.where(self.in_window(x), g, tf.zeros([], g.dtype))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -224,11 +229,8 @@ class SaturatedSTE(DirectEstimator):
     def __init__(self, limit=1.0):
         self.limit = float(limit)
 
-    def window(self, x):
-        return tf.cast(tf.abs(x) <= self.limit, x.dtype)
-
-    def input_gradient(self, x, g, *, scale_by_grad, batch_size):
-        return tf.where(tf.abs(x) <= self.limit, g, tf.zeros([], g.dtype))
+    def in_window(self, x):
+        return tf.abs(x) <= self.limit
 
     def get_config(self):
         return {"limit": self.limit}
@@ -236,10 +238,10 @@ class SaturatedSTE(DirectEstimator):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class STE(DirectEstimator):
-    """Straight-through estimator: grad_x = g."""
+    """Straight-through estimator: grad_x = g (every unit is in the window)."""
 
-    def window(self, x):
-        return tf.ones_like(x)
+    def in_window(self, x):
+        return tf.ones_like(x, dtype=tf.bool)
 
     def input_gradient(self, x, g, *, scale_by_grad, batch_size):
         return g

@@ -150,3 +150,23 @@ def test_gradients_under_xla_equal_eager(name, scale_by_grad):
 
     _, eager = _grad(both, x, g)
     np.testing.assert_allclose(compiled(tf.constant(x), tf.constant(g)).numpy(), eager, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("loss", ["soft_hinge", "sste"])
+def test_step_forward_and_backward_make_three_activation_sized_tensors(loss):
+    """Memory: the output, then in the backward one intermediate (tanh x, or |x|)
+    and grad_x; a product-of-factors backward would hold several more."""
+
+    @tf.function
+    def backward(x, g):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.hard_threshold(x, target_loss=loss)
+        return tape.gradient(y, x, output_gradients=g)
+
+    spec = tf.TensorSpec([8, 16], tf.float32)
+    graph = backward.get_concrete_function(spec, spec).graph
+    full_size = [op.type for op in graph.get_operations()
+                 if op.type not in ("Placeholder", "Identity", "IdentityN", "Const")
+                 and any(out.dtype == tf.float32 and out.shape == (8, 16) for out in op.outputs)]
+    assert len(full_size) == 3, full_size
