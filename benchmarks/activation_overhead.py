@@ -46,10 +46,11 @@ DEFAULT_SHAPES = {  # model: (image side, batch size)
 }
 
 
-def build(model_name, config, image_size, classes, jit):
+def build(model_name, image_size, classes, jit, **activation):
+    """``get_model(model_name, **activation)`` (seed 0), compiled as train.py compiles it."""
     keras.utils.set_random_seed(0)
     model = get_model(model_name, input_shape=(image_size, image_size, 3), classes=classes,
-                      **CONFIGS[config])
+                      **activation)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit)
@@ -64,7 +65,7 @@ def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, st
     labels = rng.integers(0, classes, size=batch_size)
     models = {}
     for config in configs:
-        models[config] = build(model_name, config, image_size, classes, jit)
+        models[config] = build(model_name, image_size, classes, jit, **CONFIGS[config])
         for _ in range(1 + warmup):  # the first call traces and compiles
             models[config].train_on_batch(images, labels)
     times = {config: [] for config in configs}

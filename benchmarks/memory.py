@@ -106,17 +106,12 @@ def run_child(variant, args):
     import numpy as np
 
     import keras_ftprop
+    from benchmarks.activation_overhead import build
     from keras_ftprop.layers import leaf_layers
-    from models import get_model
 
     rss_imported = _rss_bytes()
-    keras.utils.set_random_seed(0)
     size = args.image_size
-    model = get_model(args.model, input_shape=(size, size, 3), classes=args.classes,
-                      **VARIANTS[variant][1])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=args.jit)
+    model = build(args.model, size, args.classes, args.jit, **VARIANTS[variant][1])
     sites = [layer for layer in leaf_layers(model) if isinstance(layer, (
         keras.layers.ReLU, keras_ftprop.HardThreshold, keras_ftprop.Staircase,
         keras_ftprop.SaturatedReLU))]

@@ -18,3 +18,18 @@ def test_table_ratios_are_medians_over_the_relu_median():
     rows = activation_overhead.table(times).splitlines()
     assert rows[2] == "| relu | 20.0 | 1.000 |"
     assert rows[3] == f"| step-ftp_sh | 22.0 | {statistics.median([44, 22, 11]) / 20:.3f} |"
+
+
+def test_each_configuration_builds_its_activation():
+    import keras_ftprop
+    from keras_ftprop.layers import leaf_layers
+
+    def activations(config):
+        model = activation_overhead.build("convnet4", 32, 10, False, **activation_overhead.CONFIGS[config])
+        return [(type(layer).__name__, layer.get_config().get("target_loss"))
+                for layer in leaf_layers(model)
+                if isinstance(layer, (keras_ftprop.HardThreshold, keras_ftprop.Staircase))]
+
+    assert activations("step-sste") == [("HardThreshold", "sste")] * 3  # convnet4: 3 activation sites
+    assert activations("staircase-ftp_sh") == [("Staircase", "soft_hinge")] * 3
+    assert activations("relu") == []
