@@ -1,7 +1,11 @@
 """Reproduce the paper's comparison for one model and data set, over several seeds.
 
-Trains every configuration below with ``train.py`` (the same code path a user
-runs, one subprocess per run, the paper's recipe unless flags override it):
+Trains every configuration with ``train.py`` (the same code path a user runs,
+one subprocess per run, the paper's recipe unless flags override it). A
+configuration is ``<units>-<target loss>`` for hard-threshold units, ``units``
+``step`` or ``staircase`` and the loss any name of
+``keras_ftprop.target_losses.names()`` (``ftp_sh`` is the paper's name for
+``soft_hinge``), or ``relu`` or ``saturated_relu``. The default is the paper's six:
 
     step-sste            step activations, saturated straight-through estimator
     step-ftp_sh          step activations, FTP-SH (soft hinge target loss)
@@ -13,13 +17,22 @@ runs, one subprocess per run, the paper's recipe unless flags override it):
 then writes into ``--output_dir``:
 
     runs/<config>-seed<k>/   each run's model_dir (metrics.csv, checkpoints, exports)
-    results.md               mean +- std over seeds of best and final eval top-1 (and top-5)
+    results.md               per configuration: mean +- std over seeds of best and final eval
+                             top-1, final top-5 and train loss, top-1 change over the last
+                             epochs; per seed, paired differences (FTP-SH minus every other
+                             loss on the same units, staircase minus step with the same loss)
     results.json             the same numbers, per run and aggregated
-    top1.png                 eval top-1 per epoch, one line per configuration, seed spread shaded
+    curves.png               train loss and eval top-1 per epoch, one line per configuration,
+                             seed spread shaded
 
 It is resumable: a finished run (all epochs in its metrics.csv and its final
 export written) is not redone, and an interrupted one resumes from its last
-checkpoint. Example (Debian's dataset-fashion-mnist package provides the files):
+checkpoint. With ``--record_dir``, each finished run's small outputs
+(``metrics.csv``, ``settings.json``) are copied to ``<record_dir>/runs/<run>/``
+and the report is written there: commit that directory and a study continues
+on another machine where it stopped (recorded runs are not redone), and
+``--report_only --output_dir=<record_dir>`` regenerates the report from it.
+Example (Debian's dataset-fashion-mnist package provides the files):
 
     python benchmarks/reproduce.py --model convnet4 \\
         --dataset idx:/usr/share/datasets/fashion-mnist --epochs 3 --output_dir results/convnet4
@@ -31,20 +44,41 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-CONFIGS = {  # name: train.py flags
-    "step-sste": ["--activation=step", "--target_loss=sste"],
-    "step-ftp_sh": ["--activation=step", "--target_loss=soft_hinge"],
-    "staircase-sste": ["--activation=staircase", "--target_loss=sste"],
-    "staircase-ftp_sh": ["--activation=staircase", "--target_loss=soft_hinge"],
-    "relu": ["--activation=relu"],
-    "saturated_relu": ["--activation=saturated_relu"],
-}
+from keras_ftprop import target_losses  # noqa: E402
+
+PAPER_CONFIGS = ("step-sste", "step-ftp_sh", "staircase-sste", "staircase-ftp_sh", "relu", "saturated_relu")
+THRESHOLD_UNITS = ("step", "staircase")
+PLAIN_ACTIVATIONS = ("relu", "saturated_relu")
+LOSS_ALIASES = {"ftp_sh": "soft_hinge"}  # the paper's name
+RECORDED_FILES = ("metrics.csv", "settings.json")
+CONVERGENCE_EPOCHS = 2  # "top-1 change over the last epochs" spans this many epochs
+
+
+def split_config(name):
+    """``"step-ftp_sh"`` -> ``("step", "soft_hinge")``; ``"relu"`` -> ``("relu", None)``; ValueError if unknown."""
+    if name in PLAIN_ACTIVATIONS:
+        return name, None
+    units, _, loss = name.partition("-")
+    loss = LOSS_ALIASES.get(loss, loss)
+    if units not in THRESHOLD_UNITS or loss not in target_losses.names():
+        raise ValueError(
+            f"unknown configuration {name!r}: expected relu, saturated_relu or <units>-<loss> with units in "
+            f"{', '.join(THRESHOLD_UNITS)} and loss in {', '.join(('ftp_sh',) + target_losses.names())}")
+    return units, loss
+
+
+def config_flags(name):
+    """The train.py flags of a configuration."""
+    activation, loss = split_config(name)
+    return [f"--activation={activation}"] + ([f"--target_loss={loss}"] if loss else [])
 
 
 def parse_args(argv):
@@ -61,16 +95,21 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     parser.add_argument("--first_seed", type=int, default=1)
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated subset of: {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(PAPER_CONFIGS),
+                        help="comma-separated configurations (default: the paper's six)")
     parser.add_argument("--output_dir", default=None, help="default: results/<model>-<dataset>")
+    parser.add_argument("--record_dir", default=None,
+                        help="copy each finished run's metrics.csv and settings.json here and write the report "
+                             "here; runs recorded here are not redone")
     parser.add_argument("--report_only", action="store_true", help="only aggregate the finished runs")
     args = parser.parse_args(argv)
     args.extra = extra
     args.configs = [name.strip() for name in args.configs.split(",") if name.strip()]
-    unknown = [name for name in args.configs if name not in CONFIGS]
-    if unknown:
-        parser.error(f"unknown configuration(s) {', '.join(unknown)}; valid: {', '.join(CONFIGS)}")
+    for name in args.configs:
+        try:
+            split_config(name)
+        except ValueError as error:
+            parser.error(str(error))
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     if args.output_dir is None:
@@ -88,29 +127,50 @@ def read_metrics(model_dir):
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def is_finished(model_dir, epochs):
+def _has_epochs(model_dir, epochs):
     rows = read_metrics(model_dir)
-    done = len(rows) >= epochs if epochs else bool(rows)
-    return done and os.path.exists(os.path.join(model_dir, "export", "final", "saved_model.pb"))
+    return len(rows) >= epochs if epochs else bool(rows)
+
+
+def is_finished(model_dir, epochs):
+    return _has_epochs(model_dir, epochs) and os.path.exists(
+        os.path.join(model_dir, "export", "final", "saved_model.pb"))
+
+
+def record(model_dir, record_dir):
+    """Copies a finished run's small outputs into ``record_dir`` (same relative layout)."""
+    os.makedirs(record_dir, exist_ok=True)
+    for name in RECORDED_FILES:
+        shutil.copyfile(os.path.join(model_dir, name), os.path.join(record_dir, name))
+
+
+def run_name(config, seed):
+    return f"{config}-seed{seed}"
 
 
 def run(args, config, seed):
-    model_dir = os.path.join(args.output_dir, "runs", f"{config}-seed{seed}")
+    name = run_name(config, seed)
+    model_dir = os.path.join(args.output_dir, "runs", name)
+    recorded = args.record_dir and os.path.join(args.record_dir, "runs", name)
+    if recorded and _has_epochs(recorded, args.epochs):
+        print(f"[recorded] {config} seed {seed}", flush=True)
+        return
     if is_finished(model_dir, args.epochs):
         print(f"[done]    {config} seed {seed}", flush=True)
-        return model_dir
-    command = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={args.model}",
-               f"--dataset={args.dataset}", f"--seed={seed}", f"--model_dir={model_dir}", "--verbose=2",
-               *CONFIGS[config], *args.extra]
-    if args.epochs:
-        command.append(f"--epochs={args.epochs}")
-    print(f"[running] {config} seed {seed}: {' '.join(command[1:])}", flush=True)
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "train.log"), "a") as log:
-        status = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if status != 0:
-        sys.exit(f"train.py failed (exit {status}) for {config} seed {seed}; see {model_dir}/train.log")
-    return model_dir
+    else:
+        command = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={args.model}",
+                   f"--dataset={args.dataset}", f"--seed={seed}", f"--model_dir={model_dir}", "--verbose=2",
+                   *config_flags(config), *args.extra]
+        if args.epochs:
+            command.append(f"--epochs={args.epochs}")
+        print(f"[running] {config} seed {seed}: {' '.join(command[1:])}", flush=True)
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, "train.log"), "a") as log:
+            status = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        if status != 0:
+            sys.exit(f"train.py failed (exit {status}) for {config} seed {seed}; see {model_dir}/train.log")
+    if recorded:
+        record(model_dir, recorded)
 
 
 def _mean_std(values):
@@ -119,49 +179,91 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(args):
-    """Per configuration: the runs' curves and mean/std of best and final eval top-1/top-5."""
+def aggregate(args, runs_dir):
+    """Per configuration: the runs' curves and mean/std of their best and final numbers."""
     results = {}
     for config in args.configs:
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            rows = read_metrics(os.path.join(args.output_dir, "runs", f"{config}-seed{seed}"))
+            rows = read_metrics(os.path.join(runs_dir, run_name(config, seed)))
             if not rows or "val_top1" not in rows[0] or (args.epochs and len(rows) < args.epochs):
                 continue  # not started, no evaluation, or still running
             top1 = [row["val_top1"] for row in rows]
             top5 = [row.get("val_top5") for row in rows]
-            runs.append({"seed": seed, "top1": top1, "top5": top5, "best_top1": max(top1), "final_top1": top1[-1],
-                         "best_top5": max(v for v in top5 if v is not None) if None not in top5 else None,
-                         "final_top5": top5[-1]})
+            loss = [row.get("loss") for row in rows]
+            span = min(CONVERGENCE_EPOCHS, len(top1) - 1)
+            runs.append({"seed": seed, "top1": top1, "top5": top5, "loss": loss,
+                         "best_top1": max(top1), "final_top1": top1[-1], "final_top5": top5[-1],
+                         "final_loss": loss[-1], "top1_change": top1[-1] - top1[-1 - span] if span else None})
         results[config] = {
             "runs": runs,
             **{key: _mean_std([r[key] for r in runs if r[key] is not None])
-               for key in ("best_top1", "final_top1", "best_top5", "final_top5")},
+               for key in ("best_top1", "final_top1", "final_top5", "final_loss", "top1_change")},
         }
     return results
 
 
-def _cell(mean_std):
-    return "-" if mean_std is None else f"{100 * mean_std[0]:.2f} ± {100 * mean_std[1]:.2f}"
+def comparison_pairs(configs):
+    """(a, b) pairs differing in one factor: FTP-SH vs every other loss on the same units, then
+    staircase vs step with the same loss."""
+    split = {name: split_config(name) for name in configs}
+    pairs = [(a, b) for a in configs for b in configs
+             if a != b and split[a][1] == "soft_hinge" and split[b][1] not in (None, "soft_hinge")
+             and split[a][0] == split[b][0]]
+    pairs += [(a, b) for a in configs for b in configs
+              if split[a][0] == "staircase" and split[b][0] == "step" and split[a][1] == split[b][1]]
+    return pairs
 
 
-def write_table(args, results, num_classes):
-    with_top5 = num_classes is None or num_classes > 5
-    header = "| configuration | runs | best top-1 | final top-1 |" + (" best top-5 | final top-5 |" if with_top5 else "")
-    lines = [f"{args.model} on {args.dataset}, eval split, mean ± std over seeds (%)", "", header,
+def paired_differences(results):
+    """Per pair (a, b): final top-1 of a minus b for every seed both finished, and whether the mean
+    difference exceeds the seed-to-seed spread (the larger std of a's and b's final top-1) with
+    every seed on the same side."""
+    out = []
+    for a, b in comparison_pairs(list(results)):
+        final_a = {r["seed"]: r["final_top1"] for r in results[a]["runs"]}
+        final_b = {r["seed"]: r["final_top1"] for r in results[b]["runs"]}
+        seeds = sorted(set(final_a) & set(final_b))
+        if not seeds:
+            continue
+        diffs = [final_a[s] - final_b[s] for s in seeds]
+        mean, std = _mean_std(diffs)
+        spread = max(results[a]["final_top1"][1], results[b]["final_top1"][1])
+        out.append({"a": a, "b": b, "seeds": seeds, "differences": diffs, "mean": mean, "std": std,
+                    "a_ahead": sum(d > 0 for d in diffs), "spread": spread,
+                    "beyond_spread": len(seeds) > 1 and abs(mean) > spread
+                    and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs))})
+    return out
+
+
+def _cell(mean_std, scale=100, digits=2):
+    return "-" if mean_std is None else f"{scale * mean_std[0]:.{digits}f} ± {scale * mean_std[1]:.{digits}f}"
+
+
+def format_report(args, results, pairs):
+    header = ("| configuration | runs | best top-1 | final top-1 | final top-5 | final train loss "
+              f"| top-1 change, last {CONVERGENCE_EPOCHS} epochs |")
+    lines = [f"{args.model} on {_short_dataset(args.dataset)}, eval split, mean ± std over seeds (%)", "", header,
              "|" + "---|" * (header.count("|") - 1)]
     for config, result in results.items():
-        cells = [config, str(len(result["runs"])), _cell(result["best_top1"]), _cell(result["final_top1"])]
-        if with_top5:
-            cells += [_cell(result["best_top5"]), _cell(result["final_top5"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
-        f.write(text)
-    return text
+        lines.append("| " + " | ".join([
+            config, str(len(result["runs"])), _cell(result["best_top1"]), _cell(result["final_top1"]),
+            _cell(result["final_top5"]), _cell(result["final_loss"], scale=1, digits=4),
+            _cell(result["top1_change"])]) + " |")
+    if pairs:
+        lines += ["", "Paired by seed (same seed, same data order): final top-1 of A minus B, in points", "",
+                  "| A - B | seeds | per seed | mean ± std | A ahead | seed spread | beyond spread |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            lines.append(
+                f"| {p['a']} - {p['b']} | {len(p['seeds'])} | "
+                + ", ".join(f"{100 * d:+.2f}" for d in p["differences"])
+                + f" | {100 * p['mean']:+.2f} ± {100 * p['std']:.2f} | {p['a_ahead']}/{len(p['seeds'])} | "
+                f"{100 * p['spread']:.2f} | {'yes' if p['beyond_spread'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
-def plot(args, results):
+def plot(args, results, report_dir):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,26 +271,35 @@ def plot(args, results):
     import matplotlib.ticker
     import numpy as np
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, (loss_axis, top1_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
     for config, result in results.items():
-        curves = [run["top1"] for run in result["runs"]]
-        if not curves:
+        if not result["runs"]:
             continue
-        length = min(len(c) for c in curves)
-        curves = 100 * np.array([c[:length] for c in curves])
-        epochs = np.arange(1, length + 1)
-        (line,) = axis.plot(epochs, curves.mean(axis=0), marker="o", markersize=3, label=config)
-        axis.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
-    axis.set_xlabel("epoch")
-    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    axis.set_ylabel("eval top-1 (%)")
-    axis.set_title(f"{args.model} on {_short_dataset(args.dataset)}: mean over seeds, shaded min-max",
-                   fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend()
+        color = None
+        for axis, key, scale in ((loss_axis, "loss", 1), (top1_axis, "top1", 100)):
+            curves = [run[key] for run in result["runs"] if None not in run[key]]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            curves = scale * np.array([c[:length] for c in curves])
+            epochs = np.arange(1, length + 1)
+            (line,) = axis.plot(epochs, curves.mean(axis=0), marker="o", markersize=3, label=config, color=color)
+            color = line.get_color()
+            axis.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2)
+    loss_axis.set_yscale("log")
+    loss_axis.set_ylabel("train loss (with weight decay)")
+    top1_axis.set_ylabel("eval top-1 (%)")
+    for axis in (loss_axis, top1_axis):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    top1_axis.legend(fontsize=8)
+    figure.suptitle(f"{args.model} on {_short_dataset(args.dataset)}: mean over seeds, shaded min-max",
+                    fontsize=10)
     figure.tight_layout()
-    path = os.path.join(args.output_dir, "top1.png")
-    figure.savefig(path, dpi=120)
+    path = os.path.join(report_dir, "curves.png")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
     return path
 
 
@@ -198,28 +309,29 @@ def _short_dataset(spec):
     return f"{kind}:{os.path.basename(os.path.normpath(path))}" if path else spec
 
 
-def _num_classes(args):
-    for config in args.configs:
-        path = os.path.join(args.output_dir, "runs", f"{config}-seed{args.first_seed}", "settings.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                settings = json.load(f)
-            return settings.get("data", {}).get("num_classes")
-    return None
+def report(args):
+    """Aggregates the finished runs of ``--record_dir`` (else ``--output_dir``) into results.md/.json and the figure."""
+    report_dir = args.record_dir or args.output_dir
+    os.makedirs(report_dir, exist_ok=True)
+    results = aggregate(args, os.path.join(report_dir, "runs"))
+    pairs = paired_differences(results)
+    with open(os.path.join(report_dir, "results.json"), "w") as f:
+        json.dump({"configurations": results, "paired": pairs}, f, indent=1)
+    text = format_report(args, results, pairs)
+    with open(os.path.join(report_dir, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+    print(f"figure: {plot(args, results, report_dir)}")
+    return results, pairs
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.makedirs(args.output_dir, exist_ok=True)
     if not args.report_only:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for config in args.configs:
                 run(args, config, seed)
-    results = aggregate(args)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(write_table(args, results, _num_classes(args)))
-    print(f"figure: {plot(args, results)}")
+    return report(args)
 
 
 if __name__ == "__main__":
