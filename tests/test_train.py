@@ -223,6 +223,8 @@ def test_diagnostics_and_the_model_summary(tmp_path, capsys):
             for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
                 tags.update(value.tag for value in event.summary.value)
     assert {"conv1_act/target_satisfied", "fc1_act/target_none", "conv2_act/pre_activation"} <= tags
+    row = metrics(model_dir)[0]  # the epoch's row records the latest statistics too
+    assert 0.0 <= float(row["conv1_act/target_satisfied"]) <= 1.0 and "fc1_act/flipped" in row
 
 
 def test_mirrored_over_two_virtual_cpus(tmp_path, capsys):

@@ -344,10 +344,11 @@ def _fit(config, setup, start):
 
     checkpoint = setup.checkpoint
     best = callbacks_lib.BestModelSaver(model_dir, write_path)
+    csv_logger = keras.callbacks.CSVLogger(metrics_path, append=True)
     fit_callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(),  # first: raises before anything saves
         keras.callbacks.LearningRateScheduler(lambda epoch: recipes.learning_rate_at(recipe, epoch)),
-        keras.callbacks.CSVLogger(metrics_path, append=True),
+        csv_logger,
         checkpoint,  # after the CSV row: a resumed run trims rows it redoes
         best,
     ]
@@ -359,7 +360,8 @@ def _fit(config, setup, start):
         log("note: no TensorBoard logs (the tensorboard package is not installed)")
     if config.diagnostics:
         probe_images = next(iter(setup.eval_ds.take(1)))[0]
-        fit_callbacks.append(TargetDiagnostics(
+        # Before the CSV logger, so that each epoch's row records the latest statistics.
+        fit_callbacks.insert(fit_callbacks.index(csv_logger), TargetDiagnostics(
             every=config.diagnostics, probe_data=probe_images,
             log_dir=os.path.join(write_path, files.TENSORBOARD_DIR) if tensorboard else None))
     verbose = config.verbose if config.verbose == "auto" else int(config.verbose)
