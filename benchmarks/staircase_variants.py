@@ -54,7 +54,7 @@ def train_variant(name, dataset, steps, seed, images):
     model.compile(keras.optimizers.Adam(LEARNING_RATE),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])
-    model.fit(train.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(train.repeat(), steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)  # shuffled by tf.data
     top1 = model.evaluate(evaluation, verbose=0, return_dict=True)["top1"]
     layers = threshold_inputs.threshold_layers(model)
     probe = keras.Model(model.inputs, [layer.input for layer in layers])
