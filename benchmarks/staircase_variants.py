@@ -6,6 +6,7 @@ order, for ``--steps`` training steps; then it reports eval top-1 and, per
 threshold layer, where the layer's inputs fall (benchmarks/threshold_inputs.py):
 
     step               the step, {-1, +1}
+    step_bn            the step with the reference's optional batch norms (as staircase_bn)
     staircase          the paper's staircase, 3 steps on [0, 1]: levels {0, 1/3, 2/3, 1}
     staircase_bn       the same with the reference's optional batch norms (--use-bn: after
                        conv2's activation and after fc1's, in front of the dense layers)
@@ -37,6 +38,7 @@ from training import data  # noqa: E402
 
 VARIANTS = {  # name: (activation factory, convnet4 keyword arguments)
     "step": (lambda: HardThreshold(target_loss="soft_hinge"), {}),
+    "step_bn": (lambda: HardThreshold(target_loss="soft_hinge"), {"batch_norm": True}),
     "staircase": (lambda: Staircase(steps=3, target_loss="soft_hinge"), {}),
     "staircase_bn": (lambda: Staircase(steps=3, target_loss="soft_hinge"), {"batch_norm": True}),
     "staircase_centred": (lambda: Staircase(steps=3, target_loss="soft_hinge", low=-1.0, high=1.0), {}),
