@@ -12,6 +12,8 @@ threshold layer, where the layer's inputs fall (benchmarks/threshold_inputs.py):
                        conv2's activation and after fc1's, in front of the dense layers)
     staircase_centred  3 steps on [-1, 1]: levels {-1, -1/3, 1/3, 1}, thresholds at -1, 0, 1;
                        zero-mean outputs like the step's, the same backward on the centred unit
+    staircase_x3       the paper's staircase with its output times 3: levels {0, 1, 2, 3}, the
+                       thresholds unchanged (is it the scale of what the dense layers see?)
 
 Usage (Debian's dataset-fashion-mnist package provides the files):
 
@@ -36,12 +38,20 @@ import threshold_inputs  # noqa: E402
 from keras_ftprop import HardThreshold, Staircase  # noqa: E402
 from training import data  # noqa: E402
 
+class TripledStaircase(Staircase):
+    """The staircase with its output multiplied by 3 (thresholds and backward unchanged)."""
+
+    def call(self, inputs):
+        return 3.0 * super().call(inputs)
+
+
 VARIANTS = {  # name: (activation factory, convnet4 keyword arguments)
     "step": (lambda: HardThreshold(target_loss="soft_hinge"), {}),
     "step_bn": (lambda: HardThreshold(target_loss="soft_hinge"), {"batch_norm": True}),
     "staircase": (lambda: Staircase(steps=3, target_loss="soft_hinge"), {}),
     "staircase_bn": (lambda: Staircase(steps=3, target_loss="soft_hinge"), {"batch_norm": True}),
     "staircase_centred": (lambda: Staircase(steps=3, target_loss="soft_hinge", low=-1.0, high=1.0), {}),
+    "staircase_x3": (lambda: TripledStaircase(steps=3, target_loss="soft_hinge"), {}),
 }
 LEARNING_RATE, BATCH_SIZE, WEIGHT_DECAY = 2.5e-4, 64, 5e-4  # the paper's convnet4 recipe
 

@@ -36,3 +36,17 @@ def test_trains_and_reports_every_layer(tmp_path, capsys):
     assert [run for run, _ in statistics] == ["step (seed 1)", "staircase_bn (seed 1)"]
     assert all(list(layers) == ["conv1_act", "conv2_act", "fc1_act"] for _, layers in statistics)
     assert "| staircase_bn (seed 1) | fc1_act |" in output.read_text()
+
+
+def test_tripled_staircase_triples_the_output_only():
+    import numpy as np
+    import tensorflow as tf
+
+    x = tf.constant(np.linspace(-0.5, 1.5, 17, dtype=np.float32))
+    plain = Staircase(steps=3)
+    tripled = staircase_variants.VARIANTS["staircase_x3"][0]()
+    np.testing.assert_allclose(tripled(x), 3.0 * np.asarray(plain(x)), rtol=1e-6)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_plain, y_tripled = plain(x), tripled(x)
+    np.testing.assert_allclose(tape.gradient(y_tripled, x), 3.0 * np.asarray(tape.gradient(y_plain, x)), rtol=1e-6)
