@@ -40,7 +40,8 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
 
     Forward:  h = +1 if x > 0 else -1  (never 0); with ``zero_one`` h = 1[x > 0].
     Backward: grad_x = w * dL/dz(x, sign(-g)) for the target loss L, the same
-    for both output ranges (g is the gradient with respect to h).
+    for both output ranges (g is the gradient with respect to h), except for a
+    rule with a {0, 1} form of its own (``ramp``; ``TargetLoss.for_zero_one``).
 
     Args:
       x: floating-point tensor of pre-activations.
@@ -50,6 +51,8 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
     """
     x = _as_floating(x, "hard_threshold")
     loss = target_losses.get(target_loss)
+    if zero_one:
+        loss = loss.for_zero_one()
     low = 0.0 if zero_one else -1.0
 
     @tf.custom_gradient

@@ -105,7 +105,7 @@ def test_layers_cast_integer_inputs():
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="valid names are: soft_hinge"):
-        HardThreshold(target_loss="hinge")
+        HardThreshold(target_loss="soft-hinge")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         Staircase(steps=0)
     with pytest.raises(ValueError, match="high > low"):
