@@ -170,6 +170,7 @@ class TargetLossSchedule(keras.callbacks.Callback):
     epoch ``logs`` as ``target_loss/<parameter>`` (``"<layer>/target_loss/<parameter>"``
     when the layers' losses differ), e.g. ``target_loss/t`` for ``EDE``.
     Put it before the loggers (``CSVLogger``, ``TensorBoard``) to have them record these.
+    After ``fit`` the losses hold the values of the last step (so that ``model.export`` works).
     """
 
     def __init__(self, total_steps=None):
@@ -183,6 +184,13 @@ class TargetLossSchedule(keras.callbacks.Callback):
             epochs, steps = self.params.get("epochs"), self.params.get("steps")
             total = epochs * steps if epochs and steps else None
         self.bound = bind_target_losses(self.model, self.model.optimizer.iterations, total_steps=total)
+
+    def on_train_end(self, logs=None):
+        # Hold the final values: the optimizer's variable is not part of the model, so a
+        # model.export (which saves the gradient functions) could not capture it.
+        step = int(self.model.optimizer.iterations.numpy())
+        for loss in self.bound.values():
+            loss.bind(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.bound:

@@ -157,8 +157,9 @@ class TargetLoss:
             weight = tf.cast(tf.not_equal(g, 0), g.dtype) / tf.cast(batch_size, g.dtype)
         return weight * self.derivative(x, t)
 
-    def for_zero_one(self):
-        """The rule a {0, 1} step uses: this one, unless the rule has its own {0, 1} form (``ramp``)."""
+    def for_output_range(self, zero_one):
+        """The rule for a {0, 1} step (``zero_one``) or a unit centred on 0 (a {-1, +1} step, a
+        staircase's centred unit): this one, unless the rule has a {0, 1} form of its own (``ramp``)."""
         return self
 
     # Schedules. The step is read inside the compiled training step (a variable
@@ -187,13 +188,20 @@ class TargetLoss:
         return {name: value for name, value in vars(self).items() if isinstance(value, _Schedule)}
 
     def _current_step(self):
-        if self._step is None:
-            raise ValueError(
-                f"{self!r} follows a schedule over training steps but is bound to no step: train with "
-                "keras_ftprop.callbacks.TargetLossSchedule() in model.fit's callbacks, or call "
-                "loss.bind(optimizer.iterations) in a loop of your own."
-            )
-        return self._step
+        if self._step is not None:
+            return self._step
+        message = (
+            f"{self!r} follows a schedule over training steps but is bound to no step: train with "
+            "keras_ftprop.callbacks.TargetLossSchedule() in model.fit's callbacks, or call "
+            "loss.bind(optimizer.iterations) in a loop of your own."
+        )
+        if tf.executing_eagerly():
+            raise ValueError(message)
+        # Traced, e.g. by a SavedModel export that saves the gradient functions: the
+        # gradient fails when it runs, not when it is traced (XLA drops the check).
+        check = tf.debugging.Assert(tf.constant(False), [message])
+        with tf.control_dependencies([check]):
+            return tf.zeros([], tf.int64)
 
     def _value(self, parameter, dtype):
         """A parameter for computing in ``dtype``: the float (or None) itself, or the schedule at the bound step."""
@@ -313,10 +321,8 @@ class EDE(SoftHinge):
         return {"t": scale, "k": tf.maximum(1.0 / scale, 1.0)}
 
     def _scales(self, dtype):
-        step = self._current_step()
-        if self.total_steps is None:
-            raise ValueError("EDE has no total_steps; give EDE(total_steps=...) or bind it with total_steps.")
-        scale = tf.cast(self._schedule_of(self.total_steps)(step), dtype)
+        step = self._current_step()  # bound, it has total_steps
+        scale = tf.cast(self._schedule_of(self.total_steps or 1)(step), dtype)
         return scale, tf.maximum(1.0 / scale, tf.ones([], dtype))
 
     def get_config(self):
@@ -652,9 +658,9 @@ class SaturatedSTE(DirectEstimator):
 class Ramp(DirectEstimator):
     """The reference's ramp: grad_x = g r(x), r(x) = clip(2 - |x|, 0, 1) (1 on [-1, 1], 0 beyond +-2).
 
-    A {0, 1} step uses the reference's {0, 1} form (``zero_one``):
+    A {0, 1} step uses the reference's {0, 1} form (``zero_one``, chosen by the step itself):
     r(x) = clip(1.5 - |x - 1/2|, 0, 1), 1 on [0, 1], 0 outside (-1, 2).
-    A staircase uses the first on its centred unit.
+    A staircase uses the first on its centred unit; the {0, 1} form there is an error.
     """
 
     def __init__(self, zero_one=False):
@@ -671,8 +677,13 @@ class Ramp(DirectEstimator):
     def input_gradient(self, x, g, *, scale_by_grad, batch_size):
         return g * self._ramp(x)
 
-    def for_zero_one(self):
-        return Ramp(zero_one=True)
+    def for_output_range(self, zero_one):
+        if self.zero_one and not zero_one:
+            raise ValueError(
+                "Ramp(zero_one=True) is the ramp of a {0, 1} step; a {-1, +1} step or a staircase "
+                "takes Ramp() ('ramp'), which becomes the {0, 1} form on a zero_one step by itself."
+            )
+        return Ramp(zero_one=zero_one)
 
     def get_config(self):
         return {"zero_one": self.zero_one}

@@ -85,11 +85,23 @@ def test_zero_one_ramp_matches_numpy():
     x = _points().reshape(-1, 1)
     g = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
     ramp = target_losses.get("ramp")
-    assert ramp.for_zero_one() == target_losses.Ramp(zero_one=True)
-    for loss, zero_one in ((ramp, False), (ramp.for_zero_one(), True)):
+    assert ramp.for_output_range(True) == target_losses.Ramp(zero_one=True)
+    for zero_one in (False, True):
+        loss = ramp.for_output_range(zero_one)
         got = loss.input_gradient(tf.constant(x), tf.constant(g), scale_by_grad=True, batch_size=1).numpy()
         np.testing.assert_allclose(got, ref.scaled_grad("ramp", x, g, zero_one), rtol=1e-6, atol=1e-7)
-    assert target_losses.get("sste").for_zero_one() == target_losses.get("sste")  # rules without one keep theirs
+    sste = target_losses.get("sste")
+    assert sste.for_output_range(True) is sste  # rules without a {0, 1} form of their own keep theirs
+
+
+def test_zero_one_ramp_on_a_centred_unit_is_an_error():
+    from keras_ftprop import ops
+
+    zero_one_ramp = target_losses.Ramp(zero_one=True)
+    ops.hard_threshold(tf.zeros(3), zero_one_ramp, zero_one=True)
+    for op in (lambda x: ops.hard_threshold(x, zero_one_ramp), lambda x: ops.staircase(x, 3, zero_one_ramp)):
+        with pytest.raises(ValueError, match=r"Ramp\(zero_one=True\) is the ramp of a \{0, 1\} step"):
+            op(tf.zeros(3))
 
 
 @pytest.mark.parametrize("name", ["approx_sign", "swish_sign", "ede"])
