@@ -275,3 +275,13 @@ def test_export_before_and_after_fit(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "trained"))
     served = loaded.serve(tf.constant(x)).numpy()
     np.testing.assert_allclose(served, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_fit_under_mirrored_strategy_anneals_by_the_shared_step():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    with tf.distribute.MirroredStrategy(devices).scope():
+        model = _xor_model("ede")
+    record = _Record()
+    model.fit(*_xor(), batch_size=32, epochs=2, verbose=0, callbacks=[TargetLossSchedule(), record])
+    np.testing.assert_allclose([logs["target_loss/t"] for logs in record.epochs],
+                               [ref.ede_scales(3, 6)[0], ref.ede_scales(6, 6)[0]], rtol=1e-5)
