@@ -279,7 +279,9 @@ def test_export_before_and_after_fit(tmp_path):
 
 def test_fit_under_mirrored_strategy_anneals_by_the_shared_step():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    with tf.distribute.MirroredStrategy(devices).scope():
+    # ReductionToOneDevice: CPU collectives of several strategies in one process clash.
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
         model = _xor_model("ede")
     record = _Record()
     model.fit(*_xor(), batch_size=32, epochs=2, verbose=0, callbacks=[TargetLossSchedule(), record])
