@@ -40,11 +40,12 @@ Built-in losses, by name (with ``w = |g|`` the backward simplifies because
 | ``sigmoid3_2``            | 2 s(-3 z t)                            | g 6 s(3x) (1 - s(3x))                       |
 | ``log_sigmoid``           | log s(-2 z t)                          | g 2 s(2 t x)                                |
 | ``approx_sign``           | 1 - F(z t), F(v) = sign(v)(1 - [1 - abs(v)]+^2) | g 2 [1 - abs(x)]+                  |
-| ``swish_sign``            | 1 - F(z t), F(v) = 2 s(b v)(1 + b v (1 - s(b v))) - 1 | g b (2 - b x tanh(b x/2)) / (1 + cosh(b x)), b = 5 |
-| ``ede``                   | k tanh(-T z t) + 1, T annealed 0.1 -> 10, k = max(1/T, 1) | g k T (1 - tanh(T x)^2)  |
+| ``swish_sign`` (b = 5)  | 1 - F(z t), F(v) = 2 s(bv)(1 + bv(1 - s(bv))) - 1 | g b (2 - bx tanh(bx/2)) / (1+cosh bx) |
+| ``ede``                   | k tanh(-T z t) + 1, T: 0.1 -> 10, k = max(1/T, 1) | g k T (1 - tanh(T x)^2)  |
 | ``sste``                  | (direct estimator)                     | g 1[abs(x) <= 1]                            |
 | ``sste_v2``               | (direct estimator)                     | g 1[abs(x) <= sqrt(3)]                      |
-| ``ramp``                  | (direct estimator)                     | g clip(2 - abs(x), 0, 1); {0, 1} step: g clip(1.5 - abs(x - 1/2), 0, 1) |
+| ``ramp``                  | (direct estimator)                     | g clip(2 - abs(x), 0, 1)                    |
+| ``ramp``, {0, 1} step     | (direct estimator)                     | g clip(1.5 - abs(x - 1/2), 0, 1)            |
 | ``ste``                   | (direct estimator)                     | g                                           |
 
 Every numeric parameter of a loss class may be a schedule over training steps
