@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ftprop import target_losses
 from keras_ftprop.diagnostics import TargetProbe
 from keras_ftprop.layers import HardThreshold, Staircase, leaf_layers
 
-__all__ = ["TargetDiagnostics"]
+__all__ = ["TargetDiagnostics", "TargetLossSchedule", "bind_target_losses"]
 
 
 class TargetDiagnostics(keras.callbacks.Callback):
@@ -138,3 +139,67 @@ class TargetDiagnostics(keras.callbacks.Callback):
                     tf.summary.scalar(key, value)
                 for key, value in histograms.items():
                     tf.summary.histogram(key, value)
+
+
+def bind_target_losses(model, step, total_steps=None):
+    """Binds the scheduled target losses of ``model``'s layers to ``step``; returns ``{layer name: loss}``.
+
+    ``step`` is an integer scalar variable (``optimizer.iterations``) or tensor;
+    ``total_steps`` the length of training, for losses annealed over it (``EDE``).
+    """
+    bound = {}
+    for layer in leaf_layers(model):
+        loss = getattr(layer, "target_loss", None)
+        if isinstance(loss, target_losses.TargetLoss) and loss.scheduled:
+            bound[layer.name] = loss.bind(step, total_steps=total_steps)
+    return bound
+
+
+class TargetLossSchedule(keras.callbacks.Callback):
+    """Drives scheduled target-loss parameters by the optimizer's step count.
+
+    At the start of ``fit`` it binds every scheduled target loss of the model to
+    ``model.optimizer.iterations``; the training step computes the parameters
+    from that variable, so they change every step without retracing or
+    recompiling (XLA, ``tf.distribute`` alike), and since the iteration count
+    is part of the optimizer's state, a run restored from a checkpoint goes on
+    with the schedule where it stopped. ``total_steps`` (default: epochs x
+    steps per epoch of the ``fit``) is the length ``EDE`` anneals over.
+
+    At the end of every epoch the values at the current step go to the
+    epoch ``logs`` as ``target_loss/<parameter>`` (``"<layer>/target_loss/<parameter>"``
+    when the layers' losses differ), e.g. ``target_loss/t`` for ``EDE``.
+    Put it before the loggers (``CSVLogger``, ``TensorBoard``) to have them record these.
+    After ``fit`` the losses hold the values of the last step (so that ``model.export`` works).
+    """
+
+    def __init__(self, total_steps=None):
+        super().__init__()
+        self.total_steps = total_steps
+        self.bound = {}
+
+    def on_train_begin(self, logs=None):
+        total = self.total_steps
+        if total is None and self.params:
+            epochs, steps = self.params.get("epochs"), self.params.get("steps")
+            total = epochs * steps if epochs and steps else None
+        self.bound = bind_target_losses(self.model, self.model.optimizer.iterations, total_steps=total)
+
+    def on_train_end(self, logs=None):
+        # Hold the final values: the optimizer's variable is not part of the model, so a
+        # model.export (which saves the gradient functions) could not capture it.
+        step = int(self.model.optimizer.iterations.numpy())
+        for loss in self.bound.values():
+            loss.bind(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.bound:
+            return
+        losses = list(self.bound.values())
+        shared = all(loss == losses[0] for loss in losses)
+        for name, loss in self.bound.items():
+            prefix = "target_loss" if shared else f"{name}/target_loss"
+            for parameter, value in loss.scheduled_values().items():
+                logs[f"{prefix}/{parameter}"] = float(value)
+            if shared:
+                break

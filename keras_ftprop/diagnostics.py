@@ -70,7 +70,8 @@ class TargetProbe:
         targeted = tf.not_equal(t, 0.0)
         sign = tf.where(unit > 0, 1.0, -1.0)
         layer = self.layer
-        grad_unit = layer.target_loss.input_gradient(
+        loss = layer.target_loss.for_output_range(getattr(layer, "zero_one", False))
+        grad_unit = loss.input_gradient(
             unit, g, scale_by_grad=layer.scale_by_grad, batch_size=tf.shape(g)[0] if g.shape.rank else 1
         )
         count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.float32))  # noqa: E731

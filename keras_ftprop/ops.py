@@ -40,7 +40,8 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
 
     Forward:  h = +1 if x > 0 else -1  (never 0); with ``zero_one`` h = 1[x > 0].
     Backward: grad_x = w * dL/dz(x, sign(-g)) for the target loss L, the same
-    for both output ranges (g is the gradient with respect to h).
+    for both output ranges (g is the gradient with respect to h), except for a
+    rule with a {0, 1} form of its own (``ramp``; ``TargetLoss.for_output_range``).
 
     Args:
       x: floating-point tensor of pre-activations.
@@ -49,7 +50,7 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
       zero_one: outputs in {0, 1} instead of {-1, +1}.
     """
     x = _as_floating(x, "hard_threshold")
-    loss = target_losses.get(target_loss)
+    loss = target_losses.get(target_loss).for_output_range(zero_one)
     low = 0.0 if zero_one else -1.0
 
     @tf.custom_gradient
@@ -79,7 +80,7 @@ def staircase(x, steps=3, target_loss="soft_hinge", scale_by_grad=True, low=0.0,
     """
     x = _as_floating(x, "staircase")
     steps, low, high = check_staircase_args(steps, low, high)
-    loss = target_losses.get(target_loss)
+    loss = target_losses.get(target_loss).for_output_range(zero_one=False)
     span = high - low
     levels = tf.constant(float(steps), x.dtype)
     slope = tf.constant(float(max(steps - 1, 1)), x.dtype)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ftprop import ops
+from keras_ftprop import ops, target_losses
 from tests import numpy_reference as ref
 
 STAIRCASES = [  # (steps, low, high)
@@ -30,6 +30,14 @@ def _inputs(low=-1.0, high=1.0, batch=6, units=16, seed=0):
     return x, g
 
 
+def _loss(name):
+    """The built-in loss ``name``; a scheduled one bound to the reference's step and length."""
+    loss = target_losses.get(name)
+    if loss.scheduled:
+        loss.bind(tf.constant(ref.EDE_STEP, tf.int64), total_steps=ref.EDE_TOTAL)
+    return loss
+
+
 def _grad(fn, x, g):
     x = tf.constant(x)
     with tf.GradientTape() as tape:
@@ -44,9 +52,10 @@ def _grad(fn, x, g):
 )
 def test_hard_threshold_matches_numpy(name, scale_by_grad, zero_one):
     x, g = _inputs()
-    y, grad = _grad(lambda v: ops.hard_threshold(v, name, scale_by_grad, zero_one), x, g)
+    y, grad = _grad(lambda v: ops.hard_threshold(v, _loss(name), scale_by_grad, zero_one), x, g)
     np.testing.assert_array_equal(y, ref.step_forward(x, zero_one))
-    np.testing.assert_allclose(grad, ref.step_grad(name, x, g, scale_by_grad), rtol=2e-5, atol=1e-7)
+    # atol: float32 1 - tanh^2 near saturation loses digits (soft_hinge2, swish_sign)
+    np.testing.assert_allclose(grad, ref.step_grad(name, x, g, scale_by_grad, zero_one), rtol=2e-5, atol=5e-6)
     if name not in ("ste", "linear") or not scale_by_grad:
         assert np.all(grad[g == 0] == 0), "a unit with no target must get no gradient"
 
@@ -58,10 +67,10 @@ def test_hard_threshold_matches_numpy(name, scale_by_grad, zero_one):
 def test_staircase_matches_numpy(name, scale_by_grad, shape):
     steps, low, high = shape
     x, g = _inputs(low, high)
-    y, grad = _grad(lambda v: ops.staircase(v, steps, name, scale_by_grad, low, high), x, g)
+    y, grad = _grad(lambda v: ops.staircase(v, steps, _loss(name), scale_by_grad, low, high), x, g)
     np.testing.assert_allclose(y, ref.staircase_forward(x, steps, low, high), rtol=0, atol=1e-6)
     expected = ref.staircase_grad(name, x, g, steps, low, high, scale_by_grad)
-    np.testing.assert_allclose(grad, expected, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, expected, rtol=2e-5, atol=5e-6)
 
 
 def test_step_forward_at_the_tie_point():

@@ -227,6 +227,54 @@ def test_diagnostics_and_the_model_summary(tmp_path, capsys):
     assert 0.0 <= float(row["conv1_act/target_satisfied"]) <= 1.0 and "fc1_act/flipped" in row
 
 
+def _ede_scale(step, total):
+    """IR-Net's annealed scale: T = 0.1 * 10^(p log10(10 / 0.1)), p = step / total."""
+    return 0.1 * 10.0 ** (min(step / total, 1.0) * np.log10(100.0))
+
+
+def test_ede_needs_no_other_flag_and_anneals_over_the_run(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet4", "--target_loss=ede", "--epochs=2", *QUICK,
+                                f"--model_dir={model_dir}")
+    assert status == 0, err
+    # 2 epochs of 2 steps: the value at the end of each epoch, steps 2 and 4 of 4.
+    np.testing.assert_allclose([float(r["target_loss/t"]) for r in metrics(model_dir)],
+                               [_ede_scale(2, 4), _ede_scale(4, 4)], rtol=1e-5)
+    np.testing.assert_allclose([float(r["target_loss/k"]) for r in metrics(model_dir)],
+                               [max(1 / _ede_scale(2, 4), 1.0), 1.0], rtol=1e-5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """Stopped after the first step and rerun: the schedule goes on from step 1 of 9, over the
+    run's length (3 x 3 steps), though the first fit of the rerun only finishes epoch 1."""
+    from training import callbacks as training_callbacks
+
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", "--target_loss=ede", "--epochs=3", *QUICK, "--steps_per_epoch=3",
+            "--save_every_steps=1", f"--model_dir={model_dir}"]
+    save_within_epoch = training_callbacks.TrainingCheckpoint.on_train_batch_end
+
+    def stop_after_the_first_save(self, batch, logs=None):
+        save_within_epoch(self, batch, logs)
+        raise _Interrupted
+
+    monkeypatch.setattr(training_callbacks.TrainingCheckpoint, "on_train_batch_end", stop_after_the_first_save)
+    with pytest.raises(_Interrupted):
+        train.main(["train.py", *args])
+    monkeypatch.undo()
+    assert checkpoint_number(model_dir) == 1 and not metrics(model_dir)
+
+    status, out, err = run_main(capsys, *args)
+    assert status == 0, err
+    assert "finishing epoch 1 with its last 2 batches" in out
+    np.testing.assert_allclose([float(r["target_loss/t"]) for r in metrics(model_dir)],
+                               [_ede_scale(step, 9) for step in (3, 6, 9)], rtol=1e-5)
+
+
 def test_mirrored_over_two_virtual_cpus(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, "--devices=/cpu:0,/cpu:1", "--model=convnet8",

@@ -13,6 +13,7 @@ Layout of the run directory (``model_dir``)::
     settings.json        resolved settings (recipe, data, strategy, flags given)
     flags.txt            every flag value, reusable with --flagfile
     metrics.csv          one row per epoch: loss, top1, top5, val_*, learning_rate
+                         (and target_loss/<parameter> of a scheduled target loss)
     checkpoints/         tf.train checkpoints of the full training state (resume)
     tensorboard/         TensorBoard logs (train/ and validation/)
     best.keras           the model of the best val_top1 so far (best.json: which epoch)
@@ -34,7 +35,7 @@ import keras
 import tensorflow as tf
 
 import keras_ftprop
-from keras_ftprop.callbacks import TargetDiagnostics
+from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
 
 from training import callbacks as callbacks_lib
 from training import distribute, files, recipes
@@ -345,8 +346,12 @@ def _fit(config, setup, start):
     checkpoint = setup.checkpoint
     best = callbacks_lib.BestModelSaver(model_dir, write_path)
     csv_logger = keras.callbacks.CSVLogger(metrics_path, append=True)
+    epochs, spe = recipe.epochs, setup.steps_per_epoch
     fit_callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(),  # first: raises before anything saves
+        # Scheduled target losses (ede) follow the optimizer's step count, which the
+        # checkpoint restores; the run's full length, whatever part of it this fit does.
+        TargetLossSchedule(total_steps=epochs * spe if spe else None),
         keras.callbacks.LearningRateScheduler(lambda epoch: recipes.learning_rate_at(recipe, epoch)),
         csv_logger,
         checkpoint,  # after the CSV row: a resumed run trims rows it redoes
@@ -354,7 +359,7 @@ def _fit(config, setup, start):
     ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard:
-        fit_callbacks.insert(3, keras.callbacks.TensorBoard(
+        fit_callbacks.insert(4, keras.callbacks.TensorBoard(
             os.path.join(write_path, files.TENSORBOARD_DIR)))
     else:
         log("note: no TensorBoard logs (the tensorboard package is not installed)")
@@ -368,7 +373,6 @@ def _fit(config, setup, start):
     # The pipelines shuffle themselves: shuffle=False only silences Keras's warning.
     fit = dict(validation_data=setup.eval_ds, callbacks=fit_callbacks, verbose=verbose,
                shuffle=False)
-    epochs, spe = recipe.epochs, setup.steps_per_epoch
     try:
         with warnings.catch_warnings():
             if spe is not None:

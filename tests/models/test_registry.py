@@ -115,5 +115,5 @@ def test_unknown_activation_lists_the_valid_names():
 
 
 def test_unknown_target_loss_raises_the_core_error():
-    with pytest.raises(ValueError, match="Unknown target loss 'hinge'"):
-        get_model("convnet4", activation="step", target_loss="hinge")
+    with pytest.raises(ValueError, match="Unknown target loss 'soft-hinge'"):
+        get_model("convnet4", activation="step", target_loss="soft-hinge")
