@@ -69,6 +69,7 @@ def parse_args(argv=None):
 
 def load_run(run_dir, calibration, eval_examples):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
+    import models  # noqa: F401  (registers the models' own layers for load_model)
     from training import data, run
 
     with open(os.path.join(run_dir, "settings.json")) as f:
