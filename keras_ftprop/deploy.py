@@ -21,17 +21,21 @@ except at the thresholds, whose ranges are pinned with fake-quant nodes:
   a / s an integer (0 must be a code), so every level l_k is the code
   z + l_k / s: {-1, +1} -> s = 1/127, z = 0 (codes -127, 127); {0, 1/3, 2/3, 1}
   -> s = 1/255, z = -128; 7 steps on [0, 1] -> s = 1/252, z = -126.
-* input (``threshold_input="pinned"``, the default): an int8 pre-activation q
-  with scale e is compared with the threshold's code, so x in (t, t + e/2)
-  rounds onto t and flips. Only the side of the threshold matters, so the range
-  is pinned to the thresholds instead of the calibrated one: a step's input to
-  [-128 e, 127 e] with e = max|x| / (127 * 2**STEP_INPUT_BITS) (everything
-  beyond saturates and keeps its sign); a staircase's to its thresholds
-  [t_0, t_{n-1}] plus one code each side. Where the input comes from a
-  convolution with batch norm, the converter folds the batch norm into it, so
-  the comparison is that of the accumulator with a per-channel integer
-  threshold, at 2**STEP_INPUT_BITS times the calibrated resolution.
-  ``threshold_input="calibrated"`` keeps the converter's range (for comparison).
+* input (``threshold_input="pinned"``, the default): the int8 pre-activation
+  is rounded, so x within half a step of a threshold can land on its other side
+  and flip the unit. Only the side matters, so instead of the calibrated range:
+  a step's input is multiplied by k = 2**STEP_INPUT_BITS / max|x| through the
+  weights that produce it (batch-norm gamma and beta, or a linear convolution's
+  or dense layer's kernel and bias, across max pooling, padding, flatten and
+  dropout) and pinned to [-128/127, 1]: the comparison of the (batch-norm
+  folded) accumulator with a per-channel integer threshold, at 2**7 times the
+  calibrated resolution, everything far from 0 saturated. Without such a
+  producer (a residual sum) the input is pinned at that resolution but no
+  finer than MIN_COMPARE_SCALE (int8 GREATER's resolution). A staircase's
+  input is pinned to a grid on which every threshold is a code, one code
+  beyond each end. The thresholds are codes of their input's grid, so every
+  GREATER compares integers exactly. ``threshold_input="calibrated"`` keeps
+  the converter's ranges (for comparison).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
 
-__all__ = ["to_tflite", "inspect_tflite", "ExportReport", "TFLiteExport", "REWRITES", "STEP_INPUT_BITS"]
+__all__ = ["to_tflite", "inspect_tflite", "exact_output_range", "ExportReport", "TFLiteExport", "REWRITES",
+           "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]
 
 STEP_INPUT_BITS = 7  # a step's input range is 2**7 times finer than the calibrated one
 # TFLite's int8 GREATER rescales both sides to (q - z) * scale * 2**8, rounded: a scale below
@@ -323,8 +328,7 @@ def _as_functional(model):
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model) or not model.inputs or not isinstance(
-            model, (keras.Sequential, keras.Model)) or not model.built:
+    if not isinstance(model, keras.Model) or not model.built or not model.inputs:
         raise ValueError("to_tflite needs a built functional or Sequential Keras model")
     for layer in ftprop_layers.leaf_layers(model):
         activation = getattr(layer, "activation", None)
