@@ -245,7 +245,11 @@ def main(argv=None):
             loaded = load_run(source, args.calibration, args.eval_examples)
         else:
             loaded = build_untrained(source, args.activation, args.image_size, args.calibration)
-        row = measure(*loaded, args)
+        try:
+            row = measure(*loaded, args)
+        except RuntimeError as error:  # the interpreter refuses a model: say so, measure the others
+            print(f"{loaded[0]}: not measured: {str(error).splitlines()[0]}", flush=True)
+            continue
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(table(rows, threads))
