@@ -115,6 +115,10 @@ flags.DEFINE_string("model_dir", None,
 flags.DEFINE_integer("save_every_steps", 500,
                      "Also checkpoint every this many batches within an epoch (0: only at "
                      "the end of each epoch), bounding the work lost to a kill.", lower_bound=0)
+flags.DEFINE_enum("export_tflite", "none", ["none", "int8", "float", "both"],
+                  "After training, also write export/model_int8.tflite (full-integer, calibrated on "
+                  "500 training images) and/or export/model_float.tflite, and print their top-1 "
+                  "agreement with Keras on the evaluation split.")
 flags.DEFINE_integer("diagnostics", 0,
                      "Log target statistics of every step/staircase layer (no-target, satisfied "
                      "and active fractions, target loss, output flips, pre-activation "
@@ -185,6 +189,7 @@ def config_from_flags():
         save_every_steps=FLAGS.save_every_steps,
         verbose=FLAGS.verbose,
         diagnostics=FLAGS.diagnostics,
+        export_tflite=FLAGS.export_tflite,
         flags_text=_flags_text(),
     )
 

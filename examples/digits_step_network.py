@@ -8,6 +8,9 @@
 3. Starts ``serve_saved_model.py`` in a separate Python process, which loads the
    SavedModel with plain TensorFlow (no keras_ftprop) and predicts the test set;
    compares its predictions with the Keras model's.
+4. Converts the model to a full-integer TFLite model (int8 input, weights, activations
+   and output; ``keras_ftprop.deploy.to_tflite``) and serves it the same way with
+   ``serve_tflite.py``, which needs only LiteRT (``ai-edge-litert``) and numpy.
 """
 
 import argparse
@@ -21,7 +24,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from keras_ftprop import HardThreshold
+from keras_ftprop import HardThreshold, deploy
 
 
 def build_model():
@@ -78,6 +81,16 @@ def main():
           f"agreement with Keras {agreement:.3f}")
     if agreement != 1.0:
         sys.exit("The served predictions differ from the Keras model's.")
+
+    tflite_path = os.path.join(os.path.dirname(export_dir) or ".", "digits_step_network_int8.tflite")
+    flatbuffer = deploy.to_tflite(model, x_train, quantize="int8", io_dtype="int8", path=tflite_path)
+    server = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_tflite.py")
+    served = subprocess.run(
+        [sys.executable, server, tflite_path, inputs_path], check=True, capture_output=True, text=True
+    ).stdout.split()
+    served = np.array([int(label) for label in served])
+    print(f"int8 TFLite ({len(flatbuffer):,} bytes) served in a separate process: test accuracy "
+          f"{np.mean(served == y_test):.3f}, agreement with Keras {np.mean(served == expected):.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """keras-ftprop: hard-threshold and quantized activations for Keras 3, trained by
 feasible target propagation (FTPROP-MB, Friesen & Domingos, ICLR 2018)."""
 
-from keras_ftprop import callbacks, diagnostics, ops, schedules, target_losses
+from keras_ftprop import callbacks, deploy, diagnostics, ops, schedules, target_losses
 from keras_ftprop.layers import HardThreshold, SaturatedReLU, Staircase
 from keras_ftprop.summary import summary
 
@@ -12,6 +12,7 @@ __all__ = [
     "Staircase",
     "SaturatedReLU",
     "callbacks",
+    "deploy",
     "diagnostics",
     "ops",
     "schedules",

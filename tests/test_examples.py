@@ -11,7 +11,8 @@ def test_digits_example_trains_exports_and_serves(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "digits_step_network.py"),
          "--epochs", "10", "--export-dir", str(export_dir)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                              "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (export_dir / "saved_model.pb").exists()
@@ -21,3 +22,10 @@ def test_digits_example_trains_exports_and_serves(tmp_path):
     accuracy, agreement = map(float, served.groups())
     assert agreement == 1.0
     assert accuracy > 0.85, result.stdout  # about 0.95 after 10 epochs; chance is 0.1
+    served = re.search(r"int8 TFLite \(([\d,]+) bytes\) served in a separate process: test accuracy ([\d.]+), "
+                       r"agreement with Keras ([\d.]+)", result.stdout)
+    assert served, result.stdout
+    size, int8_accuracy, int8_agreement = int(served.group(1).replace(",", "")), *map(float, served.groups()[1:])
+    assert (tmp_path / "digits_step_network_int8.tflite").stat().st_size == size
+    assert int8_agreement >= 0.97, result.stdout
+    assert abs(int8_accuracy - accuracy) <= 0.03, result.stdout

@@ -122,6 +122,25 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert f"final SavedModel: {os.path.join(model_dir, 'export', 'final')}" in out
 
 
+def test_export_tflite_writes_both_models_and_reports_agreement(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet4", "--activation=staircase", "--epochs=1",
+                                "--steps_per_epoch=3", "--eval_steps=2", "--batch_size=16",
+                                "--verbose=2", "--export_tflite=both", f"--model_dir={model_dir}")
+    assert status == 0, err
+    for quantize in ("int8", "float"):
+        path = os.path.join(model_dir, "export", f"model_{quantize}.tflite")
+        assert os.path.getsize(path) > 0
+        line = re.search(rf"TFLite {quantize}: {re.escape(path)}, [\d,]+ bytes; top-1 agreement with Keras "
+                         r"([\d.]+) on 32 eval images; accuracy [\d.]+% \(Keras [\d.]+%\)", out)
+        assert line, out
+        assert float(line.group(1)) >= (1.0 if quantize == "float" else 0.8)
+    from keras_ftprop import deploy
+    graph = deploy.inspect_tflite(open(os.path.join(model_dir, "export", "model_int8.tflite"), "rb").read())
+    assert "CONV_2D" in {op["op"] for op in graph["ops"]}
+    assert all(op["outputs"][0]["dtype"] != "FLOAT32" for op in graph["ops"] if op["op"] != "DEQUANTIZE")
+
+
 def test_digits_replaces_the_recipe_epochs_and_says_so(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, "--model=convnet4", "--steps_per_epoch=1",
@@ -362,7 +381,7 @@ def test_helpfull_documents_every_flag():
                  "optimizer", "learning_rate", "momentum", "weight_decay", "lr_decay",
                  "lr_decay_epochs", "steps_per_epoch", "eval_steps", "seed", "mixed_precision",
                  "jit_compile", "strategy", "devices", "model_dir", "save_every_steps",
-                 "verbose"):
+                 "verbose", "export_tflite"):
         assert f"--{name}" in text or f"--[no]{name}" in text, name
 
 

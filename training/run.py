@@ -20,6 +20,7 @@ Layout of the run directory (``model_dir``)::
     final.keras          the model after the last epoch
     export/final/        SavedModel of final.keras (``model.export``)
     export/best/         SavedModel of best.keras
+    export/model_int8.tflite, export/model_float.tflite   with --export_tflite
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import keras_ftprop
 from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
 
 from training import callbacks as callbacks_lib
-from training import distribute, files, recipes
+from training import distribute, files, recipes, tflite_export
 
 # The side digits (8x8) are resized to, per model: the CIFAR side, or the
 # smallest input AlexNet's conv/pool tower accepts.
@@ -82,6 +83,7 @@ class Config:
     verbose: str = "auto"
     diagnostics: int = 0  # log target statistics every this many steps (0: off)
     flags_text: str = ""  # for flags.txt
+    export_tflite: str = "none"  # also write export/model_{int8,float}.tflite (training.tflite_export)
 
 
 @dataclasses.dataclass
@@ -386,6 +388,10 @@ def _fit(config, setup, start):
         raise
 
     outputs = _save_outputs(setup.model, model_dir, write_path, best, final_epoch=epochs)
+    if config.export_tflite != "none" and chief:
+        final_model = keras.models.load_model(outputs["final model"])
+        outputs.update(tflite_export.export(final_model, config.export_tflite, setup.train_ds,
+                                            setup.eval_ds, model_dir, log=log))
     rows = files.read_metrics(metrics_path)
     return Summary(
         model_dir=model_dir,

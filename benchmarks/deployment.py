@@ -1,0 +1,263 @@
+"""int8 vs float TFLite of trained networks: latency, throughput, file size, agreement with Keras.
+
+For each ``train.py`` run directory given (its ``final.keras`` and the data set
+of its ``settings.json``), or each ``--models`` name built untrained:
+
+* converts the model with ``keras_ftprop.deploy.to_tflite`` to a full-integer
+  (int8, float input/output) and a float TFLite model, calibrated on the first
+  ``--calibration`` training images (random normal images when untrained);
+* times both with the LiteRT interpreter (XNNPACK delegate, the default) for
+  each ``--threads``: batch 1 latency and batch 32 throughput, ``--rounds``
+  rounds of ``--invokes`` invokes alternating int8 and float in this process;
+  medians of the per-round means, and float / int8 ratios;
+* on the evaluation split (up to ``--eval_examples``): top-1 agreement of each
+  TFLite model with Keras, and the accuracy of all three.
+
+Run from the repository root::
+
+    python benchmarks/deployment.py --runs runs/convnet4-step,runs/convnet8-step [--threads 1,2]
+    python benchmarks/deployment.py --models convnet8,resnet18 --activation step   # speed and size only
+    python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
+
+``--flips N``: for each run, the fraction of units of every threshold layer
+whose int8 output differs from Keras's (decoded from the interpreter's
+tensors), with threshold inputs pinned (the default of ``to_tflite``) and
+calibrated (the converter's range), and the top-1 agreement of both.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import keras  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from keras_ftprop import deploy  # noqa: E402
+
+QUANTIZATIONS = ("int8", "float")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="", help="comma-separated train.py run directories")
+    parser.add_argument("--models", default="", help="comma-separated models.get_model names, untrained")
+    parser.add_argument("--activation", default="step", help="activation of --models")
+    parser.add_argument("--image_size", type=int, default=32, help="input side of --models")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--invokes", type=int, default=20, help="batch-1 invokes per round (batch 32: a quarter)")
+    parser.add_argument("--batch_size", type=int, default=32, help="throughput batch")
+    parser.add_argument("--calibration", type=int, default=500)
+    parser.add_argument("--eval_examples", type=int, default=10000)
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--flips", type=int, default=0,
+                        help="instead: per-layer flips of the runs' int8 models on this many eval images, "
+                             "threshold inputs pinned vs calibrated")
+    return parser.parse_args(argv)
+
+
+def load_run(run_dir, calibration, eval_examples):
+    """(name, model, calibration images, eval images, eval labels) of a train.py run."""
+    import models  # noqa: F401  (registers the models' own layers for load_model)
+    from training import data, run
+
+    with open(os.path.join(run_dir, "settings.json")) as f:
+        settings = json.load(f)
+    model = keras.models.load_model(os.path.join(run_dir, "final.keras"))
+    train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
+                                     min_image_size=run.MIN_IMAGE_SIDE.get(settings["model"]))
+    calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
+    xs, ys = [], []
+    for x, y in eval_ds.take(-(-eval_examples // 100)):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    name = f"{settings['model']} {settings['activation']} ({settings['dataset'].split('/')[-1]})"
+    return name, model, calib, np.concatenate(xs)[:eval_examples], np.concatenate(ys)[:eval_examples]
+
+
+def build_untrained(name, activation, image_size, calibration):
+    import models
+
+    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10)
+    calib = np.random.default_rng(0).normal(size=(min(calibration, 64), image_size, image_size, 3))
+    return f"{name} {activation} (untrained, {image_size}x{image_size})", model, calib.astype(np.float32), None, None
+
+
+def interpreter(flatbuffer, threads, batch):
+    it = Interpreter(model_content=bytes(flatbuffer), num_threads=threads)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]])
+    it.allocate_tensors()
+    return it
+
+
+def predict(flatbuffer, images, batch=100):
+    it = interpreter(flatbuffer, 2, batch)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    top1 = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        if len(chunk) != batch:
+            it = interpreter(flatbuffer, 2, len(chunk))
+        it.set_tensor(inp["index"], chunk)
+        it.invoke()
+        top1.append(it.get_tensor(out["index"]).argmax(axis=1))
+    return np.concatenate(top1)
+
+
+def time_interleaved(flatbuffers, threads, batch, rounds, invokes, image):
+    """{quantization: median over rounds of the mean seconds per invoke}, rounds alternating."""
+    runners = {}
+    for q, fb in flatbuffers.items():
+        it = interpreter(fb, threads, batch)
+        it.set_tensor(it.get_input_details()[0]["index"], np.repeat(image[None], batch, axis=0))
+        it.invoke()  # warm-up (XNNPACK packs weights on the first run)
+        runners[q] = it
+    samples = {q: [] for q in flatbuffers}
+    for r in range(rounds):
+        order = list(flatbuffers) if r % 2 == 0 else list(flatbuffers)[::-1]
+        for q in order:
+            it = runners[q]
+            start = time.perf_counter()
+            for _ in range(invokes):
+                it.invoke()
+            samples[q].append((time.perf_counter() - start) / invokes)
+    return {q: statistics.median(s) for q, s in samples.items()}
+
+
+def measure(name, model, calib, images, labels, args):
+    row = {"model": name}
+    flatbuffers = {}
+    for q in QUANTIZATIONS:
+        start = time.perf_counter()
+        flatbuffers[q] = deploy.to_tflite(model, calib, quantize=q)
+        row[f"convert_s_{q}"] = time.perf_counter() - start
+        row[f"size_{q}"] = len(flatbuffers[q])
+    row["ops_int8"] = {f"{op} {dtype}": n for (op, dtype), n in flatbuffers["int8"].report.ops.items()}
+    image = calib[0].astype(np.float32)
+    for threads in [int(t) for t in args.threads.split(",")]:
+        latency = time_interleaved(flatbuffers, threads, 1, args.rounds, args.invokes, image)
+        batch = time_interleaved(flatbuffers, threads, args.batch_size, args.rounds,
+                                 max(1, args.invokes // 4), image)
+        for q in QUANTIZATIONS:
+            row[f"latency_ms_{q}_t{threads}"] = 1000 * latency[q]
+            row[f"throughput_{q}_t{threads}"] = args.batch_size / batch[q]
+        row[f"latency_ratio_t{threads}"] = latency["float"] / latency["int8"]
+        row[f"throughput_ratio_t{threads}"] = batch["float"] / batch["int8"]
+    if images is not None:
+        keras_top1 = model.predict(images, verbose=0, batch_size=100).argmax(axis=1)
+        row["eval_examples"] = len(images)
+        row["accuracy_keras"] = float(np.mean(keras_top1 == labels))
+        for q in QUANTIZATIONS:
+            top1 = predict(flatbuffers[q], images.astype(np.float32))
+            row[f"agreement_{q}"] = float(np.mean(top1 == keras_top1))
+            row[f"accuracy_{q}"] = float(np.mean(top1 == labels))
+    return row
+
+
+def flip_rates(model, flatbuffer, images):
+    """{threshold layer: fraction of its int8 outputs that differ from Keras's} on ``images``."""
+    report = flatbuffer.report
+    names = list(report.activation_tensors)
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    expected = probe.predict(images, verbose=0, batch_size=100)
+    expected = expected if isinstance(expected, list) else [expected]
+    it = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    by_name = {t["name"]: t for t in it.get_tensor_details()}
+    inp = it.get_input_details()[0]
+    differ = {n: 0 for n in names}
+    for i in range(len(images)):
+        it.set_tensor(inp["index"], images[i:i + 1])
+        it.invoke()
+        for n, keras_out in zip(names, expected):
+            detail = by_name[report.activation_tensors[n][1]]
+            scale, zero_point = detail["quantization"]
+            decoded = (it.get_tensor(detail["index"]).astype(np.float64) - zero_point) * scale
+            differ[n] += int(np.sum(~np.isclose(decoded, keras_out[i:i + 1], rtol=0, atol=1e-6)))
+    return {n: differ[n] / expected[k].size for k, n in enumerate(names)}
+
+
+def flips(name, model, calib, images, labels, examples):
+    """Per-layer flips and top-1 agreement, threshold inputs pinned vs calibrated."""
+    images, labels = images[:examples].astype(np.float32), labels[:examples]
+    keras_top1 = model.predict(images, verbose=0, batch_size=100).argmax(axis=1)
+    rows = {}
+    for mode in ("calibrated", "pinned"):
+        fb = deploy.to_tflite(model, calib, quantize="int8", threshold_input=mode)
+        top1 = predict(fb, images)
+        rows[mode] = {"layers": flip_rates(model, fb, images), "agreement": float(np.mean(top1 == keras_top1)),
+                      "accuracy": float(np.mean(top1 == labels))}
+    lines = [f"{name}, {len(images)} eval images: units whose int8 output differs from Keras's",
+             "| threshold input | " + " | ".join(rows["pinned"]["layers"]) + " | top-1 agreement | accuracy |",
+             "|---|" + "---:|" * (len(rows["pinned"]["layers"]) + 2)]
+    for mode, row in rows.items():
+        lines.append(f"| {mode} | " + " | ".join(f"{100 * v:.3f}%" for v in row["layers"].values())
+                     + f" | {100 * row['agreement']:.2f}% | {100 * row['accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def table(rows, threads):
+    lines = ["| model | threads | batch-1 latency int8 / float (ms) | speed-up | batch-32 img/s int8 / float "
+             "| speed-up | size int8 / float (MB) | size ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for t in threads:
+            lines.append(
+                f"| {row['model']} | {t} | {row[f'latency_ms_int8_t{t}']:.3f} / {row[f'latency_ms_float_t{t}']:.3f} "
+                f"| {row[f'latency_ratio_t{t}']:.2f}x | {row[f'throughput_int8_t{t}']:.0f} / "
+                f"{row[f'throughput_float_t{t}']:.0f} | {row[f'throughput_ratio_t{t}']:.2f}x "
+                f"| {row['size_int8'] / 1e6:.2f} / {row['size_float'] / 1e6:.2f} "
+                f"| {row['size_float'] / row['size_int8']:.2f}x |")
+    accuracy = [row for row in rows if "agreement_int8" in row]
+    if accuracy:
+        lines += ["", "| model | eval images | agreement int8 | agreement float | accuracy Keras | int8 | float |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in accuracy:
+            lines.append(
+                f"| {row['model']} | {row['eval_examples']} | {100 * row['agreement_int8']:.2f}% "
+                f"| {100 * row['agreement_float']:.2f}% | {100 * row['accuracy_keras']:.2f}% "
+                f"| {100 * row['accuracy_int8']:.2f}% | {100 * row['accuracy_float']:.2f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = []
+    sources = [("run", r) for r in args.runs.split(",") if r] + [("model", m) for m in args.models.split(",") if m]
+    if args.flips:
+        for _, source in sources:
+            print(flips(*load_run(source, args.calibration, args.flips), args.flips), flush=True)
+        return None
+    for kind, source in sources:
+        if kind == "run":
+            loaded = load_run(source, args.calibration, args.eval_examples)
+        else:
+            loaded = build_untrained(source, args.activation, args.image_size, args.calibration)
+        try:
+            row = measure(*loaded, args)
+        except RuntimeError as error:  # the interpreter refuses a model: say so, measure the others
+            print(f"{loaded[0]}: not measured: {str(error).splitlines()[0]}", flush=True)
+            continue
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(table(rows, threads))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
