@@ -22,6 +22,7 @@ SMALL_INPUTS = {"convnet4": 32, "convnet8": 32, "alexnet": 64, "resnet18": 32}
 @pytest.mark.parametrize("name", sorted(SMALL_INPUTS))
 def test_tflite_predicts_like_keras(name, activation, tmp_path):
     side = SMALL_INPUTS[name]
+    keras.utils.set_random_seed(0)  # a unit within float rounding of a threshold may flip: fix the weights
     model = models.get_model(name, activation=activation, input_shape=(side, side, 3), classes=10)
     images = np.random.default_rng(0).normal(size=(8, side, side, 3)).astype(np.float32)
     # Move the batch-norm statistics away from their initial values so that every layer matters.
