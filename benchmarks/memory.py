@@ -45,6 +45,11 @@ VARIANTS = {  # name: (table label, get_model arguments)
     "staircase": ("staircase (soft_hinge, 5 steps)",
                   dict(activation="staircase", target_loss="soft_hinge", steps=5)),
     "saturated_relu": ("saturated_relu", dict(activation="saturated_relu")),
+    "step_unfused": ("step (soft_hinge), BN and threshold as two layers",
+                     dict(activation="step", target_loss="soft_hinge", fuse_batch_norm=False)),
+    "staircase_unfused": ("staircase (soft_hinge, 5 steps), two layers",
+                          dict(activation="staircase", target_loss="soft_hinge", steps=5,
+                               fuse_batch_norm=False)),
 }
 MIB = 1024 * 1024
 
@@ -114,7 +119,7 @@ def run_child(variant, args):
     model = build(args.model, size, args.classes, args.jit, **VARIANTS[variant][1])
     sites = [layer for layer in leaf_layers(model) if isinstance(layer, (
         keras.layers.ReLU, keras_ftprop.HardThreshold, keras_ftprop.Staircase,
-        keras_ftprop.SaturatedReLU))]
+        keras_ftprop.SaturatedReLU, keras_ftprop.BatchNormThreshold))]
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch_size, size, size, 3)).astype("float32")
     labels = rng.integers(0, args.classes, size=args.batch_size)
