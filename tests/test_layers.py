@@ -409,7 +409,8 @@ def test_batch_norm_threshold_mirrored_gradients_equal_the_plain_pair(synchroniz
         return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False), *head,
                                  keras.layers.Flatten(), keras.layers.Dense(3)])
 
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # Reduced on one device: collective ops would restart their keys with every strategy in the process.
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
     features, labels = next(iter(strategy.experimental_distribute_dataset(dataset)))
