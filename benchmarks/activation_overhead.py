@@ -6,6 +6,8 @@ ResNet-18 at 64x64, batch 32) builds one network per configuration of
 
     relu, saturated_relu, step-sste, step-ftp_sh, staircase-sste, staircase-ftp_sh
 
+(a threshold after batch norm is one ``BatchNormThreshold``, as ``get_model``
+builds it) and step-ftp_sh-unfused, the step with ``fuse_batch_norm=False``;
 compiles each as ``train.py`` does (cross-entropy on logits, SGD with
 momentum; ``--jit`` for XLA, off by default like ``train.py``), warms them
 up, then times ``train_on_batch`` on one fixed batch in interleaved rounds
@@ -39,6 +41,8 @@ CONFIGS = {  # name: get_model arguments (the configurations of benchmarks/repro
     "step-ftp_sh": dict(activation="step", target_loss="soft_hinge"),
     "staircase-sste": dict(activation="staircase", target_loss="sste"),
     "staircase-ftp_sh": dict(activation="staircase", target_loss="soft_hinge"),
+    # The same as two layers (BatchNormalization, then the threshold), no recomputation:
+    "step-ftp_sh-unfused": dict(activation="step", target_loss="soft_hinge", fuse_batch_norm=False),
 }
 DEFAULT_SHAPES = {  # model: (image side, batch size)
     "convnet4": (32, 64), "convnet8": (32, 64), "alexnet": (64, 32),

@@ -80,12 +80,12 @@ def strategies():
 
 
 def variant_config(config, synchronized=None, dropout=True):
-    """A copy of a functional model config with every BatchNormalization's
-    ``synchronized`` set (unless None) and, without ``dropout``, every dropout rate 0."""
+    """A copy of a functional model config with every BatchNormalization's (and
+    BatchNormThreshold's) ``synchronized`` set (unless None) and, without ``dropout``, every dropout rate 0."""
     config = {**config, "layers": [dict(layer) for layer in config["layers"]]}
     for layer in config["layers"]:
         inner = layer["config"] = dict(layer["config"])
-        if synchronized is not None and layer["class_name"] == "BatchNormalization":
+        if synchronized is not None and layer["class_name"] in ("BatchNormalization", "BatchNormThreshold"):
             inner["synchronized"] = synchronized
         if not dropout and "Dropout" in layer["class_name"]:
             inner["rate"] = 0.0

@@ -1,4 +1,4 @@
-"""Peak resident memory of ResNet-18 training with ReLU vs hard-threshold activations.
+"""Peak resident memory of training (ResNet-18 by default) with ReLU vs hard-threshold activations.
 
 Each measurement runs in a fresh child process, because peak RSS is per
 process. The child sets ``TF_ENABLE_ONEDNN_OPTS=1`` as ``train.py`` does,
@@ -10,7 +10,10 @@ fixed synthetic batch and reports VmHWM, the peak RSS, from
 ``/proc/self/status`` (elsewhere ``ru_maxrss``) as one JSON line.
 
 Variants (``--variants``): relu, step (FTP-SH, ``target_loss="soft_hinge"``),
-staircase (FTP-SH, 5 steps) and saturated_relu. They run in turns (relu,
+staircase (FTP-SH, 5 steps) and saturated_relu, as ``models.get_model`` builds
+them (a threshold after batch norm is one ``BatchNormThreshold``), and
+step_unfused / staircase_unfused, the same with ``fuse_batch_norm=False``
+(``BatchNormalization`` and the threshold as two layers). They run in turns (relu,
 step, staircase, relu, ...) ``--repeats`` times; the table gives the medians
 of the peak RSS and of the training working set (peak minus the RSS after
 building: activations kept for the backward pass, gradients, optimizer
@@ -20,8 +23,9 @@ It also prints the float32 size of one activation-sized tensor per
 activation site (batch x elements of all site outputs x 4 bytes). ReLU's
 gradient reads its own output, which the next convolution keeps for its
 weight gradient anyway; the step and staircase gradients read their input
-(the batch-norm or residual-sum output), so they keep about this much more
-alive until the backward pass reaches them.
+(the batch-norm or residual-sum output), so as two layers they keep about
+this much more alive until the backward pass reaches them, and
+``BatchNormThreshold`` recomputes it instead.
 
 Run from the repository root::
 
@@ -45,6 +49,11 @@ VARIANTS = {  # name: (table label, get_model arguments)
     "staircase": ("staircase (soft_hinge, 5 steps)",
                   dict(activation="staircase", target_loss="soft_hinge", steps=5)),
     "saturated_relu": ("saturated_relu", dict(activation="saturated_relu")),
+    "step_unfused": ("step (soft_hinge), BN and threshold as two layers",
+                     dict(activation="step", target_loss="soft_hinge", fuse_batch_norm=False)),
+    "staircase_unfused": ("staircase (soft_hinge, 5 steps), two layers",
+                          dict(activation="staircase", target_loss="soft_hinge", steps=5,
+                               fuse_batch_norm=False)),
 }
 MIB = 1024 * 1024
 
@@ -114,7 +123,7 @@ def run_child(variant, args):
     model = build(args.model, size, args.classes, args.jit, **VARIANTS[variant][1])
     sites = [layer for layer in leaf_layers(model) if isinstance(layer, (
         keras.layers.ReLU, keras_ftprop.HardThreshold, keras_ftprop.Staircase,
-        keras_ftprop.SaturatedReLU))]
+        keras_ftprop.SaturatedReLU, keras_ftprop.BatchNormThreshold))]
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch_size, size, size, 3)).astype("float32")
     labels = rng.integers(0, args.classes, size=args.batch_size)
@@ -204,7 +213,8 @@ def main(argv=None):
     print(table(rows))
     print(f"\nActivation outputs ({first['activation_sites']} sites, whole batch, float32): "
           f"{first['activation_mib']:.1f} MiB, the extra memory of keeping every activation's "
-          f"input for the backward pass (as step and staircase do; ReLU keeps only its output).")
+          f"input for the backward pass (as a threshold after a separate batch norm does; ReLU "
+          f"keeps only its output, BatchNormThreshold recomputes the input).")
     return rows
 
 

@@ -2,12 +2,13 @@
 feasible target propagation (FTPROP-MB, Friesen & Domingos, ICLR 2018)."""
 
 from keras_ftprop import callbacks, deploy, diagnostics, ops, schedules, target_losses
-from keras_ftprop.layers import HardThreshold, SaturatedReLU, Staircase
+from keras_ftprop.layers import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase
 from keras_ftprop.summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNormThreshold",
     "HardThreshold",
     "Staircase",
     "SaturatedReLU",

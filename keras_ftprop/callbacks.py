@@ -8,13 +8,16 @@ import tensorflow as tf
 
 from keras_ftprop import target_losses
 from keras_ftprop.diagnostics import TargetProbe
-from keras_ftprop.layers import HardThreshold, Staircase, leaf_layers
+from keras_ftprop.layers import BatchNormThreshold, HardThreshold, Staircase, leaf_layers
 
 __all__ = ["TargetDiagnostics", "TargetLossSchedule", "bind_target_losses"]
 
 
 class TargetDiagnostics(keras.callbacks.Callback):
     """Logs what the targets of every HardThreshold/Staircase layer do, every ``every`` steps.
+
+    A threshold inside a ``BatchNormThreshold`` is logged under its own name; on
+    the logged steps that layer keeps its pre-activation for the statistics.
 
     Per layer, from the training step's backward pass (summed over replicas):
 
@@ -51,28 +54,31 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        layers = [layer for layer in leaf_layers(model) if isinstance(layer, (HardThreshold, Staircase))]
+        # (host, threshold): the layer that carries the probe and the threshold whose targets it logs.
+        sites = [(layer, layer.activation if isinstance(layer, BatchNormThreshold) else layer)
+                 for layer in leaf_layers(model) if isinstance(layer, (HardThreshold, Staircase, BatchNormThreshold))]
         with model.distribute_strategy.scope():
-            self._probes = {layer.name: TargetProbe(layer) for layer in layers}
+            self._probes = {threshold.name: TargetProbe(threshold) for _, threshold in sites}
+        self._hosts = {threshold.name: host for host, threshold in sites}
         self._probe_model = None
-        if self.probe_data is not None and layers:
+        if self.probe_data is not None and sites:
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-            self._probe_model = keras.Model(inputs, [layer.input for layer in layers])
+            self._probe_model = keras.Model(inputs, [[host.input] for host, _ in sites])
 
             @tf.function
             def probe_fn(data):
-                """Pre-activations and outputs of every threshold layer on the probe batch."""
-                pre_activations = self._probe_model(data, training=False)
-                if not isinstance(pre_activations, (list, tuple)):
-                    pre_activations = [pre_activations]
-                return pre_activations, [layer(x) for layer, x in zip(layers, pre_activations)]
+                """Pre-activations and outputs of every threshold on the probe batch."""
+                host_inputs = [x for (x,) in self._probe_model(data, training=False)]
+                pre_activations = [host.pre_activation(x) if host is not threshold else x
+                                   for (host, threshold), x in zip(sites, host_inputs)]
+                return pre_activations, [host(x) for (host, _), x in zip(sites, host_inputs)]
 
             self._probe_fn = probe_fn
 
     def _attach(self, attached):
         """Probes on or off the layers, with the training step traced for that state."""
-        for probe in self._probes.values():
-            probe.layer.target_probe = probe if attached else None
+        for name, probe in self._probes.items():
+            self._hosts[name].target_probe = probe if attached else None
         self.model.train_function = self._train_functions[attached]
 
     def on_train_begin(self, logs=None):

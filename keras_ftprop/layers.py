@@ -3,8 +3,9 @@
 import keras
 
 from keras_ftprop import ops, target_losses
+from keras_ftprop.recompute import threshold_of
 
-__all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "leaf_layers"]
+__all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "BatchNormThreshold", "leaf_layers"]
 
 _PACKAGE = "keras_ftprop"
 
@@ -47,7 +48,11 @@ class HardThreshold(_Activation):
         )
         if self.target_probe is None:
             return outputs
-        return self.target_probe(inputs, outputs)
+        return self.target_probe(self.target_unit(inputs), outputs)
+
+    def target_unit(self, inputs):
+        """The unit the target loss sees: u = x."""
+        return inputs
 
     def get_config(self):
         return {
@@ -85,7 +90,11 @@ class Staircase(_Activation):
         )
         if self.target_probe is None:
             return outputs
-        return self.target_probe(2.0 * (inputs - self.low) / (self.high - self.low) - 1.0, outputs)
+        return self.target_probe(self.target_unit(inputs), outputs)
+
+    def target_unit(self, inputs):
+        """The unit the target loss sees: u = 2 x' - 1, x' = (x - a) / (b - a)."""
+        return 2.0 * (inputs - self.low) / (self.high - self.low) - 1.0
 
     def get_config(self):
         return {
@@ -107,6 +116,132 @@ class SaturatedReLU(_Activation):
 
     def call(self, inputs):
         return ops.saturated_relu(self._floating(inputs))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchNormThreshold(keras.layers.BatchNormalization):
+    """Batch normalization followed by a HardThreshold or Staircase, keeping only the batch norm's input.
+
+    h = activation(x [+ r]),  x = gamma (z - mean) / sqrt(var + epsilon) + beta
+
+    with z the input and r an optional residual (call it on ``[z, r]``). The
+    weights, the statistics and their update (once per training step) are those
+    of ``keras.layers.BatchNormalization``, and so are the forward pass and the
+    gradients: those of the plain ``BatchNormalization`` -> (``Add``) ->
+    ``activation``. In training the backward pass recomputes x from z and the
+    batch statistics (see :mod:`keras_ftprop.recompute`) instead of keeping it, so
+    the pair keeps what batch norm alone keeps (z, and r if given), like batch
+    norm followed by ReLU. Inference uses the moving statistics, as
+    ``BatchNormalization`` does.
+
+    Args:
+      activation: a ``HardThreshold`` or ``Staircase`` layer (or its config); its
+        name, target loss and options are kept.
+      **kwargs: ``keras.layers.BatchNormalization`` arguments (``renorm`` is not supported).
+    """
+
+    def __init__(self, activation, **kwargs):
+        if kwargs.get("renorm"):
+            raise ValueError("BatchNormThreshold does not support renorm=True.")
+        super().__init__(**kwargs)
+        if isinstance(activation, dict):
+            activation = keras.saving.deserialize_keras_object(activation)
+        if not isinstance(activation, (HardThreshold, Staircase)):
+            raise ValueError(
+                f"BatchNormThreshold needs a HardThreshold or Staircase activation; got {activation!r}. "
+                "Other activations keep nothing extra: use BatchNormalization followed by the activation."
+            )
+        self.activation = activation
+        self.target_probe = None  # a keras_ftprop.diagnostics.TargetProbe while diagnostics are on
+
+    @property
+    def target_loss(self):
+        return self.activation.target_loss
+
+    @property
+    def scale_by_grad(self):
+        return self.activation.scale_by_grad
+
+    def build(self, input_shape):
+        residual = isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple))
+        super().build(input_shape[0] if residual else input_shape)
+        if residual:
+            self.input_spec = None
+        self.activation.build(input_shape[0] if residual else input_shape)
+
+    def compute_output_shape(self, input_shape):
+        residual = isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple))
+        return tuple(input_shape[0] if residual else input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def _split(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            z, residual = inputs
+            return z, residual
+        return inputs, None
+
+    def _normalize(self, z, mean, variance, gamma, beta, residual):
+        """x = BatchNormalization's output (+ r), in the compute dtype, by the ops the plain layers use."""
+        x = keras.ops.batch_normalization(
+            z, mean, variance, axis=self.axis, offset=beta, scale=gamma, epsilon=self.epsilon
+        )
+        x = keras.ops.cast(x, self.compute_dtype)
+        return x if residual is None else keras.ops.add(x, residual)
+
+    def pre_activation(self, inputs, training=False):
+        """x (+ r): the activation's input, with the batch statistics (training) or the moving ones."""
+        z, residual = self._split(inputs)
+        z = keras.ops.cast(z, keras.backend.result_type(z.dtype, "float32"))
+        if training and self.trainable:
+            mean, variance = keras.ops.moments(z, axes=self._axes(z), synchronized=self.synchronized)
+        else:
+            mean, variance = (keras.ops.cast(v, z.dtype) for v in (self.moving_mean, self.moving_variance))
+        return self._normalize(z, mean, variance, *self._affine(z.dtype), residual)
+
+    def _axes(self, z):
+        return [axis for axis in range(len(z.shape)) if axis != self.axis % len(z.shape)]
+
+    def _affine(self, dtype):
+        gamma = keras.ops.cast(self.gamma, dtype) if self.scale else None
+        beta = keras.ops.cast(self.beta, dtype) if self.center else None
+        return gamma, beta
+
+    def call(self, inputs, training=None, mask=None):
+        z, residual = self._split(inputs)
+        if not (training and self.trainable):
+            return self._threshold(self.pre_activation(inputs, training=False))
+        dtype = keras.backend.result_type(z.dtype, "float32")
+        gamma, beta = self._affine(dtype)
+        names = [name for name, t in (("gamma", gamma), ("beta", beta), ("residual", residual)) if t is not None]
+
+        def pre_activation(z, *tensors):
+            given = dict(zip(names, tensors))
+            z = keras.ops.cast(z, dtype)  # inside: the backward keeps z as given (float16 under mixed precision)
+            mean, variance = keras.ops.moments(z, axes=self._axes(z), synchronized=self.synchronized)
+            x = self._normalize(z, mean, variance, given.get("gamma"), given.get("beta"), given.get("residual"))
+            return x, (mean, variance)
+
+        tensors = [t for t in (gamma, beta, residual) if t is not None]
+        probe = self.target_probe
+        result = threshold_of(pre_activation, self._threshold, [z, *tensors], return_pre_activation=probe is not None)
+        outputs, (mean, variance) = result[0], result[1]
+        momentum = self.momentum
+        self.moving_mean.assign(keras.ops.cast(self.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(
+            keras.ops.cast(self.moving_variance, dtype) * momentum + variance * (1.0 - momentum)
+        )
+        if probe is None:
+            return outputs
+        return probe(self.activation.target_unit(result[2]), outputs)
+
+    def _threshold(self, x):
+        """The activation's forward and FTPROP backward (``call``: no probe of its own, no Keras wrapping)."""
+        return self.activation.call(x)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": keras.saving.serialize_keras_object(self.activation)}
 
 
 def leaf_layers(model):

@@ -2,9 +2,10 @@
 
 For every layer, per example:
 
-    output bits   1 (HardThreshold), log2(steps + 1) (Staircase), the input's bits for
-                  layers that only move or select values (max pooling, padding, reshape,
-                  dropout, ...; a custom layer says so with ``preserves_precision = True``),
+    output bits   1 (HardThreshold), log2(steps + 1) (Staircase), either one also inside a
+                  BatchNormThreshold; the input's bits for layers that only move or select
+                  values (max pooling, padding, reshape, dropout, ...; a custom layer says so
+                  with ``preserves_precision = True``),
                   else the width of the compute dtype (32 or 16)
     activations   prod(output shape)
     MACs          Conv: prod(output spatial) * filters * prod(kernel) * in_channels / groups

@@ -85,6 +85,7 @@ def alexnet(
     pooling=None,
     input_tensor=None,
     name="alexnet",
+    fuse_batch_norm=True,
 ):
     """AlexNet (DoReFa layout); 62,394,344 parameters at 1000 classes.
 
@@ -103,10 +104,13 @@ def alexnet(
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
         name: model name.
+        fuse_batch_norm: a step or staircase right after a batch norm (conv3,
+            fc0, fc1) is one ``keras_ftprop.BatchNormThreshold`` named as the
+            batch norm (see :class:`models.layers.ActivationSites`).
     """
     if include_top:
         validate_classes(classes)
-    activations = ActivationSites(activation)
+    activations = ActivationSites(activation, fuse_batch_norm)
     inputs = model_input(input_shape, (224, 224, 3), input_tensor)
     _check_input_size(inputs, include_top)
     use_bias = not batch_norm
@@ -117,8 +121,11 @@ def alexnet(
                    padding="same", use_bias=use_bias,
                    weight_decay=weight_decay, name=f"conv{index}")(x)
         if batch_norm:
-            x = batch_norm_layer(name=f"conv{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                 weight_decay=weight_decay)(x)
+            norm = batch_norm_layer(name=f"conv{index}_bn", epsilon=BATCH_NORM_EPSILON,
+                                    weight_decay=weight_decay)
+            if pool is None:
+                return activations.after_batch_norm(x, norm, f"conv{index}_act")
+            x = norm(x)
         if pool is not None:
             x = pool(name=f"conv{index}_pool")(x)
         return activations(x, f"conv{index}_act")
@@ -127,8 +134,9 @@ def alexnet(
         x = dense(4096, in_features=x.shape[-1], use_bias=use_bias,
                   weight_decay=weight_decay, name=f"fc{index}")(x)
         if batch_norm:
-            x = batch_norm_layer(name=f"fc{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                 weight_decay=weight_decay)(x)
+            norm = batch_norm_layer(name=f"fc{index}_bn", epsilon=BATCH_NORM_EPSILON,
+                                    weight_decay=weight_decay)
+            return activations.after_batch_norm(x, norm, f"fc{index}_act")
         return activations(x, f"fc{index}_act")
 
     def pool_pad1(name):

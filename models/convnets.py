@@ -67,6 +67,7 @@ def convnet4(
     pooling=None,
     input_tensor=None,
     name="convnet4",
+    fuse_batch_norm=True,
 ):
     """The paper's 4-layer CIFAR-10 convnet (see the module docstring).
 
@@ -84,7 +85,10 @@ def convnet4(
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
         name: model name.
+        fuse_batch_norm: accepted for a uniform interface; no activation of
+            this net follows a batch norm, so there is nothing to fuse.
     """
+    del fuse_batch_norm
     if include_top:
         validate_classes(classes)
     activations = ActivationSites(activation)
@@ -129,6 +133,7 @@ def convnet8(
     pooling=None,
     input_tensor=None,
     name="convnet8",
+    fuse_batch_norm=True,
 ):
     """The paper's 8-layer CIFAR-10 convnet (see the module docstring).
 
@@ -147,10 +152,13 @@ def convnet8(
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
         name: model name.
+        fuse_batch_norm: a step or staircase right after a batch norm (conv1,
+            conv3 to conv6) is one ``keras_ftprop.BatchNormThreshold`` named
+            ``conv{i}_bn`` (see :class:`models.layers.ActivationSites`).
     """
     if include_top:
         validate_classes(classes)
-    activations = ActivationSites(activation)
+    activations = ActivationSites(activation, fuse_batch_norm)
     inputs = model_input(input_shape, (32, 32, 3), input_tensor)
     _check_convnet8_input(inputs)
     use_bias = not batch_norm
@@ -161,9 +169,12 @@ def convnet8(
                    padding=padding, use_bias=use_bias,
                    weight_decay=weight_decay, name=f"conv{index}")(x)
         if batch_norm:
-            x = batch_norm_layer(name=f"conv{index}_bn",
-                                 epsilon=CONVNET8_BATCH_NORM_EPSILON,
-                                 weight_decay=weight_decay)(x)
+            norm = batch_norm_layer(name=f"conv{index}_bn",
+                                    epsilon=CONVNET8_BATCH_NORM_EPSILON,
+                                    weight_decay=weight_decay)
+            if not pool:
+                return activations.after_batch_norm(x, norm, f"conv{index}_act")
+            x = norm(x)
         if pool:
             x = keras.layers.MaxPooling2D(2, name=f"conv{index}_pool")(x)
         return activations(x, f"conv{index}_act")

@@ -13,7 +13,8 @@ Everything here reproduces a PyTorch behaviour the reference code relies on:
   batch-norm momentum (0.1 in PyTorch = 0.9 in Keras) and the coupled L2 weight
   decay of :mod:`models.regularization` attached to every trainable weight.
 * ``ActivationSites``: calls the user's zero-argument activation factory once
-  per hidden activation and names the layer deterministically.
+  per hidden activation and names the layer deterministically; a step or
+  staircase right after batch norm becomes one ``BatchNormThreshold``.
 """
 
 import math
@@ -21,6 +22,7 @@ import math
 import keras
 from keras import ops
 
+from keras_ftprop import BatchNormThreshold, HardThreshold, Staircase
 from models.regularization import l2_weight_decay
 
 # PyTorch's BatchNorm momentum 0.1 weights the *new* batch statistic; Keras's
@@ -158,9 +160,17 @@ class ActivationSites:
     ``factory`` is a zero-argument callable returning a Keras layer (``None``
     means ReLU). Each call ``sites(x, name)`` builds a new layer, renames it to
     ``name`` so that ``model.get_layer(name)`` is stable, and applies it.
+
+    ``sites.after_batch_norm(z, batch_norm, name)`` applies ``batch_norm`` and
+    then a new activation (adding ``residual`` in between, if given). With
+    ``fuse_batch_norm`` and a ``HardThreshold`` or ``Staircase`` activation the
+    pair is one ``keras_ftprop.BatchNormThreshold`` named as the batch norm (it
+    holds the same weights), whose activation is named ``name``: it keeps no
+    pre-activation for the backward pass. ReLU and other activations keep the
+    separate layers.
     """
 
-    def __init__(self, factory=None):
+    def __init__(self, factory=None, fuse_batch_norm=True):
         if factory is None:
             factory = keras.layers.ReLU
         if not callable(factory):
@@ -171,9 +181,26 @@ class ActivationSites:
                 "models.activation_factory"
             )
         self._factory = factory
+        self.fuse_batch_norm = bool(fuse_batch_norm)
         self.layers = []
 
     def __call__(self, inputs, name):
+        return self._new(name)(inputs)
+
+    def after_batch_norm(self, inputs, batch_norm, name, residual=None,
+                         add_name=None):
+        """activation(batch_norm(inputs) [+ residual]), fused when possible."""
+        layer = self._new(name)
+        if self.fuse_batch_norm and isinstance(layer, (HardThreshold, Staircase)):
+            config = batch_norm.get_config()
+            fused = BatchNormThreshold(activation=layer, **config)
+            return fused(inputs if residual is None else [inputs, residual])
+        x = batch_norm(inputs)
+        if residual is not None:
+            x = keras.layers.Add(name=add_name)([x, residual])
+        return layer(x)
+
+    def _new(self, name):
         layer = self._factory()
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
@@ -188,7 +215,7 @@ class ActivationSites:
             )
         layer.name = name
         self.layers.append(layer)
-        return layer(inputs)
+        return layer
 
 
 def model_input(input_shape, default_shape, input_tensor=None):

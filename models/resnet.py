@@ -61,8 +61,8 @@ def _he_fan_out():
     return keras.initializers.VarianceScaling(**_HE_FAN_OUT_NORMAL)
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, bn_name, weight_decay):
-    """conv (PyTorch padding kernel_size // 2, no bias) -> BN."""
+def _conv(x, filters, kernel_size, strides, name, weight_decay):
+    """conv with PyTorch's padding kernel_size // 2, no bias."""
     pad = kernel_size // 2
     in_channels = x.shape[-1]
     if pad == 0:
@@ -74,7 +74,7 @@ def _conv_bn(x, filters, kernel_size, strides, name, bn_name, weight_decay):
         padding = "valid"
     else:
         padding = "same"  # symmetric for stride 1 and an odd kernel
-    x = conv2d(
+    return conv2d(
         filters,
         kernel_size,
         in_channels=in_channels,
@@ -85,21 +85,23 @@ def _conv_bn(x, filters, kernel_size, strides, name, bn_name, weight_decay):
         weight_decay=weight_decay,
         name=name,
     )(x)
-    return batch_norm_layer(name=bn_name, weight_decay=weight_decay)(x)
 
 
 def _basic_block(x, filters, strides, prefix, activations, weight_decay):
+    def bn(name):
+        return batch_norm_layer(name=f"{prefix}_{name}", weight_decay=weight_decay)
+
     shortcut = x
-    out = _conv_bn(x, filters, 3, strides, f"{prefix}_conv1", f"{prefix}_bn1",
-                   weight_decay)
-    out = activations(out, f"{prefix}_act1")
-    out = _conv_bn(out, filters, 3, 1, f"{prefix}_conv2", f"{prefix}_bn2",
-                   weight_decay)
+    out = _conv(x, filters, 3, strides, f"{prefix}_conv1", weight_decay)
+    out = activations.after_batch_norm(out, bn("bn1"), f"{prefix}_act1")
+    out = _conv(out, filters, 3, 1, f"{prefix}_conv2", weight_decay)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{prefix}_shortcut_conv",
-                            f"{prefix}_shortcut_bn", weight_decay)
-    out = keras.layers.Add(name=f"{prefix}_add")([out, shortcut])
-    return activations(out, f"{prefix}_act2")
+        shortcut = _conv(x, filters, 1, strides, f"{prefix}_shortcut_conv",
+                         weight_decay)
+        shortcut = bn("shortcut_bn")(shortcut)
+    return activations.after_batch_norm(out, bn("bn2"), f"{prefix}_act2",
+                                        residual=shortcut,
+                                        add_name=f"{prefix}_add")
 
 
 def build_resnet(
@@ -114,11 +116,12 @@ def build_resnet(
     pooling=None,
     input_tensor=None,
     name="resnet",
+    fuse_batch_norm=True,
 ):
     """A basic-block ResNet; see the module docstring for the layout."""
     if include_top:
         validate_classes(classes)
-    activations = ActivationSites(activation)
+    activations = ActivationSites(activation, fuse_batch_norm)
     inputs = model_input(input_shape, (224, 224, 3), input_tensor)
 
     x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
@@ -127,8 +130,9 @@ def build_resnet(
         kernel_initializer=_he_fan_out(), weight_decay=weight_decay,
         name="stem_conv",
     )(x)
-    x = batch_norm_layer(name="stem_bn", weight_decay=weight_decay)(x)
-    x = activations(x, "stem_act")
+    x = activations.after_batch_norm(
+        x, batch_norm_layer(name="stem_bn", weight_decay=weight_decay),
+        "stem_act")
     x = PaddedMaxPooling2D(3, 2, padding=1, name="stem_pool")(x)
 
     for stage, (filters, blocks) in enumerate(
@@ -159,6 +163,7 @@ def resnet18(
     pooling=None,
     input_tensor=None,
     name="resnet18",
+    fuse_batch_norm=True,
 ):
     """ResNet-18 (2, 2, 2, 2 basic blocks); 11,689,512 parameters at 1000 classes.
 
@@ -179,12 +184,16 @@ def resnet18(
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
         name: model name.
+        fuse_batch_norm: with a step or staircase activation, each batch norm
+            before an activation and that activation (with the residual sum
+            between them after bn2) are one ``keras_ftprop.BatchNormThreshold``
+            named as the batch norm; the ``*_add`` layers then do not exist.
     """
     return build_resnet(
         RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape,
         classes=classes, classifier_activation=classifier_activation,
         activation=activation, weight_decay=weight_decay, pooling=pooling,
-        input_tensor=input_tensor, name=name,
+        input_tensor=input_tensor, name=name, fuse_batch_norm=fuse_batch_norm,
     )
 
 
@@ -198,6 +207,7 @@ def resnet34(
     pooling=None,
     input_tensor=None,
     name="resnet34",
+    fuse_batch_norm=True,
 ):
     """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
     classes. Not used in the paper; arguments as :func:`resnet18`."""
@@ -205,5 +215,5 @@ def resnet34(
         RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape,
         classes=classes, classifier_activation=classifier_activation,
         activation=activation, weight_decay=weight_decay, pooling=pooling,
-        input_tensor=input_tensor, name=name,
+        input_tensor=input_tensor, name=name, fuse_batch_norm=fuse_batch_norm,
     )

@@ -208,3 +208,25 @@ def staircase_grad(name, x, g, steps, low, high, scale_by_grad):
         return scaled_grad(name, u, g)
     t = -np.sign(g)
     return (g != 0) * dloss_dz(name, u, t) / (x.shape[0] * (high - low))
+
+
+def batch_norm_forward(z, gamma, beta, epsilon):
+    """x = gamma (z - mean) / sqrt(var + eps) + beta with the biased batch statistics over all axes but the last."""
+    axes = tuple(range(z.ndim - 1))
+    mean, var = z.mean(axis=axes), z.var(axis=axes)
+    return gamma * (z - mean) / np.sqrt(var + epsilon) + beta, mean, var
+
+
+def batch_norm_grad(z, gamma, epsilon, grad_x):
+    """(dz, dgamma, dbeta) of batch norm in training mode, given dLoss/dx:
+
+    xhat = (z - mean) / sqrt(var + eps),  dbeta = sum grad_x,  dgamma = sum grad_x xhat,
+    dz = gamma / sqrt(var + eps) (grad_x - dbeta / N - xhat dgamma / N), N = values per channel.
+    """
+    axes = tuple(range(z.ndim - 1))
+    n = z.size // z.shape[-1]
+    inv = 1.0 / np.sqrt(z.var(axis=axes) + epsilon)
+    xhat = (z - z.mean(axis=axes)) * inv
+    dbeta = grad_x.sum(axis=axes)
+    dgamma = (grad_x * xhat).sum(axis=axes)
+    return gamma * inv * (grad_x - dbeta / n - xhat * dgamma / n), dgamma, dbeta

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ftprop import HardThreshold, Staircase
+from keras_ftprop import BatchNormThreshold, HardThreshold, Staircase
 from keras_ftprop.callbacks import TargetDiagnostics
 
 
@@ -131,3 +131,52 @@ def test_probes_are_removed_after_training():
 def test_every_must_be_positive():
     with pytest.raises(ValueError, match="positive number of steps"):
         TargetDiagnostics(every=0)
+
+
+def _residual_model(fused):
+    """d1 -> h0 -> d2 -> BN (+ h0) -> h1 -> out, as plain layers or with one BatchNormThreshold."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    h0 = HardThreshold(name="h0")(keras.layers.Dense(8, name="d1")(inputs))
+    z = keras.layers.Dense(8, use_bias=False, name="d2")(h0)
+    if fused:
+        h1 = BatchNormThreshold(Staircase(steps=3, low=-1.0, high=1.0, name="h1"), momentum=0.5, name="bn")([z, h0])
+    else:
+        x = keras.layers.Add()([keras.layers.BatchNormalization(momentum=0.5, name="bn")(z), h0])
+        h1 = Staircase(steps=3, low=-1.0, high=1.0, name="h1")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(h1))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_threshold_inside_batch_norm_threshold_is_logged_like_the_plain_pair(jit):
+    x, y = _data()
+    histories = []
+    for fused in (False, True):
+        model = _residual_model(fused)
+        model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
+        diagnostics = TargetDiagnostics(every=2, probe_data=x)
+        model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0, callbacks=[diagnostics])
+        histories.append(diagnostics.history)
+        assert all(getattr(layer, "target_probe", None) is None for layer in model.layers)
+    plain, fused = histories
+    assert [step for step, _ in fused] == [step for step, _ in plain] == [0, 2]
+    for (_, got), (_, expected) in zip(fused, plain):
+        assert set(got) == set(expected) and {"h1/target_loss", "h1/target_active", "h1/flipped"} & set(got)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert 0.0 < plain[0][1]["h1/target_satisfied"] < 1.0
+
+
+def test_probe_pre_activation_of_batch_norm_threshold_is_its_threshold_input():
+    x, _ = _data()
+    plain, fused = _residual_model(False), _residual_model(True)
+    fused.set_weights(plain.get_weights())
+    seen = {}
+    for name, model in (("plain", plain), ("fused", fused)):
+        callback = TargetDiagnostics(every=1, probe_data=x)
+        callback.set_model(model)
+        pre_activations, outputs = callback._probe_fn(x)
+        seen[name] = [np.asarray(v) for v in pre_activations + outputs]
+    for a, b in zip(seen["fused"], seen["plain"]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_ftprop
-from keras_ftprop import HardThreshold, SaturatedReLU, Staircase, target_losses
+from keras_ftprop import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase, target_losses
 from keras_ftprop.callbacks import TargetLossSchedule
 from tests import numpy_reference as ref
 from tests.custom_target_loss import Cubic
@@ -30,6 +30,8 @@ def _every_layer_model(seed=0):
             Staircase(steps=3, target_loss=Cubic(), scale_by_grad=False),
             keras.layers.Conv2D(6, 3, padding="same"),
             Staircase(steps=5, target_loss=target_losses.SoftHinge(xscale=2.0), low=-1.0, high=2.0),
+            keras.layers.Conv2D(6, 3, padding="same", use_bias=False),
+            BatchNormThreshold(HardThreshold(target_loss="lecun_tanh", name="bn_act"), momentum=0.5, name="bn"),
             keras.layers.Flatten(),
             keras.layers.Dense(8),
             SaturatedReLU(),
@@ -68,6 +70,7 @@ def _run_python(code, tmp_path):
         Staircase(steps=5, target_loss="sste", low=-1.0, high=3.0),
         Staircase(target_loss=Cubic()),
         SaturatedReLU(),
+        BatchNormThreshold(Staircase(steps=5, target_loss=Cubic(), name="act"), momentum=0.5, epsilon=1e-4),
     ],
 )
 def test_config_round_trip(layer):
@@ -82,7 +85,7 @@ def test_config_round_trip(layer):
 
 
 def test_layers_are_registered_under_the_package():
-    for cls in (HardThreshold, Staircase, SaturatedReLU):
+    for cls in (HardThreshold, Staircase, SaturatedReLU, BatchNormThreshold):
         assert keras.saving.get_registered_name(cls) == f"keras_ftprop>{cls.__name__}"
         assert keras.saving.get_registered_object(f"keras_ftprop>{cls.__name__}") is cls
 
@@ -129,8 +132,9 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
         from tests.test_layers import _weight_gradients
         model = keras.saving.load_model({str(path)!r})
         data = np.load({str(tmp_path / "data.npz")!r})
+        pred = model.predict(data["x"], verbose=0)  # before the training-mode pass updates batch-norm statistics
         grads = _weight_gradients(model, data["x"], data["y"])
-        np.savez({str(tmp_path / "out.npz")!r}, pred=model.predict(data["x"], verbose=0), *grads)
+        np.savez({str(tmp_path / "out.npz")!r}, pred=pred, *grads)
         """,
         tmp_path,
     )
@@ -181,7 +185,7 @@ def test_mixed_precision_dtypes():
         assert hidden.dtype == tf.float16
         assert tape.gradient(hidden, xt).dtype == tf.float32  # back through the float32 input cast
         for layer in model.layers:
-            if isinstance(layer, (HardThreshold, Staircase, SaturatedReLU)):
+            if isinstance(layer, (HardThreshold, Staircase, SaturatedReLU, BatchNormThreshold)):
                 assert layer.compute_dtype == "float16"
         assert out.dtype == tf.float16
         grads = _weight_gradients(model, x, y)
@@ -265,3 +269,189 @@ def test_hidden_step_units_learn_xor(target_loss):
     # approx_sign 0.98-0.99, swish_sign 0.98, ede 0.95-0.98; with a backward that
     # passes nothing (SSTE window 0) 0.44-0.51.
     assert accuracy > 0.85, f"{target_loss}: test accuracy {accuracy:.3f} (chance 0.5)"
+
+
+# BatchNormThreshold: batch norm (+ residual) and a threshold in one layer.
+
+_THRESHOLDS = {
+    "step": lambda loss, sbg: HardThreshold(target_loss=loss, scale_by_grad=sbg, name="act"),
+    "staircase": lambda loss, sbg: Staircase(steps=3, target_loss=loss, scale_by_grad=sbg, low=-1.0, high=1.0,
+                                             name="act"),
+}
+
+
+def _bn_data(seed=0, shape=(8, 4, 4, 3)):
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(size=shape) * 2.0 + 0.5).astype(np.float32)
+    residual = np.where(rng.normal(size=shape) > 0, 1.0, -1.0).astype(np.float32)
+    g = rng.normal(size=shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 2.0, size=shape[-1]).astype(np.float32)
+    beta = (0.3 * rng.normal(size=shape[-1])).astype(np.float32)
+    return z, residual, g, gamma, beta
+
+
+def _plain_and_fused(kind, loss, scale_by_grad=True, momentum=0.5, epsilon=1e-3, **bn_kwargs):
+    """Plain BatchNormalization and threshold layers, and a BatchNormThreshold of the same configuration."""
+    plain_bn = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, **bn_kwargs)
+    plain_act = _THRESHOLDS[kind](loss, scale_by_grad)
+    fused = BatchNormThreshold(_THRESHOLDS[kind](loss, scale_by_grad), momentum=momentum, epsilon=epsilon,
+                               **bn_kwargs)
+    return plain_bn, plain_act, fused
+
+
+def _pair_gradients(plain_bn, plain_act, fused, z, residual, g, jit):
+    """Outputs and gradients (z, residual, gamma, beta) of plain pair and fused layer in one training step."""
+
+    def run(fn, bn):
+        @tf.function(jit_compile=jit)
+        def step(z, residual, g):
+            with tf.GradientTape() as tape:
+                tape.watch([z, residual])
+                y = fn(z, residual)
+            return y, tape.gradient(y, [z, residual, bn.gamma, bn.beta], output_gradients=g)
+
+        y, grads = step(tf.constant(z), tf.constant(residual), tf.constant(g))
+        return y.numpy(), [gr.numpy() for gr in grads]
+
+    plain = run(lambda z, r: plain_act(keras.layers.Add()([plain_bn(z, training=True), r])), plain_bn)
+    fused_ = run(lambda z, r: fused([z, r], training=True), fused)
+    return plain, fused_
+
+
+@pytest.mark.parametrize("kind", sorted(_THRESHOLDS))
+@pytest.mark.parametrize("loss", target_losses.names())
+def test_batch_norm_threshold_gradients_equal_the_plain_pair_and_numpy(kind, loss):
+    z, residual, g, gamma, beta = _bn_data()
+    for jit, scale_by_grad in [(False, True), (True, False)]:
+        plain_bn, plain_act, fused = _plain_and_fused(kind, loss, scale_by_grad)
+        plain_bn.build(z.shape)
+        fused.build([z.shape, z.shape])
+        for layer in (plain_bn, fused):
+            layer.gamma.assign(gamma)
+            layer.beta.assign(beta)
+        (y_plain, plain), (y_fused, fused_grads) = _pair_gradients(plain_bn, plain_act, fused, z, residual, g, jit)
+        np.testing.assert_array_equal(y_fused, y_plain)
+        for name, a, b in zip(["z", "residual", "gamma", "beta"], fused_grads, plain):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max(), err_msg=name)
+
+        # Independent restatement: x = BN(z) + r, grad_x from the FTPROP tables, BN's backward by formula.
+        z64 = z.astype(np.float64)
+        x = ref.batch_norm_forward(z64, gamma, beta, 1e-3)[0] + residual
+        if kind == "step":
+            grad_x = ref.step_grad(loss, x, g, scale_by_grad)
+        else:
+            grad_x = ref.staircase_grad(loss, x, g, 3, -1.0, 1.0, scale_by_grad)
+        np.testing.assert_allclose(y_fused, ref.step_forward(x) if kind == "step"
+                                   else ref.staircase_forward(x, 3, -1.0, 1.0), rtol=1e-6)
+        expected = [*ref.batch_norm_grad(z64, gamma, 1e-3, grad_x)]
+        expected.insert(1, grad_x)
+        for name, a, b in zip(["z", "residual", "gamma", "beta"], fused_grads, expected):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
+def test_batch_norm_threshold_updates_the_statistics_once_per_step():
+    """keras.remat over BatchNormalization + HardThreshold would run the moving-average update twice."""
+    x, y = _data(n=16)
+
+    def build(fused):
+        keras.utils.set_random_seed(0)
+        head = ([BatchNormThreshold(HardThreshold(name="act"), momentum=0.5, name="bn")] if fused else
+                [keras.layers.BatchNormalization(momentum=0.5, name="bn"), HardThreshold(name="act")])
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
+                                  *head, keras.layers.Flatten(), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    plain, fused = build(False), build(True)
+    fused.set_weights(plain.get_weights())
+    conv = plain.get_layer("conv")(x).numpy()  # the first step's batch-norm input
+    plain.train_on_batch(x, y)
+    fused.train_on_batch(x, y)
+    bn = fused.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5 * conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.5 + 0.5 * conv.var(axis=(0, 1, 2)), rtol=1e-5)
+    for _ in range(2):
+        plain.train_on_batch(x, y)
+        fused.train_on_batch(x, y)
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_norm_threshold_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        z, residual, g, gamma, beta = _bn_data(seed=2)
+        z, residual, g = (v.astype(np.float16) for v in (z, residual, g))
+        plain_bn, plain_act, fused = _plain_and_fused("step", "soft_hinge")
+        plain_bn.build(z.shape)
+        fused.build([z.shape, z.shape])
+        for layer in (plain_bn, fused):
+            layer.gamma.assign(gamma)
+            layer.beta.assign(beta)
+        (y_plain, plain), (y_fused, fused_grads) = _pair_gradients(plain_bn, plain_act, fused, z, residual, g, False)
+        assert y_fused.dtype == np.float16 and fused_grads[0].dtype == np.float16
+        np.testing.assert_array_equal(y_fused, y_plain)
+        for a, b in zip(fused_grads, plain):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+        np.testing.assert_array_equal(fused.moving_mean.numpy(), plain_bn.moving_mean.numpy())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("synchronized", [False, True])
+def test_batch_norm_threshold_mirrored_gradients_equal_the_plain_pair(synchronized):
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    x, y = _data(n=8)
+
+    def build(fused):
+        keras.utils.set_random_seed(0)
+        bn = dict(momentum=0.5, synchronized=synchronized, name="bn")
+        head = ([BatchNormThreshold(Staircase(target_loss="sste", name="act"), **bn)] if fused else
+                [keras.layers.BatchNormalization(**bn), Staircase(target_loss="sste", name="act")])
+        return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False), *head,
+                                 keras.layers.Flatten(), keras.layers.Dense(3)])
+
+    # Reduced on one device: collective ops would restart their keys with every strategy in the process.
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
+    features, labels = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    results = []
+    for fused in (False, True):
+        with strategy.scope():
+            model = build(fused)
+
+        @tf.function
+        def replica_gradients(features, labels):
+            with tf.GradientTape() as tape:
+                loss = ce(labels, model(features, training=True)) / len(x)
+            return tape.gradient(loss, model.trainable_variables)
+
+        per_replica = strategy.run(replica_gradients, args=(features, labels))
+        grads = [strategy.reduce("SUM", g, axis=None).numpy() for g in per_replica]
+        results.append((grads, [w.numpy() for w in model.get_layer("bn").non_trainable_weights]))
+    (plain, plain_stats), (fused, fused_stats) = results
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    for a, b in zip(fused_stats, plain_stats):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert not np.allclose(fused_stats[0], 0.0)  # the statistics moved
+
+
+def test_batch_norm_threshold_inference_uses_the_moving_statistics():
+    z, residual, _, gamma, beta = _bn_data(seed=3)
+    layer = BatchNormThreshold(HardThreshold(), epsilon=1e-3)
+    layer.build([z.shape, z.shape])
+    mean, var = np.linspace(-1, 1, 3).astype(np.float32), np.array([0.5, 1.0, 2.0], np.float32)
+    layer.set_weights([gamma, beta, mean, var])
+    expected = ref.step_forward(gamma * (z - mean) / np.sqrt(var + 1e-3) + beta + residual)
+    np.testing.assert_array_equal(layer([z, residual]).numpy(), expected)
+    np.testing.assert_allclose(layer.pre_activation([z, residual]).numpy(),
+                               gamma * (z - mean) / np.sqrt(var + 1e-3) + beta + residual, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_threshold_refuses_other_activations():
+    with pytest.raises(ValueError, match="HardThreshold or Staircase"):
+        BatchNormThreshold(keras.layers.ReLU())
+    with pytest.raises(ValueError, match="renorm"):
+        BatchNormThreshold(HardThreshold(), renorm=True)

@@ -3,7 +3,7 @@ import math
 import keras
 import pytest
 
-from keras_ftprop import HardThreshold, Staircase, summary
+from keras_ftprop import BatchNormThreshold, HardThreshold, Staircase, summary
 
 
 def _small_net():
@@ -129,13 +129,35 @@ def test_paper_networks(name, activation, quantized):
     expected[quantized] += activation_macs
     assert result.macs == expected
     assert result.params == sum(math.prod(w.shape) for w in model.trainable_weights)
-    bits = {layer.kind: layer.bits for layer in result.layers}
+    bits = {}
+    for layer in result.layers:
+        bits.setdefault(layer.kind, set()).add(layer.bits)
+    thresholds = bits.get("HardThreshold", set()) | bits.get("Staircase", set()) | bits.get("BatchNormThreshold", set())
     if activation == "step":
-        assert bits["HardThreshold"] == 1
+        assert thresholds == {1}
     if activation == "staircase":
         steps = models.DEFAULT_STAIRCASE_STEPS[name]
-        assert bits["Staircase"] == pytest.approx(math.log2(steps + 1))
+        assert len(thresholds) == 1 and thresholds.pop() == pytest.approx(math.log2(steps + 1))
+    if activation in ("step", "staircase") and name != "convnet4":  # thresholds after batch norm are fused
+        assert "BatchNormThreshold" in bits
     if activation == "relu":
         assert result.activation_saving == 0.0
     else:
         assert 0.0 < result.activation_saving < 1.0
+
+
+def test_batch_norm_threshold_counts_as_its_threshold_with_the_batch_norm_weights():
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="c1"),
+            BatchNormThreshold(Staircase(steps=3), name="bn"),
+            keras.layers.Conv2D(6, 3, name="c2"),
+        ]
+    )
+    result = summary(model, print_fn=None)
+    bn = result.layers[1]
+    assert (bn.name, bn.kind, bn.bits, bn.activations) == ("bn", "BatchNormThreshold", 2, 8 * 8 * 4)
+    assert bn.params == 2 * 4 and bn.param_bytes == 4 * 4 * 4  # gamma, beta; moving mean and variance
+    assert bn.macs == {"1-bit": 0, "k-bit": 0, "float": 0}
+    assert result.layers[2].macs == {"1-bit": 0, "k-bit": 6 * 6 * 6 * 36, "float": 0}

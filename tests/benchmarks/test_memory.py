@@ -44,3 +44,19 @@ def test_medians_ratios_and_table():
 def test_unknown_variant_is_refused():
     with pytest.raises(SystemExit):
         memory.parse_args(["--variants=relu,sign"])
+
+
+def test_unfused_variants_build_batch_norm_and_threshold_as_two_layers():
+    import keras
+
+    import keras_ftprop
+    from benchmarks.activation_overhead import build
+
+    def kinds(variant):
+        model = build("convnet8", 32, 10, False, **memory.VARIANTS[variant][1])
+        return [type(layer) for layer in model.layers]
+
+    fused, unfused = kinds("step"), kinds("step_unfused")
+    assert fused.count(keras_ftprop.BatchNormThreshold) == 5 and unfused.count(keras_ftprop.BatchNormThreshold) == 0
+    assert unfused.count(keras.layers.BatchNormalization) == 6 and unfused.count(keras_ftprop.HardThreshold) == 7
+    assert kinds("staircase_unfused").count(keras_ftprop.Staircase) == 7

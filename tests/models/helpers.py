@@ -32,7 +32,14 @@ def compile_for_one_step(model, jit_compile=False, learning_rate=0.01):
 
 
 def layers_of_type(model, layer_type):
-    return [layer for layer in model.layers if isinstance(layer, layer_type)]
+    """The layers of ``layer_type`` in model order, counting the threshold inside
+    each ``BatchNormThreshold`` at the fused layer's place."""
+    found = []
+    for layer in model.layers:
+        for candidate in (layer, getattr(layer, "activation", None)):
+            if isinstance(candidate, layer_type) and isinstance(candidate, keras.layers.Layer):
+                found.append(candidate)
+    return found
 
 
 def inbound_graph(model):

@@ -231,3 +231,27 @@ def test_resnet34_one_training_step():
     model = compile_for_one_step(tiny_model("resnet34", "staircase"))
     images, labels = tiny_batch(TINY_INPUT_SHAPES["resnet34"])
     assert np.isfinite(float(model.train_on_batch(images, labels)))
+
+
+@pytest.mark.parametrize("name", ["convnet8", "alexnet", "resnet18"])
+def test_fused_batch_norm_threshold_is_the_plain_layout(name):
+    """The same weights, by layer name, give the same outputs, gradients and statistics fused or not."""
+    images, labels = tiny_batch(TINY_INPUT_SHAPES[name], batch_size=8)
+    fused = tiny_model(name, activation="staircase", target_loss="soft_hinge")
+    plain = tiny_model(name, activation="staircase", target_loss="soft_hinge", fuse_batch_norm=False)
+    for layer in fused.layers:  # the fused layers carry the batch norms' names and weights
+        layer.set_weights(plain.get_layer(layer.name).get_weights())
+    for model in (fused, plain):  # convnet8's dropout masks would differ between the two models
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0
+    np.testing.assert_array_equal(fused.predict(images, verbose=0), plain.predict(images, verbose=0))
+    got = dict(zip([w.path for w in fused.trainable_weights], gradients(fused, images, labels)))
+    expected = dict(zip([w.path for w in plain.trainable_weights], gradients(plain, images, labels)))
+    assert set(got) == set(expected)
+    for path, grad in expected.items():
+        np.testing.assert_allclose(got[path], grad, rtol=1e-5, atol=1e-6 * np.abs(grad).max(), err_msg=path)
+    for weight in plain.non_trainable_weights:  # moving statistics, updated once by the training pass
+        layer = fused.get_layer(weight.path.split("/")[0])
+        match = [w for w in layer.non_trainable_weights if w.path == weight.path]
+        np.testing.assert_allclose(match[0].numpy(), weight.numpy(), rtol=1e-6, atol=1e-7)

@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from keras_ftprop import HardThreshold, SaturatedReLU, Staircase
+from keras_ftprop import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase
 from models import (
     DEFAULT_STAIRCASE_STEPS,
     MODEL_NAMES,
@@ -43,8 +43,16 @@ def test_get_model_defaults_to_the_step_activation_and_builder_layout(name):
     reference = BUILDERS[name](input_shape=TINY_INPUT_SHAPES[name],
                                classes=10)
     assert model.name == name
-    assert [layer.name for layer in model.layers] == [
-        layer.name for layer in reference.layers]
+    names = [layer.name for layer in reference.layers]
+    assert [layer.name for layer in tiny(name, fuse_batch_norm=False).layers] == names
+    # Fused: each threshold after a batch norm (and ResNet's residual sum before it)
+    # lives in the BatchNormThreshold that carries the batch norm's name.
+    merged = {layer.activation.name for layer in model.layers
+              if isinstance(layer, BatchNormThreshold)}
+    merged |= {site[:-len("_act2")] + "_add" for site in merged if site.endswith("_act2")}
+    assert bool(merged) == (name != "convnet4")
+    assert sorted(layer.name for layer in model.layers) == sorted(
+        set(names) - merged)
     assert model.count_params() == reference.count_params()
     steps = layers_of_type(model, HardThreshold)
     assert steps and len(steps) == len(
