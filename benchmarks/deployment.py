@@ -69,12 +69,20 @@ def parse_args(argv=None):
 
 def load_run(run_dir, calibration, eval_examples):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
-    import models  # noqa: F401  (registers the models' own layers for load_model)
+    import models  # also registers the models' own layers for load_model
     from training import data, run
 
     with open(os.path.join(run_dir, "settings.json")) as f:
         settings = json.load(f)
-    model = keras.models.load_model(os.path.join(run_dir, "final.keras"))
+    trained = keras.models.load_model(os.path.join(run_dir, "final.keras"))
+    # The export converts batch norm and threshold as two layers: the same network, unfused.
+    model = models.get_model(settings["model"], activation=settings["activation"],
+                             target_loss=settings["target_loss"], steps=settings["steps"],
+                             input_shape=tuple(settings["image_shape"]), classes=settings["num_classes"],
+                             fuse_batch_norm=False)
+    for layer in trained.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
                                      min_image_size=run.MIN_IMAGE_SIDE.get(settings["model"]))
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
@@ -89,7 +97,8 @@ def load_run(run_dir, calibration, eval_examples):
 def build_untrained(name, activation, image_size, calibration):
     import models
 
-    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10)
+    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10,
+                             fuse_batch_norm=False)
     calib = np.random.default_rng(0).normal(size=(min(calibration, 64), image_size, image_size, 3))
     return f"{name} {activation} (untrained, {image_size}x{image_size})", model, calib.astype(np.float32), None, None
 

@@ -331,6 +331,11 @@ def _check_model(model):
     if not isinstance(model, keras.Model) or not model.built or not model.inputs:
         raise ValueError("to_tflite needs a built functional or Sequential Keras model")
     for layer in ftprop_layers.leaf_layers(model):
+        if isinstance(layer, ftprop_layers.BatchNormThreshold):
+            raise ValueError(
+                f"layer {layer.name!r} (BatchNormThreshold) does not convert yet; build the same network with "
+                "BatchNormalization and the threshold as two layers (the paper's networks: "
+                "fuse_batch_norm=False) and copy the weights by layer name")
         activation = getattr(layer, "activation", None)
         if isinstance(activation, tuple(REWRITES)):
             raise ValueError(

@@ -28,7 +28,7 @@ def test_tflite_predicts_like_keras(name, activation, tmp_path):
     # Move the batch-norm statistics away from their initial values so that every layer matters.
     model.predict(images, verbose=0)
     for layer in model.layers:
-        if "BatchNormalization" in type(layer).__name__:
+        if isinstance(layer, keras.layers.BatchNormalization):  # BatchNormThreshold too
             mean, var = layer.moving_mean, layer.moving_variance
             mean.assign(np.random.default_rng(1).normal(scale=0.1, size=mean.shape).astype(np.float32))
             var.assign(np.random.default_rng(2).uniform(0.5, 2.0, size=var.shape).astype(np.float32))
@@ -168,7 +168,8 @@ def test_every_activation_is_an_exact_code_and_matches_keras(quantize):
 
 
 def test_int8_model_computes_in_integers_only():
-    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10,
+                             fuse_batch_norm=False)
     images = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
     flatbuffer = deploy.to_tflite(model, images, quantize="int8")
     graph = deploy.inspect_tflite(flatbuffer)
@@ -253,6 +254,13 @@ def test_unsupported_layer_is_named():
     model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
     data = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
     with pytest.raises(ValueError, match=r"layer 'running_product' \(CumulativeSum\)"):
+        deploy.to_tflite(model, data, quantize="int8")
+
+
+def test_fused_batch_norm_threshold_is_refused_with_the_way_out():
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    data = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"layer 'conv1_bn' \(BatchNormThreshold\).*fuse_batch_norm=False"):
         deploy.to_tflite(model, data, quantize="int8")
 
 

@@ -122,6 +122,16 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert f"final SavedModel: {os.path.join(model_dir, 'export', 'final')}" in out
 
 
+def test_export_tflite_of_fused_batch_norm_thresholds_predicts_like_keras(tmp_path, capsys):
+    # convnet8 trains with BatchNormThreshold layers; the export converts their two-layer twin.
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet8", "--activation=step", "--epochs=1",
+                                "--steps_per_epoch=3", "--eval_steps=2", "--batch_size=16",
+                                "--verbose=2", "--export_tflite=float", f"--model_dir={model_dir}")
+    assert status == 0, err
+    assert re.search(r"TFLite float: .* top-1 agreement with Keras 1\.0000 on 32 eval images", out), out
+
+
 def test_export_tflite_writes_both_models_and_reports_agreement(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, "--model=convnet4", "--activation=staircase", "--epochs=1",

@@ -130,7 +130,7 @@ def _optimizer(recipe):
     return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
 
 
-def build_model(config, recipe, info):
+def build_model(config, recipe, info, fuse_batch_norm=True):
     """The network from ``models.get_model``, float32 logits under mixed precision."""
     import models  # the checkout's top-level package
 
@@ -143,6 +143,7 @@ def build_model(config, recipe, info):
         weight_decay=recipe.weight_decay,
         input_shape=tuple(info.image_shape),
         classes=info.num_classes,
+        fuse_batch_norm=fuse_batch_norm,
     )
     if config.mixed_precision:
         # Softmax cross-entropy in float32: cast the logits of the last layer.
@@ -389,7 +390,12 @@ def _fit(config, setup, start):
 
     outputs = _save_outputs(setup.model, model_dir, write_path, best, final_epoch=epochs)
     if config.export_tflite != "none" and chief:
-        final_model = keras.models.load_model(outputs["final model"])
+        # The export converts batch norm and threshold as two layers: the same network, unfused.
+        final_model = build_model(config, recipe, setup.info, fuse_batch_norm=False)
+        trained = keras.models.load_model(outputs["final model"])
+        for layer in trained.layers:
+            if layer.weights:
+                final_model.get_layer(layer.name).set_weights(layer.get_weights())
         outputs.update(tflite_export.export(final_model, config.export_tflite, setup.train_ds,
                                             setup.eval_ds, model_dir, log=log))
     rows = files.read_metrics(metrics_path)
