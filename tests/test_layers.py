@@ -296,6 +296,9 @@ def _plain_and_fused(kind, loss, scale_by_grad=True, momentum=0.5, epsilon=1e-3,
     plain_act = _THRESHOLDS[kind](loss, scale_by_grad)
     fused = BatchNormThreshold(_THRESHOLDS[kind](loss, scale_by_grad), momentum=momentum, epsilon=epsilon,
                                **bn_kwargs)
+    for threshold in (plain_act, fused.activation):
+        if threshold.target_loss.scheduled:  # ede: bound to the step the numpy reference uses
+            threshold.target_loss.bind(tf.constant(ref.EDE_STEP, tf.int64), total_steps=ref.EDE_TOTAL)
     return plain_bn, plain_act, fused
 
 
