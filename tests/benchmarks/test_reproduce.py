@@ -123,3 +123,13 @@ def test_runs_train_py_and_does_not_redo_finished_runs(tmp_path, capsys):
     assert len(reproduce.read_metrics(os.path.join(tmp_path, "runs", "step-sste-seed1"))) == 1
     reproduce.main(argv)
     assert "[done]    step-sste seed 1" in capsys.readouterr().out
+
+
+def test_recorded_runs_are_not_ignored_by_git():
+    import subprocess
+
+    probe = subprocess.run(["git", "check-ignore", "-q", "docs/results/converged/convnet4/runs/relu-seed1/metrics.csv"],
+                           cwd=ROOT, capture_output=True)
+    if probe.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert probe.returncode == 1, "a committed study's run records would be ignored by .gitignore"
