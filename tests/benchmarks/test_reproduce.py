@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -126,8 +127,6 @@ def test_runs_train_py_and_does_not_redo_finished_runs(tmp_path, capsys):
 
 
 def test_recorded_runs_are_not_ignored_by_git():
-    import subprocess
-
     probe = subprocess.run(["git", "check-ignore", "-q", "docs/results/converged/convnet4/runs/relu-seed1/metrics.csv"],
                            cwd=ROOT, capture_output=True)
     if probe.returncode == 128:
