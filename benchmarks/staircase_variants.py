@@ -32,11 +32,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
+import threshold_inputs  # noqa: E402
 
 import models  # noqa: E402
-import threshold_inputs  # noqa: E402
 from keras_ftprop import HardThreshold, Staircase  # noqa: E402
 from training import data  # noqa: E402
+
 
 class TripledStaircase(Staircase):
     """The staircase with its output multiplied by 3 (thresholds and backward unchanged)."""

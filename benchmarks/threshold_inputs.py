@@ -85,7 +85,8 @@ def run_statistics(run_dir, images):
 
 
 def format_table(results):
-    lines = ["| run | layer | output levels | constant units | in SSTE window | soft-hinge factor | x: 5% / 50% / 95% |",
+    lines = ["| run | layer | output levels | constant units | in SSTE window | soft-hinge factor"
+             " | x: 5% / 50% / 95% |",
              "|---|---|---|---|---|---|---|"]
     for run, layers in results:
         for name, s in layers.items():

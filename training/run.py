@@ -37,7 +37,6 @@ import tensorflow as tf
 
 import keras_ftprop
 from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
-
 from training import callbacks as callbacks_lib
 from training import distribute, files, recipes, tflite_export
 

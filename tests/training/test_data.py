@@ -211,7 +211,7 @@ def test_pad_random_crop_and_flip_are_exact_windows():
     padded = np.pad(x.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
     offsets = set()
     for b in range(16):
-        match = [(t, l) for (t, l, m), w in windows(padded[b], 6) if not m and np.array_equal(w, cropped[b])]
+        match = [(top, left) for (top, left, m), w in windows(padded[b], 6) if not m and np.array_equal(w, cropped[b])]
         assert match, f"image {b} is not a window of its padded source"
         offsets.add(match[0])
     assert len(offsets) > 3  # offsets vary per image
