@@ -15,7 +15,7 @@ from keras_ftprop import HardThreshold, Staircase, ops, schedules, target_losses
 from keras_ftprop.callbacks import TargetLossSchedule, bind_target_losses
 from tests import numpy_reference as ref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _soft_hinge_grad(x, g, xscale, yscale):

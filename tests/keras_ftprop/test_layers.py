@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_ftprop
 from keras_ftprop import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase, target_losses
 from keras_ftprop.callbacks import TargetLossSchedule
 from tests import numpy_reference as ref
 from tests.custom_target_loss import Cubic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _every_layer_model(seed=0):
@@ -129,7 +128,7 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
         import numpy as np, keras, tensorflow as tf
         import keras_ftprop
         import tests.custom_target_loss
-        from tests.test_layers import _weight_gradients
+        from tests.keras_ftprop.test_layers import _weight_gradients
         model = keras.saving.load_model({str(path)!r})
         data = np.load({str(tmp_path / "data.npz")!r})
         pred = model.predict(data["x"], verbose=0)  # before the training-mode pass updates batch-norm statistics
@@ -425,10 +424,10 @@ def test_batch_norm_threshold_mirrored_gradients_equal_the_plain_pair(synchroniz
             model = build(fused)
 
         @tf.function
-        def replica_gradients(features, labels):
+        def replica_gradients(features, labels):  # traced and run within this iteration
             with tf.GradientTape() as tape:
-                loss = ce(labels, model(features, training=True)) / len(x)
-            return tape.gradient(loss, model.trainable_variables)
+                loss = ce(labels, model(features, training=True)) / len(x)  # noqa: B023
+            return tape.gradient(loss, model.trainable_variables)  # noqa: B023
 
         per_replica = strategy.run(replica_gradients, args=(features, labels))
         grads = [strategy.reduce("SUM", g, axis=None).numpy() for g in per_replica]
