@@ -2,19 +2,11 @@
 
 A recipe fixes the optimiser, learning rate, global batch size, epoch count,
 learning-rate decay and weight decay of one run. The paper's are each
-network's ``paper_recipe`` in ``models.MODELS``, the table of the reference
-README (cross-entropy loss everywhere; the learning rate is multiplied by
-``lr_decay`` = 0.1 at each epoch of ``lr_decay_epochs``; weight decay is
-PyTorch's coupled L2, and for AlexNet and ResNet-18 it depends on the
-activation):
-
-    network    optimizer, LR            batch  epochs (decay at)  weight decay
-    convnet4   Adam 2.5e-4              64     300 (200, 250)     5e-4
-    convnet8   Adam 1e-3                64     300 (200, 250)     5e-4
-    alexnet    Adam 1e-4                128    80 (56, 64)        step 5e-6, staircase 5e-5, relu 5e-4
-    resnet18   SGD 0.1, momentum 0.9    256    90 (30, 60)        step 5e-7, staircase 1e-5, relu 1e-4
-
-(saturated_relu uses the relu weight decay.)
+network's ``paper_recipe`` in ``models.MODELS`` (the reference README's table,
+restated in this repository's README): cross-entropy loss everywhere, the
+learning rate multiplied by ``lr_decay`` = 0.1 at each epoch of
+``lr_decay_epochs``, PyTorch's coupled L2 weight decay, which for AlexNet and
+ResNet-18 depends on the activation (saturated_relu takes relu's).
 
 The table was written for CIFAR-10 and ImageNet. On the embedded ``digits``
 set (1 437 training images of 8x8 pixels) it would take hours for nothing and
