@@ -19,6 +19,11 @@ of the peak RSS and of the training working set (peak minus the RSS after
 building: activations kept for the backward pass, gradients, optimizer
 slots, the traced graph), each relative to ReLU.
 
+With ``--allocator`` the child runs TensorFlow's own allocator on the CPU
+(``TF_CPU_ALLOCATOR_USE_BFC=true``) and also reports its peak of allocated
+tensor bytes during the last step (``tf.config.experimental.get_memory_info``):
+the tensors alone, without what malloc keeps and the process's other memory.
+
 It also prints the float32 size of one activation-sized tensor per
 activation site (batch x elements of all site outputs x 4 bytes). ReLU's
 gradient reads its own output, which the next convolution keeps for its
@@ -30,7 +35,7 @@ this much more alive until the backward pass reaches them, and
 Run from the repository root::
 
     python benchmarks/memory.py [--image-size 224] [--batch-size 32] [--steps 3] [--repeats 3]
-                                [--variants relu,step,staircase] [--jit]
+                                [--variants relu,step,staircase] [--jit] [--allocator]
 """
 
 import argparse
@@ -69,6 +74,8 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default="relu,step,staircase",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--allocator", action="store_true",
+                        help="TensorFlow's BFC allocator on the CPU; also report its tensor peak of the last step")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -110,9 +117,12 @@ def run_child(variant, args):
     """Build, compile and train one model in this process; its memory readings in bytes."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow loads, as train.py
+    if args.allocator:
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     sys.path.insert(0, ROOT)
     import keras
     import numpy as np
+    import tensorflow as tf
 
     import keras_ftprop
     from benchmarks.activation_overhead import build
@@ -132,9 +142,13 @@ def run_child(variant, args):
     loss = model.train_on_batch(images, labels)  # the first call traces the step
     float(np.asarray(loss))
     rss_first_step = _rss_bytes()
-    for _ in range(args.steps):
+    for step in range(args.steps):
+        if args.allocator and step == args.steps - 1:
+            float(np.asarray(loss))
+            tf.config.experimental.reset_memory_stats("CPU:0")
         loss = model.train_on_batch(images, labels)
     float(np.asarray(loss))  # the last step has finished
+    tensor_peak = {"tensor_peak": tf.config.experimental.get_memory_info("CPU:0")["peak"]} if args.allocator else {}
     return {
         "variant": variant,
         "rss_imported": rss_imported,
@@ -144,6 +158,7 @@ def run_child(variant, args):
         "peak": _peak_bytes(),
         "activation_sites": len(sites),
         "activation_elements": sum(math.prod(layer.output.shape[1:]) for layer in sites),
+        **tensor_peak,
     }
 
 
@@ -152,6 +167,7 @@ def measure(variant, args):
     command = [sys.executable, os.path.abspath(__file__), "--child", variant, f"--model={args.model}",
                f"--image-size={args.image_size}", f"--batch-size={args.batch_size}",
                f"--classes={args.classes}", f"--steps={args.steps}"] + (["--jit"] if args.jit else [])
+    command += ["--allocator"] if args.allocator else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -172,21 +188,28 @@ def summarize(samples, batch_size):
             "activation_sites": readings[0]["activation_sites"],
             "activation_mib": batch_size * readings[0]["activation_elements"] * 4 / MIB,
         }
+        if "tensor_peak" in readings[0]:
+            rows[variant]["tensor_peak_mib"] = statistics.median(r["tensor_peak"] for r in readings) / MIB
     relu = rows.get("relu")
     for row in rows.values():
         row["peak_ratio"] = row["peak_mib"] / relu["peak_mib"] if relu else None
         row["working_set_ratio"] = (row["working_set_mib"] / relu["working_set_mib"]
                                     if relu else None)
+        if "tensor_peak_mib" in row:
+            row["tensor_peak_ratio"] = row["tensor_peak_mib"] / relu["tensor_peak_mib"] if relu else None
     return rows
 
 
 def table(rows):
     ratio = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
-    lines = ["| activation | peak RSS (MiB) | vs ReLU | training working set (MiB) | vs ReLU |",
-             "|---|---:|---:|---:|---:|"]
+    tensors = all("tensor_peak_mib" in row for row in rows.values())
+    lines = ["| activation | peak RSS (MiB) | vs ReLU | training working set (MiB) | vs ReLU |"
+             + (" tensor peak (MiB) | vs ReLU |" if tensors else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if tensors else "")]
     for variant, row in rows.items():
         lines.append(f"| {VARIANTS[variant][0]} | {row['peak_mib']:.0f} | {ratio(row['peak_ratio'])} | "
-                     f"{row['working_set_mib']:.0f} | {ratio(row['working_set_ratio'])} |")
+                     f"{row['working_set_mib']:.0f} | {ratio(row['working_set_ratio'])} |"
+                     + (f" {row['tensor_peak_mib']:.0f} | {ratio(row['tensor_peak_ratio'])} |" if tensors else ""))
     return "\n".join(lines)
 
 

@@ -58,7 +58,10 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
         y = tf.where(x > 0, tf.constant(1.0, x.dtype), tf.constant(low, x.dtype))
 
         def grad(g):
-            return loss.input_gradient(x, g, scale_by_grad=scale_by_grad, batch_size=_global_batch_size(g))
+            # Only once g has arrived: otherwise the executor computes the part that reads x alone
+            # (tanh x, |x| <= 1) as soon as x exists and keeps it through the forward pass.
+            with tf.control_dependencies([g]):
+                return loss.input_gradient(x, g, scale_by_grad=scale_by_grad, batch_size=_global_batch_size(g))
 
         return y, grad
 
@@ -87,15 +90,19 @@ def staircase(x, steps=3, target_loss="soft_hinge", scale_by_grad=True, low=0.0,
 
     unit_range = (low, high) == (0.0, 1.0)  # x' = x: no affine maps, no temporaries for them
 
+    def unit_of(x):
+        return x if unit_range else (x - low) / span
+
     @tf.custom_gradient
     def _staircase(x):
-        unit = x if unit_range else (x - low) / span
-        y = tf.clip_by_value(tf.math.ceil(unit * slope), 0.0, levels) / levels
+        y = tf.clip_by_value(tf.math.ceil(unit_of(x) * slope), 0.0, levels) / levels
         if not unit_range:
             y = y * span + low
 
         def grad(g):
-            centred = 2.0 * unit - 1.0
+            # From x, once g has arrived: the backward keeps only x, as hard_threshold's does.
+            with tf.control_dependencies([g]):
+                centred = 2.0 * unit_of(x) - 1.0
             g_unit = g if span == 1.0 else g * span  # dLoss/dy'
             grad_unit = loss.input_gradient(
                 centred, g_unit, scale_by_grad=scale_by_grad, batch_size=_global_batch_size(g)

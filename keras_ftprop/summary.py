@@ -5,12 +5,15 @@ For every layer, per example:
     output bits   1 (HardThreshold), log2(steps + 1) (Staircase), either one also inside a
                   BatchNormThreshold; the input's bits for layers that only move or select
                   values (max pooling, padding, reshape, dropout, ...; a custom layer says so
-                  with ``preserves_precision = True``),
-                  else the width of the compute dtype (32 or 16)
+                  with ``preserves_precision = True``), log2(n + 1) for zero padding that adds
+                  0 to n levels, else the width of the compute dtype (32 or 16)
     activations   prod(output shape)
     MACs          Conv: prod(output spatial) * filters * prod(kernel) * in_channels / groups
                   Dense: prod(input shape[:-1]) * in_features * units
-                  counted under the precision of the layer's input: 1-bit, k-bit (1 < k < 16) or float
+                  counted under the precision of the layer's input: 1-bit, k-bit (1 < k < 16) or float;
+                  zero padding of an input whose n levels do not include 0 (a +-1 step's)
+                  adds a level: a convolution's windows that overlap the padding count
+                  at log2(n + 1) bits (k-bit for a step), the others at log2(n)
     param bytes   sum over weights of size * itemsize (weights stay in floating point)
 
 Totals add the activation memory at the output precisions against the same
@@ -39,12 +42,11 @@ _PASS_THROUGH = (
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
     keras.layers.SpatialDropout2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
     keras.layers.Cropping1D,
     keras.layers.Cropping2D,
     keras.layers.Identity,
 )
+_ZERO_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
@@ -134,13 +136,68 @@ def _dtype_bits(dtype):
     return 8 * np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
 
 
-def _activation_bits(layer):
-    """1 for a step, log2(steps + 1) for a staircase, None for anything else."""
+@dataclasses.dataclass(frozen=True)
+class _Values:
+    """What a tensor holds: ``levels`` values (None: floating point) including 0 or not, and
+    ``border``, per spatial axis the (before, after) zeros that padding put around those values."""
+
+    bits: float
+    levels: int = None
+    zero: bool = True
+    border: tuple = None
+
+    @property
+    def padded_bits(self):
+        """Bits of the tensor with its border: one level more, unless 0 was a level already."""
+        return math.log2(self.levels + 1) if self.border else self.bits
+
+
+def _float_values(bits):
+    return _Values(float(bits))
+
+
+def _activation_values(layer):
+    """The output of a step or a staircase, None for anything else."""
     if isinstance(layer, HardThreshold):
-        return 1.0
-    if isinstance(layer, Staircase):
-        return math.log2(layer.steps + 1)
+        return _Values(1.0, 2, zero=layer.zero_one)
+    if isinstance(layer, Staircase):  # levels low + j (high - low) / steps, j = 0..steps
+        j = -layer.low * layer.steps / (layer.high - layer.low)
+        zero = 0 <= j <= layer.steps and math.isclose(j, round(j), abs_tol=1e-9)
+        return _Values(math.log2(layer.steps + 1), layer.steps + 1, zero=zero)
     return None
+
+
+def _spatial(layer, shape):
+    """The spatial part of a (batch-less) shape of a channels-last or channels-first layer."""
+    first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    return tuple(shape[1:] if first else shape[:-1])
+
+
+def _padded(layer, values):
+    """Output of a zero-padding layer: a border around values without 0, else the same values."""
+    if values.levels is None or values.zero:
+        return values
+    padding = layer.padding
+    if isinstance(padding[0], int):  # ZeroPadding1D: (before, after)
+        padding = (padding,)
+    border = values.border or ((0, 0),) * len(padding)
+    border = tuple((b0 + p0, b1 + p1) for (b0, b1), (p0, p1) in zip(border, padding))
+    return dataclasses.replace(values, border=border)
+
+
+def _interior_windows(layer, in_shape, out_shape, border):
+    """Output positions of a convolution whose windows read neither its own padding nor ``border``."""
+    count = 1
+    for axis, (n, out) in enumerate(zip(_spatial(layer, in_shape), _spatial(layer, out_shape))):
+        k = layer.dilation_rate[axis] * (layer.kernel_size[axis] - 1) + 1  # window span
+        stride = layer.strides[axis]
+        if layer.padding == "same":
+            before = max((out - 1) * stride + k - n, 0) // 2
+        else:
+            before = k - 1 if layer.padding == "causal" else 0
+        low, high = border[axis] if border else (0, 0)
+        count *= sum(1 for i in range(out) if i * stride - before >= low and i * stride - before + k <= n - high)
+    return count
 
 
 def _precision_class(bits, float_bits):
@@ -149,14 +206,23 @@ def _precision_class(bits, float_bits):
     return "k-bit" if bits < min(16, float_bits) else "float"
 
 
-def _macs(layer, input_shape, output_shape):
+def _macs(layer, values, input_shape, output_shape, float_bits):
+    """{precision class: MACs}; a convolution's windows over zero padding at the padded precision."""
+    macs = {"1-bit": 0, "k-bit": 0, "float": 0}
     if isinstance(layer, _CONV):
-        kernel = math.prod(layer.kernel_size)
-        in_channels = input_shape[-1]
-        return math.prod(output_shape[:-1]) * layer.filters * kernel * in_channels // layer.groups
-    if isinstance(layer, keras.layers.Dense):
-        return math.prod(input_shape[:-1]) * input_shape[-1] * layer.units
-    return 0
+        channels = input_shape[1 if getattr(layer, "data_format", None) == "channels_first" else -1]
+        per_window = layer.filters * math.prod(layer.kernel_size) * channels // layer.groups
+        windows = math.prod(_spatial(layer, output_shape))
+        interior = windows
+        if values.levels is not None and not values.zero:
+            interior = _interior_windows(layer, input_shape, output_shape, values.border)
+        macs[_precision_class(values.bits, float_bits)] += interior * per_window
+        macs[_precision_class(math.log2(values.levels + 1) if interior < windows else values.bits,
+                              float_bits)] += (windows - interior) * per_window
+    elif isinstance(layer, keras.layers.Dense):
+        count = math.prod(input_shape[:-1]) * input_shape[-1] * layer.units
+        macs[_precision_class(values.padded_bits, float_bits)] += count
+    return macs
 
 
 def summary(model, print_fn=print):
@@ -167,25 +233,28 @@ def summary(model, print_fn=print):
     if not model.built:
         raise ValueError("summary() needs a built model: call it on data or give it an Input first.")
     float_bits = _dtype_bits(model.compute_dtype)
-    bits_of = {}  # id(KerasTensor) -> bits
-    for tensor in model.inputs:
-        bits_of[id(tensor)] = _dtype_bits(tensor.dtype)
+    values_of = {id(tensor): _float_values(_dtype_bits(tensor.dtype)) for tensor in model.inputs}
     costs = []
     for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         inputs = keras.tree.flatten(layer.input)
-        in_bits = max((bits_of.get(id(t), float_bits) for t in inputs), default=float_bits)
-        bits = _activation_bits(layer) or _activation_bits(getattr(layer, "activation", None))
-        if bits is None:
-            preserves = isinstance(layer, _PASS_THROUGH) or getattr(layer, "preserves_precision", False)
-            bits = in_bits if preserves else float(_dtype_bits(layer.compute_dtype))
-        output = layer.output
-        bits_of[id(output)] = bits
-        out_shape = tuple(output.shape[1:])
+        values = max((values_of.get(id(t), _float_values(float_bits)) for t in inputs),
+                     key=lambda v: v.padded_bits, default=_float_values(float_bits))
         in_shape = tuple(inputs[0].shape[1:])
-        macs = {"1-bit": 0, "k-bit": 0, "float": 0}
-        macs[_precision_class(in_bits, float_bits)] = _macs(layer, in_shape, out_shape)
+        out = _activation_values(layer) or _activation_values(getattr(layer, "activation", None))
+        if out is None and isinstance(layer, _ZERO_PADDING):
+            out = _padded(layer, values)
+        elif out is None and (isinstance(layer, _PASS_THROUGH) or getattr(layer, "preserves_precision", False)):
+            # Moved or selected, a border's zeros are among the values from here on.
+            out = _Values(values.padded_bits, values.levels + 1) if values.border else values
+        elif out is None:
+            out = _float_values(_dtype_bits(layer.compute_dtype))
+        output = layer.output
+        values_of[id(output)] = out
+        out_shape = tuple(output.shape[1:])
+        macs = _macs(layer, values, in_shape, out_shape, float_bits)
+        bits = out.padded_bits
         weights = layer.weights
         costs.append(
             LayerCost(

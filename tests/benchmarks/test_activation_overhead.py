@@ -13,6 +13,14 @@ def test_times_every_configuration_in_rounds():
     assert all(len(samples) == 2 and min(samples) > 0 for samples in times.values())
 
 
+def test_times_by_the_given_clock():
+    ticks = iter(range(100))
+    times = activation_overhead.time_configs(
+        "convnet4", image_size=32, batch_size=2, rounds=2, steps=2, warmup=0,
+        configs=("relu", "step-ftp_sh"), clock=lambda: 3.0 * next(ticks))
+    assert times == {"relu": [1.5, 1.5], "step-ftp_sh": [1.5, 1.5]}  # one tick (3 s) per 2 steps
+
+
 def test_table_ratios_are_medians_over_the_relu_median():
     times = {"relu": [0.010, 0.020, 0.030], "step-ftp_sh": [0.044, 0.022, 0.011]}
     rows = activation_overhead.table(times).splitlines()

@@ -20,6 +20,16 @@ def test_measures_every_variant_in_its_own_process():
     assert rows["step"]["peak_ratio"] > 0 and rows["step"]["working_set_ratio"] > 0
 
 
+def test_allocator_reports_the_tensor_peak_of_the_last_step():
+    rows = memory.main(["--model=convnet4", "--image-size=32", "--batch-size=64", "--classes=10",
+                        "--steps=1", "--repeats=1", "--variants=relu", "--allocator"])
+    relu = rows["relu"]
+    # at least the weights (4.26 M float32: 16 MiB) and their gradients; less than the whole process
+    assert 2 * 4_259_274 * 4 / 2**20 < relu["tensor_peak_mib"] < relu["peak_mib"]
+    assert relu["tensor_peak_ratio"] == 1.0
+    assert memory.table(rows).splitlines()[0].endswith("| tensor peak (MiB) | vs ReLU |")
+
+
 def test_medians_ratios_and_table():
     mib = 2**20
 

@@ -179,3 +179,46 @@ def test_step_forward_and_backward_make_three_activation_sized_tensors(loss):
                  if op.type not in ("Placeholder", "Identity", "IdentityN", "Const")
                  and any(out.dtype == tf.float32 and out.shape == (8, 16) for out in op.outputs)]
     assert len(full_size) == 3, full_size
+
+
+def _ops_of_x_alone(graph, x_name, g_name):
+    """Types of the ops that read x (directly or not) but not g: what the executor may run in the forward pass."""
+    ancestors = {}
+
+    def of(op):
+        if op.name not in ancestors:
+            ancestors[op.name] = {op.name}.union(
+                *(of(t.op) for t in op.inputs), *(of(c) for c in op.control_inputs))
+        return ancestors[op.name]
+
+    skip = ("Placeholder", "Identity", "IdentityN", "Const", "Shape", "StridedSlice", "NoOp")
+    return sorted(op.type for op in graph.get_operations()
+                  if op.type not in skip and x_name in of(op) and g_name not in of(op))
+
+
+@pytest.mark.parametrize("loss", ["soft_hinge", "sste", "truncated_hinge"])
+@pytest.mark.parametrize("op", [
+    lambda x, loss: ops.hard_threshold(x, target_loss=loss),
+    lambda x, loss: ops.staircase(x, 5, target_loss=loss),
+    lambda x, loss: ops.staircase(x, 3, target_loss=loss, low=-1.0, high=3.0),
+], ids=["step", "staircase", "staircase_shifted"])
+def test_backward_reads_x_only_after_the_upstream_gradient(op, loss):
+    """Memory: the backward keeps x alone. Computed from x before g arrives, tanh x (or
+    2 x' - 1, or |x| <= 1) would run during the forward pass and stay alive until the backward
+    reached the unit: one more activation-sized tensor per site."""
+
+    @tf.function
+    def forward(x, g):
+        return op(x, loss)
+
+    @tf.function
+    def backward(x, g):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = op(x, loss)
+        return tape.gradient(y, x, output_gradients=g)
+
+    spec = tf.TensorSpec([8, 16], tf.float32)
+    graphs = [f.get_concrete_function(spec, spec).graph for f in (forward, backward)]
+    x_name, g_name = (t.op.name for t in graphs[1].inputs[:2])
+    assert _ops_of_x_alone(graphs[1], x_name, g_name) == _ops_of_x_alone(graphs[0], x_name, g_name)
