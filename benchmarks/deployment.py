@@ -43,7 +43,7 @@ if ROOT not in sys.path:
 import keras  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from keras_ftprop import deploy  # noqa: E402
+from keras_ftprop import BatchNormThreshold, deploy  # noqa: E402
 
 QUANTIZATIONS = ("int8", "float")
 
@@ -69,20 +69,12 @@ def parse_args(argv=None):
 
 def load_run(run_dir, calibration, eval_examples):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
-    import models  # also registers the models' own layers for load_model
+    import models  # noqa: F401 (registers the models' own layers for load_model)
     from training import data, run
 
     with open(os.path.join(run_dir, "settings.json")) as f:
         settings = json.load(f)
-    trained = keras.models.load_model(os.path.join(run_dir, "final.keras"))
-    # The export converts batch norm and threshold as two layers: the same network, unfused.
-    model = models.get_model(settings["model"], activation=settings["activation"],
-                             target_loss=settings["target_loss"], steps=settings["steps"],
-                             input_shape=tuple(settings["image_shape"]), classes=settings["num_classes"],
-                             fuse_batch_norm=False)
-    for layer in trained.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+    model = keras.models.load_model(os.path.join(run_dir, "final.keras"))
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
                                      min_image_size=run.MIN_IMAGE_SIDE.get(settings["model"]))
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
@@ -97,8 +89,7 @@ def load_run(run_dir, calibration, eval_examples):
 def build_untrained(name, activation, image_size, calibration):
     import models
 
-    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10,
-                             fuse_batch_norm=False)
+    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10)
     calib = np.random.default_rng(0).normal(size=(min(calibration, 64), image_size, image_size, 3))
     return f"{name} {activation} (untrained, {image_size}x{image_size})", model, calib.astype(np.float32), None, None
 
@@ -179,7 +170,11 @@ def flip_rates(model, flatbuffer, images):
     """{threshold layer: fraction of its int8 outputs that differ from Keras's} on ``images``."""
     report = flatbuffer.report
     names = list(report.activation_tensors)
-    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    outputs = {layer.name: layer.output for layer in model.layers}
+    # A BatchNormThreshold's output is its threshold's (named as its activation in the export).
+    outputs.update({layer.activation.name: layer.output for layer in model.layers
+                    if isinstance(layer, BatchNormThreshold)})
+    probe = keras.Model(model.input, [outputs[n] for n in names])
     expected = probe.predict(images, verbose=0, batch_size=100)
     expected = expected if isinstance(expected, list) else [expected]
     it = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)

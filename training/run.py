@@ -389,12 +389,7 @@ def _fit(config, setup, start):
 
     outputs = _save_outputs(setup.model, model_dir, write_path, best, final_epoch=epochs)
     if config.export_tflite != "none" and chief:
-        # The export converts batch norm and threshold as two layers: the same network, unfused.
-        final_model = build_model(config, recipe, setup.info, fuse_batch_norm=False)
-        trained = keras.models.load_model(outputs["final model"])
-        for layer in trained.layers:
-            if layer.weights:
-                final_model.get_layer(layer.name).set_weights(layer.get_weights())
+        final_model = keras.models.load_model(outputs["final model"])
         outputs.update(tflite_export.export(final_model, config.export_tflite, setup.train_ds,
                                             setup.eval_ds, model_dir, log=log))
     rows = files.read_metrics(metrics_path)

@@ -30,3 +30,16 @@ def test_flip_rates_of_an_exact_export_are_small(capsys):
     # (measured 0.17%), later ones also inherit its flips (2% and 9%).
     assert 0 < rates["conv1_act"] < 0.01, rates
     assert all(0 <= rate < 0.2 for rate in rates.values()), rates
+
+
+def test_flip_rates_name_the_thresholds_of_batch_norm_thresholds():
+    import numpy as np
+
+    import models
+
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    assert isinstance(model.get_layer("conv1_bn"), deployment.BatchNormThreshold)
+    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    rates = deployment.flip_rates(model, deployment.deploy.to_tflite(model, images, quantize="int8"), images)
+    assert list(rates) == [f"conv{i}_act" for i in range(7)]
+    assert 0 <= rates["conv0_act"] < 0.01 and 0 < rates["conv1_act"] < 0.2, rates  # fused: compared, not missing
