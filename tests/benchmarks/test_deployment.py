@@ -43,3 +43,13 @@ def test_flip_rates_name_the_thresholds_of_batch_norm_thresholds():
     rates = deployment.flip_rates(model, deployment.deploy.to_tflite(model, images, quantize="int8"), images)
     assert list(rates) == [f"conv{i}_act" for i in range(7)]
     assert 0 <= rates["conv0_act"] < 0.01 and 0 < rates["conv1_act"] < 0.2, rates  # fused: compared, not missing
+
+
+def test_profile_attributes_each_layer_its_ops():
+    args = deployment.parse_args(["--models=convnet4", "--profile", "--rounds=1", "--invokes=1", "--image_size=16"])
+    text = deployment.profile("convnet4", args)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in text.splitlines()[3:]}
+    assert list(rows) == ["conv1_pad", "conv1", "conv1_pool", "conv1_act", "conv2", "conv2_pool", "conv2_act",
+                          "flatten", "fc1", "fc1_act", "predictions"]
+    assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
+    assert rows["conv1_act"] == rows["fc1_act"] == "GREATER, SELECT_V2"
