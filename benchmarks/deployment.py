@@ -18,11 +18,18 @@ Run from the repository root::
     python benchmarks/deployment.py --runs runs/convnet4-step,runs/convnet8-step [--threads 1,2]
     python benchmarks/deployment.py --models convnet8,resnet18 --activation step   # speed and size only
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
+    python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
 
 ``--flips N``: for each run, the fraction of units of every threshold layer
 whose int8 output differs from Keras's (decoded from the interpreter's
 tensors), with threshold inputs pinned (the default of ``to_tflite``) and
-calibrated (the converter's range), and the top-1 agreement of both.
+calibrated (the converter's range), and the top-1 agreement of both; then
+the same for the Keras model with only the image, or the weights (all, or
+one layer's), rounded as the int8 model rounds them.
+
+``--profile int8|float``: LiteRT's Python package has no per-op profiler, so
+each layer's time is that of the model cut after it minus that of the model
+cut before it (all cuts timed interleaved; medians).
 """
 
 import argparse
@@ -65,9 +72,9 @@ def parse_args(argv=None):
     parser.add_argument("--flips", type=int, default=0,
                         help="instead: per-layer flips of the runs' int8 models on this many eval images, "
                              "threshold inputs pinned vs calibrated")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead: per-layer int8 batch-1 time of the --models (unfused, 1 thread) by "
-                             "differencing the times of prefix models")
+    parser.add_argument("--profile", choices=QUANTIZATIONS, default=None,
+                        help="instead: per-layer batch-1 time of the --models' int8 or float TFLite model "
+                             "(unfused, 1 thread) by differencing the times of prefix models")
     return parser.parse_args(argv)
 
 
@@ -267,7 +274,7 @@ def flips(name, model, calib, images, labels, examples):
 
 
 def profile(name, args):
-    """Per-layer time of an int8 chain network: t(model cut after the layer) - t(cut after the one before).
+    """Per-layer time of a TFLite chain network: t(model cut after the layer) - t(cut after the one before).
 
     Each prefix model is converted as the whole is (the same calibration
     images, batch norm folded), so a layer's time includes what it costs in
@@ -280,10 +287,10 @@ def profile(name, args):
                              input_shape=(args.image_size, args.image_size, 3))
     calib = np.random.default_rng(0).normal(size=(64, args.image_size, args.image_size, 3)).astype(np.float32)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    prefixes = {layer.name: deploy.to_tflite(keras.Model(model.input, layer.output), calib, quantize="int8")
+    prefixes = {layer.name: deploy.to_tflite(keras.Model(model.input, layer.output), calib, quantize=args.profile)
                 for layer in layers}
     times = time_interleaved(prefixes, 1, 1, args.rounds, args.invokes, calib[0])
-    lines = [f"{name} {args.activation} int8 ({args.image_size}x{args.image_size}, batch 1, 1 thread): "
+    lines = [f"{name} {args.activation} {args.profile} ({args.image_size}x{args.image_size}, batch 1, 1 thread): "
              f"{1000 * times[layers[-1].name]:.3f} ms in all",
              "| layer | TFLite ops it adds | ms |", "|---|---|---:|"]
     previous_ops, previous_time = collections.Counter(), 0.0

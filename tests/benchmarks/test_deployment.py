@@ -46,7 +46,8 @@ def test_flip_rates_name_the_thresholds_of_batch_norm_thresholds():
 
 
 def test_profile_attributes_each_layer_its_ops():
-    args = deployment.parse_args(["--models=convnet4", "--profile", "--rounds=1", "--invokes=1", "--image_size=16"])
+    args = deployment.parse_args(["--models=convnet4", "--profile=int8", "--rounds=1", "--invokes=1",
+                                  "--image_size=16"])
     text = deployment.profile("convnet4", args)
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in text.splitlines()[3:]}
     assert list(rows) == ["conv1_pad", "conv1", "conv1_pool", "conv1_act", "conv2", "conv2_pool", "conv2_act",
