@@ -12,6 +12,9 @@ training-time ``tf.custom_gradient`` is not needed to predict)::
                     t_k = a + (b - a) k / (n - 1),  l_k = a + (b - a) k / n   (n = 1: t_0 = a)
 
 which is ``ops.hard_threshold`` / ``ops.staircase`` exactly (step(0) = -1; x > t is the only way up).
+A ``BatchNormThreshold`` is first split into its ``BatchNormalization`` and
+threshold (same weights, same ops), so that the converter folds the batch
+norm and the threshold is rewritten like any other.
 
 ``quantize="int8"``: post-training full-integer quantization (int8 weights per
 channel, int8 activations, int32 biases) calibrated on ``representative_data``,
