@@ -312,8 +312,8 @@ def _representative_batches(data, limit):
 def _graph(model):
     """({id(tensor): layer that outputs it}, {id(tensor): layer inputs and model outputs that take it}).
 
-    ``model`` must call each layer once (the export's own clones do): a layer's
-    ``input`` and ``output`` are then its only call's.
+    ``model`` must call each layer once: a layer's ``input`` and ``output`` are
+    then its only call's (a ValueError otherwise).
     """
     producers, consumers = {}, collections.Counter(id(t) for t in model.outputs)
     for layer in model.layers:
@@ -322,6 +322,11 @@ def _graph(model):
         if not isinstance(layer, keras.layers.InputLayer):
             for tensor in keras.tree.flatten(layer.input):
                 consumers[id(tensor)] += 1
+    for layer in model.layers:  # a layer's later calls have outputs no layer's ``output`` names
+        if not isinstance(layer, keras.layers.InputLayer) and any(
+                id(tensor) not in producers for tensor in keras.tree.flatten(layer.input)):
+            raise ValueError(f"layer {layer.name!r} takes the output of a layer called more than once (a shared "
+                             "layer); to_tflite needs a model that calls each layer once")
     return producers, consumers
 
 

@@ -340,6 +340,16 @@ def test_fused_batch_norm_threshold_exports_as_its_two_layers(quantize):
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_shared_layer_is_refused():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4, name="shared")
+    x = HardThreshold(name="act1")(shared(inputs))
+    x = HardThreshold(name="act2")(shared(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    with pytest.raises(ValueError, match=r"layer 'act2' takes the output of a layer called more than once"):
+        deploy.to_tflite(model, np.zeros((2, 4), np.float32))
+
+
 def test_threshold_as_activation_argument_is_refused():
     inputs = keras.Input((6,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation=HardThreshold(), name="fc")(inputs))
