@@ -18,14 +18,22 @@ Run from the repository root::
     python benchmarks/deployment.py --runs runs/convnet4-step,runs/convnet8-step [--threads 1,2]
     python benchmarks/deployment.py --models convnet8,resnet18 --activation step   # speed and size only
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
+    python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
 
 ``--flips N``: for each run, the fraction of units of every threshold layer
 whose int8 output differs from Keras's (decoded from the interpreter's
 tensors), with threshold inputs pinned (the default of ``to_tflite``) and
-calibrated (the converter's range), and the top-1 agreement of both.
+calibrated (the converter's range), and the top-1 agreement of both; then
+the same for the Keras model with only the image, or the weights (all, or
+one layer's), rounded as the int8 model rounds them.
+
+``--profile int8|float``: LiteRT's Python package has no per-op profiler, so
+each layer's time is that of the model cut after it minus that of the model
+cut before it (all cuts timed interleaved; medians).
 """
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -43,7 +51,7 @@ if ROOT not in sys.path:
 import keras  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from keras_ftprop import deploy  # noqa: E402
+from keras_ftprop import BatchNormThreshold, deploy  # noqa: E402
 
 QUANTIZATIONS = ("int8", "float")
 
@@ -64,25 +72,20 @@ def parse_args(argv=None):
     parser.add_argument("--flips", type=int, default=0,
                         help="instead: per-layer flips of the runs' int8 models on this many eval images, "
                              "threshold inputs pinned vs calibrated")
+    parser.add_argument("--profile", choices=QUANTIZATIONS, default=None,
+                        help="instead: per-layer batch-1 time of the --models' int8 or float TFLite model "
+                             "(unfused, 1 thread) by differencing the times of prefix models")
     return parser.parse_args(argv)
 
 
 def load_run(run_dir, calibration, eval_examples):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
-    import models  # also registers the models' own layers for load_model
+    import models  # noqa: F401 (registers the models' own layers for load_model)
     from training import config, data, setup
 
     with open(os.path.join(run_dir, "settings.json")) as f:
         settings = config.upgrade_settings(json.load(f))
-    trained = keras.models.load_model(os.path.join(run_dir, "final.keras"))
-    # The export converts batch norm and threshold as two layers: the same network, unfused.
-    model = models.get_model(settings["model"], activation=settings["activation"],
-                             target_loss=settings["target_loss"], steps=settings["staircase_steps"],
-                             input_shape=tuple(settings["image_shape"]), classes=settings["num_classes"],
-                             fuse_batch_norm=False)
-    for layer in trained.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+    model = keras.models.load_model(os.path.join(run_dir, "final.keras"))
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
                                      min_image_size=setup.min_image_side(settings["model"]))
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
@@ -97,8 +100,7 @@ def load_run(run_dir, calibration, eval_examples):
 def build_untrained(name, activation, image_size, calibration):
     import models
 
-    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10,
-                             fuse_batch_norm=False)
+    model = models.get_model(name, activation=activation, input_shape=(image_size, image_size, 3), classes=10)
     calib = np.random.default_rng(0).normal(size=(min(calibration, 64), image_size, image_size, 3))
     return f"{name} {activation} (untrained, {image_size}x{image_size})", model, calib.astype(np.float32), None, None
 
@@ -175,13 +177,62 @@ def measure(name, model, calib, images, labels, args):
     return row
 
 
+def threshold_outputs(model, names, images):
+    """Keras's outputs of the threshold layers ``names`` on ``images`` (a list of arrays)."""
+    outputs = {layer.name: layer.output for layer in model.layers}
+    # A BatchNormThreshold's output is its threshold's (named as its activation in the export).
+    outputs.update({layer.activation.name: layer.output for layer in model.layers
+                    if isinstance(layer, BatchNormThreshold)})
+    probe = keras.Model(model.input, [outputs[n] for n in names] + [model.output])
+    return probe.predict(images, verbose=0, batch_size=100)[:len(names)]
+
+
+def rounded_like_int8(model, flatbuffer, images, weights=()):
+    """(images, model) as the int8 model rounds them, the activations left in float.
+
+    images: on the grid of the int8 model's input quantization; the layers
+    ``weights`` (Conv2D, DepthwiseConv2D, Dense): kernels rounded per output
+    channel to 127 levels each side of 0, as the converter does.
+    """
+    (quantize,) = [op for op in deploy.inspect_tflite(flatbuffer)["ops"] if op["op"] == "QUANTIZE"][:1]
+    (scale,), (zero_point,) = quantize["outputs"][0]["scale"], quantize["outputs"][0]["zero_point"]
+    rounded = (np.clip(np.round(images / scale) + zero_point, -128, 127) - zero_point) * scale
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for name in weights:
+        layer = copy.get_layer(name)
+        kernel = layer.kernel.numpy()
+        channel_scale = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127
+        layer.kernel.assign(np.round(kernel / np.maximum(channel_scale, 1e-30)) * channel_scale)
+    return rounded.astype(np.float32), copy
+
+
+def flip_sources(model, flatbuffer, images, keras_top1, labels):
+    """{what is rounded: (per-layer flip fractions, agreement, accuracy)}: Keras with the image and/or
+    the weights (all, or one layer's) rounded as in the int8 model, activations in float."""
+    names = list(flatbuffer.report.activation_tensors)
+    expected = threshold_outputs(model, names, images)
+    weighted = [layer.name for layer in model.layers
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D))]
+    variants = {"image": (True, ()), "weights": (False, weighted), "image + weights": (True, weighted)}
+    variants.update({f"{name} weights": (False, [name]) for name in weighted})
+    rows = {}
+    for label, (image, weights) in variants.items():
+        rounded, copy = rounded_like_int8(model, flatbuffer, images, weights)
+        inputs = rounded if image else images
+        got = threshold_outputs(copy, names, inputs)
+        top1 = copy.predict(inputs, verbose=0, batch_size=100).argmax(axis=1)
+        rows[label] = {"layers": {n: float(np.mean(~np.isclose(g, e, rtol=0, atol=1e-6)))
+                                  for n, g, e in zip(names, got, expected)},
+                       "agreement": float(np.mean(top1 == keras_top1)), "accuracy": float(np.mean(top1 == labels))}
+    return rows
+
+
 def flip_rates(model, flatbuffer, images):
     """{threshold layer: fraction of its int8 outputs that differ from Keras's} on ``images``."""
     report = flatbuffer.report
     names = list(report.activation_tensors)
-    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
-    expected = probe.predict(images, verbose=0, batch_size=100)
-    expected = expected if isinstance(expected, list) else [expected]
+    expected = threshold_outputs(model, names, images)
     it = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     by_name = {t["name"]: t for t in it.get_tensor_details()}
@@ -199,21 +250,57 @@ def flip_rates(model, flatbuffer, images):
 
 
 def flips(name, model, calib, images, labels, examples):
-    """Per-layer flips and top-1 agreement, threshold inputs pinned vs calibrated."""
+    """Per-layer flips and top-1 agreement, threshold inputs pinned vs calibrated, and where they come from."""
     images, labels = images[:examples].astype(np.float32), labels[:examples]
     keras_top1 = model.predict(images, verbose=0, batch_size=100).argmax(axis=1)
     rows = {}
     for mode in ("calibrated", "pinned"):
         fb = deploy.to_tflite(model, calib, quantize="int8", threshold_input=mode)
         top1 = predict(fb, images)
-        rows[mode] = {"layers": flip_rates(model, fb, images), "agreement": float(np.mean(top1 == keras_top1)),
-                      "accuracy": float(np.mean(top1 == labels))}
-    lines = [f"{name}, {len(images)} eval images: units whose int8 output differs from Keras's",
-             "| threshold input | " + " | ".join(rows["pinned"]["layers"]) + " | top-1 agreement | accuracy |",
-             "|---|" + "---:|" * (len(rows["pinned"]["layers"]) + 2)]
+        rows[f"int8, threshold inputs {mode}"] = {
+            "layers": flip_rates(model, fb, images), "agreement": float(np.mean(top1 == keras_top1)),
+            "accuracy": float(np.mean(top1 == labels))}
+    sources = flip_sources(model, fb, images, keras_top1, labels)
+    rows.update({f"Keras, {what} rounded": row for what, row in sources.items()})
+    layers = list(rows["int8, threshold inputs pinned"]["layers"])
+    lines = [f"{name}, {len(images)} eval images (Keras accuracy {100 * np.mean(keras_top1 == labels):.2f}%): "
+             "units whose output differs from Keras's",
+             "| model | " + " | ".join(layers) + " | top-1 agreement | accuracy |",
+             "|---|" + "---:|" * (len(layers) + 2)]
     for mode, row in rows.items():
         lines.append(f"| {mode} | " + " | ".join(f"{100 * v:.3f}%" for v in row["layers"].values())
                      + f" | {100 * row['agreement']:.2f}% | {100 * row['accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def profile(name, args):
+    """Per-layer time of a TFLite chain network: t(model cut after the layer) - t(cut after the one before).
+
+    Each prefix model is converted as the whole is (the same calibration
+    images, batch norm folded), so a layer's time includes what it costs in
+    place: its kernels and the split of the XNNPACK graph around ops the
+    delegate does not take. All prefixes are timed interleaved in one process.
+    """
+    import models
+
+    model = models.get_model(name, activation=args.activation, fuse_batch_norm=False, classes=10,
+                             input_shape=(args.image_size, args.image_size, 3))
+    calib = np.random.default_rng(0).normal(size=(64, args.image_size, args.image_size, 3)).astype(np.float32)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    prefixes = {layer.name: deploy.to_tflite(keras.Model(model.input, layer.output), calib, quantize=args.profile)
+                for layer in layers}
+    times = time_interleaved(prefixes, 1, 1, args.rounds, args.invokes, calib[0])
+    lines = [f"{name} {args.activation} {args.profile} ({args.image_size}x{args.image_size}, batch 1, 1 thread): "
+             f"{1000 * times[layers[-1].name]:.3f} ms in all",
+             "| layer | TFLite ops it adds | ms |", "|---|---|---:|"]
+    previous_ops, previous_time = collections.Counter(), 0.0
+    for layer in layers:
+        ops = collections.Counter(op["op"] for op in deploy.inspect_tflite(prefixes[layer.name])["ops"])
+        added = ops - previous_ops
+        lines.append(f"| {layer.name} | " + ", ".join(f"{op} x{n}" if n > 1 else op
+                                                     for op, n in sorted(added.items()))
+                     + f" | {1000 * (times[layer.name] - previous_time):.3f} |")
+        previous_ops, previous_time = ops, times[layer.name]
     return "\n".join(lines)
 
 
@@ -245,6 +332,10 @@ def main(argv=None):
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
     sources = [("run", r) for r in args.runs.split(",") if r] + [("model", m) for m in args.models.split(",") if m]
+    if args.profile:
+        for name in [m for m in args.models.split(",") if m]:
+            print(profile(name, args), flush=True)
+        return None
     if args.flips:
         for _, source in sources:
             print(flips(*load_run(source, args.calibration, args.flips), args.flips), flush=True)

@@ -12,6 +12,9 @@ training-time ``tf.custom_gradient`` is not needed to predict)::
                     t_k = a + (b - a) k / (n - 1),  l_k = a + (b - a) k / n   (n = 1: t_0 = a)
 
 which is ``ops.hard_threshold`` / ``ops.staircase`` exactly (step(0) = -1; x > t is the only way up).
+A ``BatchNormThreshold`` is first split into its ``BatchNormalization`` and
+threshold (same weights, same ops), so that the converter folds the batch
+norm and the threshold is rewritten like any other.
 
 ``quantize="int8"``: post-training full-integer quantization (int8 weights per
 channel, int8 activations, int32 biases) calibrated on ``representative_data``,
@@ -306,38 +309,73 @@ def _representative_batches(data, limit):
             yield batch[i:i + 1]
 
 
-def _consumers(model):
-    """{id(keras tensor): number of layer calls that take it}."""
-    counts = collections.Counter()
+def _graph(model):
+    """({id(tensor): layer that outputs it}, {id(tensor): layer inputs and model outputs that take it}).
+
+    ``model`` must call each layer once: a layer's ``input`` and ``output`` are
+    then its only call's (a ValueError otherwise).
+    """
+    producers, consumers = {}, collections.Counter(id(t) for t in model.outputs)
     for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                counts[id(tensor)] += 1
-    return counts
+        for tensor in keras.tree.flatten(layer.output):
+            producers[id(tensor)] = layer
+        if not isinstance(layer, keras.layers.InputLayer):
+            for tensor in keras.tree.flatten(layer.input):
+                consumers[id(tensor)] += 1
+    for layer in model.layers:  # a layer's later calls have outputs no layer's ``output`` names
+        if not isinstance(layer, keras.layers.InputLayer) and any(
+                id(tensor) not in producers for tensor in keras.tree.flatten(layer.input)):
+            raise ValueError(f"layer {layer.name!r} takes the output of a layer called more than once (a shared "
+                             "layer); to_tflite needs a model that calls each layer once")
+    return producers, consumers
 
 
-def _as_functional(model):
-    """A functional copy of a Sequential model (the same weights; ``model`` itself gets no new nodes)."""
-    inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-    x = inputs
+def _only_input(layer):
+    """``layer``'s input tensor if it takes one, else None."""
+    inputs = keras.tree.flatten(layer.input)
+    return inputs[0] if len(inputs) == 1 else None
+
+
+def _unfused(model):
+    """A copy of functional ``model`` with each BatchNormThreshold as its two (three) layers, and what was split.
+
+    BatchNormThreshold(z) -> BatchNormalization (the fused layer's name and
+    weights) -> threshold (the activation's name); on [z, r] an ``Add`` named
+    ``<name>_add`` joins r in between: the same forward pass, by the same ops.
+    """
+    split = {}
+
+    def clone(layer):
+        if not isinstance(layer, ftprop_layers.BatchNormThreshold):
+            return layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        del config["activation"]
+        batch_norm = keras.layers.BatchNormalization.from_config(config)
+        threshold = layer.activation.__class__.from_config(layer.activation.get_config())
+        add = keras.layers.Add(name=f"{layer.name}_add")
+        split[layer.name] = f"BatchNormThreshold as BatchNormalization {layer.name!r} + {threshold.name!r}"
+
+        def call(inputs, **kwargs):
+            if isinstance(inputs, (list, tuple)):
+                z, residual = inputs
+                return threshold(add([batch_norm(z), residual]))
+            return threshold(batch_norm(inputs))
+
+        return call
+
+    copy = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
-        copy = layer.__class__.from_config(layer.get_config())
-        x = copy(x)
-        copy.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=model.name)
+        if layer.weights:  # a BatchNormThreshold's are its batch norm's (its activation has none)
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy, split
 
 
 def _check_model(model):
     if not isinstance(model, keras.Model) or not model.built or not model.inputs:
         raise ValueError("to_tflite needs a built functional or Sequential Keras model")
     for layer in ftprop_layers.leaf_layers(model):
-        if isinstance(layer, ftprop_layers.BatchNormThreshold):
-            raise ValueError(
-                f"layer {layer.name!r} (BatchNormThreshold) does not convert yet; build the same network with "
-                "BatchNormalization and the threshold as two layers (the paper's networks: "
-                "fuse_batch_norm=False) and copy the weights by layer name")
         activation = getattr(layer, "activation", None)
-        if isinstance(activation, tuple(REWRITES)):
+        if isinstance(activation, tuple(REWRITES)) and not isinstance(layer, ftprop_layers.BatchNormThreshold):
             raise ValueError(
                 f"layer {layer.name!r} ({type(layer).__name__}) has a {type(activation).__name__} as its "
                 "activation=; to export it, apply the activation as a separate layer")
@@ -359,7 +397,7 @@ def _threshold_input_max(model, targets, batches):
     return dict(zip((layer.name for layer in targets), maxima))
 
 
-def _scalable_producer(layer, consumers):
+def _scalable_producer(layer, producers, consumers):
     """The layer whose weights scale ``layer``'s input by k > 0, or None.
 
     Walks back from ``layer`` through ``POSITIVELY_HOMOGENEOUS`` layers to a
@@ -368,12 +406,10 @@ def _scalable_producer(layer, consumers):
     no other consumer.
     """
     while True:
-        if len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+        tensor = _only_input(layer)
+        if tensor is None or consumers[id(tensor)] != 1:
             return None
-        (tensor,) = layer._inbound_nodes[0].input_tensors
-        if consumers[id(tensor)] != 1:
-            return None
-        producer = tensor._keras_history.operation
+        producer = producers[id(tensor)]
         if isinstance(producer, keras.layers.BatchNormalization):
             return producer if producer.scale and producer.center else None
         if isinstance(producer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D)):
@@ -395,15 +431,14 @@ def _scale_output(layer, factor):
         weight.assign(weight * factor)
 
 
-def _folded_batch_norms(model):
+def _folded_batch_norms(model, producers, consumers):
     """{batch norm: producer} for each BatchNormalization fed only by a linear Conv2D/Dense/DepthwiseConv2D."""
-    consumers = _consumers(model)
     folded = {}
     for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        tensor = _only_input(layer) if isinstance(layer, keras.layers.BatchNormalization) else None
+        if tensor is None:
             continue
-        (tensor,) = layer._inbound_nodes[0].input_tensors
-        producer = tensor._keras_history.operation
+        producer = producers[id(tensor)]
         linear = getattr(producer, "activation", None) in (None, keras.activations.linear)
         if (isinstance(producer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D))
                 and linear and consumers[id(tensor)] == 1):
@@ -439,17 +474,18 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         raise ValueError("quantize='int8' needs representative_data (a slice of the training inputs)")
     _check_model(model)
     if isinstance(model, keras.Sequential):
-        model = _as_functional(model)
+        model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # its layers, as a functional graph
+    # Everything below works on this copy, whose layers are each called once.
+    model, split = _unfused(model)
 
     targets = [layer for layer in model.layers if type(layer) in REWRITES]
     batches = list(_representative_batches(representative_data, calibration_samples)) if int8 else []
-    consumers = _consumers(model)
+    producers, consumers = _graph(model)
     max_abs = {}
     if int8 and threshold_input == "pinned" and targets:
         # Pin only inputs no other layer reads: pinning saturates the tensor.
         pinnable = [layer for layer in targets
-                    if len(layer._inbound_nodes) == 1
-                    and consumers[id(layer._inbound_nodes[0].input_tensors[0])] == 1]
+                    if _only_input(layer) is not None and consumers[id(_only_input(layer))] == 1]
         max_abs = _threshold_input_max(model, pinnable, batches)
 
     # A step's sign survives a positive scale of its input: where the producer's weights can
@@ -458,26 +494,23 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
     scale_producers = {}
     for layer in targets:
         if layer.name in max_abs and _thresholds_of(layer) == [0.0]:
-            producer = _scalable_producer(layer, consumers)
+            producer = _scalable_producer(layer, producers, consumers)
             if producer is not None and max_abs[layer.name] > 0:
                 factor = 2.0**STEP_INPUT_BITS / max_abs[layer.name]
                 scale_producers[producer.name] = factor
                 max_abs[layer.name] *= factor
 
-    rewritten, folded = {}, _folded_batch_norms(model)
+    rewritten, folded = {}, _folded_batch_norms(model, producers, consumers)
 
     def clone(layer):
         rewrite = REWRITES.get(type(layer))
-        if rewrite is None:  # a copy: calling the layer itself would add a node to ``model``
-            return layer.__class__.from_config(layer.get_config())
+        if rewrite is None:  # the copy's own layer (the copy is not used after the export)
+            return layer
         new = rewrite(layer, int8, max_abs.get(layer.name))
         rewritten[layer.name] = _describe(new)
         return new
 
     export_model = keras.models.clone_model(model, clone_function=clone)
-    for layer in model.layers:
-        if layer.weights:
-            export_model.get_layer(layer.name).set_weights(layer.get_weights())
     for name, factor in scale_producers.items():
         _scale_output(export_model.get_layer(name), factor)
     with tempfile.TemporaryDirectory() as saved_model:
@@ -485,7 +518,7 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         flatbuffer = _convert(tf.lite.TFLiteConverter.from_saved_model(saved_model), model, quantize,
                               io_dtype, batches)
     graph = inspect_tflite(flatbuffer)
-    layer_names = [layer.name for layer in ftprop_layers.leaf_layers(model)]
+    layer_names = _layer_names(model)
     if int8:
         bad = _non_integer_ops(graph)
         if bad:
@@ -505,7 +538,8 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         selects = [op for op in mine if op["op"] == "SELECT_V2"]
         if compares and selects:
             activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
-    report = ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten=rewritten,
+    report = ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops),
+                          rewritten={**split, **rewritten},
                           folded=folded, activation_tensors=activation_tensors)
     result = TFLiteExport(flatbuffer)
     result.report = report
@@ -525,7 +559,7 @@ def _convert(converter, model, quantize, io_dtype, batches):
         if io_dtype == "int8":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    layer_names = [layer.name for layer in ftprop_layers.leaf_layers(model)]
+    layer_names = _layer_names(model)
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # the converter's own exception types are not public
@@ -536,6 +570,12 @@ def _convert(converter, model, quantize, io_dtype, batches):
         detail = found.group(0) if found else message.strip().splitlines()[0][:300]
         raise ValueError(f"{where} does not convert to {quantize} TFLite builtins: {detail}") from error
     return flatbuffer
+
+
+def _layer_names(model):
+    """Names of the layers an op can come from (not the inputs: their names are generated)."""
+    return [layer.name for layer in ftprop_layers.leaf_layers(model)
+            if not isinstance(layer, keras.layers.InputLayer)]
 
 
 def _find(model, name):

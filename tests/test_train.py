@@ -123,7 +123,7 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
 
 
 def test_export_tflite_of_fused_batch_norm_thresholds_predicts_like_keras(tmp_path, capsys):
-    # convnet8 trains with BatchNormThreshold layers; the export converts their two-layer twin.
+    # convnet8 trains with BatchNormThreshold layers; to_tflite converts them directly.
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, "--model=convnet8", "--activation=step", "--epochs=1",
                                 "--steps_per_epoch=3", "--eval_steps=2", "--batch_size=16",

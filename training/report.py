@@ -58,14 +58,12 @@ def print_header(config, setup):
         log(f"resuming from the checkpoint saved {where}")
 
 
-def save_outputs(config, setup, best, unfused_model):
+def save_outputs(config, setup, best):
     """final.keras, export/final and export/best (every worker writes, the chief keeps), TFLite.
 
     When the best epoch is the last one, the best files are copies of the
     final ones. Every branch depends only on what all workers share (the
-    synchronised metrics), so all workers save the same way.
-    ``unfused_model()`` builds the network with batch norm and threshold as
-    two layers, for the TFLite export. Returns {what: path}.
+    synchronised metrics), so all workers save the same way. Returns {what: path}.
     """
     model, model_dir, write_path = setup.model, setup.model_dir, setup.write_dir.path
     final_model = os.path.join(write_path, files.FINAL_MODEL)
@@ -96,12 +94,7 @@ def save_outputs(config, setup, best, unfused_model):
     if os.path.isdir(os.path.join(write_path, files.TENSORBOARD_DIR)):
         out["TensorBoard"] = os.path.join(model_dir, files.TENSORBOARD_DIR)
     if config.export_tflite != "none" and setup.write_dir.chief:
-        # The export converts batch norm and threshold as two layers: the same network, unfused.
-        exported = unfused_model()
-        trained = keras.models.load_model(out["final model"])
-        for layer in trained.layers:
-            if layer.weights:
-                exported.get_layer(layer.name).set_weights(layer.get_weights())
+        exported = keras.models.load_model(out["final model"])
         out.update(tflite_export.export(exported, config.export_tflite, setup.train_ds,
                                         setup.eval_ds, model_dir, log=log))
     return out

@@ -27,7 +27,6 @@ Layout of the run directory (``model_dir``)::
     export/model_int8.tflite, export/model_float.tflite   with --export_tflite
 """
 
-import functools
 import time
 
 from training import fit, report
@@ -41,9 +40,7 @@ def train(config):
     try:
         report.print_header(config, setup)
         best = fit.fit(config, setup)
-        unfused = functools.partial(setup_lib.build_model, config, setup.resolved.recipe, setup.info,
-                                    fuse_batch_norm=False)
-        outputs = report.save_outputs(config, setup, best, unfused)
+        outputs = report.save_outputs(config, setup, best)
         return report.summarize(setup, outputs, elapsed=time.time() - start)
     finally:
         setup.write_dir.cleanup()

@@ -70,7 +70,7 @@ def _optimizer(recipe):
     return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
 
 
-def build_model(config, recipe, info, fuse_batch_norm=True):
+def build_model(config, recipe, info):
     """The network from ``models.get_model``, float32 logits under mixed precision."""
     model = models.get_model(
         config.model,
@@ -81,7 +81,6 @@ def build_model(config, recipe, info, fuse_batch_norm=True):
         weight_decay=recipe.weight_decay,
         input_shape=tuple(info.image_shape),
         classes=info.num_classes,
-        fuse_batch_norm=fuse_batch_norm,
     )
     if config.mixed_precision:
         # Softmax cross-entropy in float32: cast the logits of the last layer.

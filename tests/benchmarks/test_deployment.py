@@ -30,3 +30,27 @@ def test_flip_rates_of_an_exact_export_are_small(capsys):
     # (measured 0.17%), later ones also inherit its flips (2% and 9%).
     assert 0 < rates["conv1_act"] < 0.01, rates
     assert all(0 <= rate < 0.2 for rate in rates.values()), rates
+
+
+def test_flip_rates_name_the_thresholds_of_batch_norm_thresholds():
+    import numpy as np
+
+    import models
+
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    assert isinstance(model.get_layer("conv1_bn"), deployment.BatchNormThreshold)
+    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    rates = deployment.flip_rates(model, deployment.deploy.to_tflite(model, images, quantize="int8"), images)
+    assert list(rates) == [f"conv{i}_act" for i in range(7)]
+    assert 0 <= rates["conv0_act"] < 0.01 and 0 < rates["conv1_act"] < 0.2, rates  # fused: compared, not missing
+
+
+def test_profile_attributes_each_layer_its_ops():
+    args = deployment.parse_args(["--models=convnet4", "--profile=int8", "--rounds=1", "--invokes=1",
+                                  "--image_size=16"])
+    text = deployment.profile("convnet4", args)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in text.splitlines()[3:]}
+    assert list(rows) == ["conv1_pad", "conv1", "conv1_pool", "conv1_act", "conv2", "conv2_pool", "conv2_act",
+                          "flatten", "fc1", "fc1_act", "predictions"]
+    assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
+    assert rows["conv1_act"] == rows["fc1_act"] == "GREATER, SELECT_V2"

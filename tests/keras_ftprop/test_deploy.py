@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import models
-from keras_ftprop import HardThreshold, Staircase, deploy
+from keras_ftprop import BatchNormThreshold, HardThreshold, Staircase, deploy
 
 try:  # LiteRT, the successor of tf.lite.Interpreter
     from ai_edge_litert.interpreter import Interpreter
@@ -168,8 +168,8 @@ def test_every_activation_is_an_exact_code_and_matches_keras(quantize):
 
 
 def test_int8_model_computes_in_integers_only():
-    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10,
-                             fuse_batch_norm=False)
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    assert any(isinstance(layer, BatchNormThreshold) for layer in model.layers)  # the paper's default
     images = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
     flatbuffer = deploy.to_tflite(model, images, quantize="int8")
     graph = deploy.inspect_tflite(flatbuffer)
@@ -257,11 +257,97 @@ def test_unsupported_layer_is_named():
         deploy.to_tflite(model, data, quantize="int8")
 
 
-def test_fused_batch_norm_threshold_is_refused_with_the_way_out():
-    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
-    data = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"layer 'conv1_bn' \(BatchNormThreshold\).*fuse_batch_norm=False"):
-        deploy.to_tflite(model, data, quantize="int8")
+def fused_network(fuse, seed=0):
+    """conv -> BN -> step -> conv -> BN (+ act1) -> staircase(3) -> dense: batch norms and thresholds fused or not.
+
+    The same names and weights either way: fused, ``conv1_bn`` is a BatchNormThreshold whose activation
+    is ``act1``; ``conv2_bn`` takes the residual as [z, r] (unfused: ``Add`` named ``conv2_bn_add``).
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((10, 10, 3), name="image")
+    z1 = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(inputs)
+
+    def bn_threshold(z, bn_name, activation, residual=None):
+        if fuse:
+            fused = BatchNormThreshold(activation=activation, name=bn_name)
+            return fused(z if residual is None else [z, residual])
+        x = keras.layers.BatchNormalization(name=bn_name)(z)
+        if residual is not None:
+            x = keras.layers.Add(name=f"{bn_name}_add")([x, residual])
+        return activation(x)
+
+    h1 = bn_threshold(z1, "conv1_bn", HardThreshold(name="act1"))
+    z2 = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv2")(h1)
+    h2 = bn_threshold(z2, "conv2_bn", Staircase(steps=3, name="act2"), residual=h1)
+    x = keras.layers.Flatten(name="flatten")(h2)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+    rng = np.random.default_rng(seed)
+    for name in ("conv1_bn", "conv2_bn"):  # statistics and affine away from their initial values
+        bn = model.get_layer(name)
+        bn.moving_mean.assign(rng.normal(scale=0.3, size=8).astype(np.float32))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=8).astype(np.float32))
+        bn.gamma.assign(rng.choice([-1.0, 1.0], size=8).astype(np.float32) * rng.uniform(0.5, 2, size=8))
+        bn.beta.assign(rng.uniform(0.0, 1.0, size=8).astype(np.float32))
+    return model
+
+
+def decoded_outputs(flatbuffer, names, images):
+    """{name: float values of threshold ``name``'s output tensor} and the logits, image by image."""
+    interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    got, logits = {name: [] for name in names}, []
+    for i in range(len(images)):
+        interpreter.set_tensor(inp["index"], images[i:i + 1])
+        interpreter.invoke()
+        logits.append(interpreter.get_tensor(out["index"]))
+        for name in names:
+            detail = by_name[flatbuffer.report.activation_tensors[name][1]]
+            value = interpreter.get_tensor(detail["index"]).astype(np.float64)
+            scale, zero_point = detail["quantization"]
+            got[name].append((value - zero_point) * scale if scale else value)
+    return {name: np.concatenate(values) for name, values in got.items()}, np.concatenate(logits)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "float"])
+def test_fused_batch_norm_threshold_exports_as_its_two_layers(quantize):
+    fused, twin = fused_network(fuse=True), fused_network(fuse=False)
+    twin.set_weights(fused.get_weights())
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    images = rng.normal(size=(48, 10, 10, 3)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(fused, calibration, quantize=quantize)
+    report = flatbuffer.report
+    assert "BatchNormThreshold" in report.rewritten["conv1_bn"] and "'act1'" in report.rewritten["conv1_bn"]
+    assert sorted(report.activation_tensors) == ["act1", "act2"]
+    assert report.folded == {"conv1_bn": "conv1", "conv2_bn": "conv2"}
+    if quantize == "int8":
+        assert not any(op == "MUL" for op, _ in report.ops)  # batch norms folded
+        assert report.ops[("ADD", "INT8")] == 1  # the residual sum
+        assert all(dtype in ALLOWED_INT8_TENSORS for (op, dtype) in report.ops if op != "DEQUANTIZE")
+    names = ["act1", "act2"]
+    got, logits = decoded_outputs(flatbuffer, names, images)
+    twin_got, twin_logits = decoded_outputs(deploy.to_tflite(twin, calibration, quantize=quantize), names, images)
+    levels = {"act1": [-1.0, 1.0], "act2": [0.0, 1 / 3, 2 / 3, 1.0]}
+    for name in names:  # exact levels, the same units as the two-layer network's export
+        assert np.isclose(got[name][..., None], levels[name], rtol=0, atol=1e-6).any(-1).all(), name
+        np.testing.assert_array_equal(got[name], twin_got[name])
+    np.testing.assert_array_equal(logits, twin_logits)
+    if quantize == "float":  # and Keras's fused layer, on every image
+        expected = fused.predict(images, verbose=0)
+        np.testing.assert_array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_layer_is_refused():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(4, name="shared")
+    x = HardThreshold(name="act1")(shared(inputs))
+    x = HardThreshold(name="act2")(shared(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    with pytest.raises(ValueError, match=r"layer 'act2' takes the output of a layer called more than once"):
+        deploy.to_tflite(model, np.zeros((2, 4), np.float32))
 
 
 def test_threshold_as_activation_argument_is_refused():
