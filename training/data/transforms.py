@@ -52,9 +52,8 @@ def pad_random_crop(x, pad, seed):
 
 
 def random_flip(x, seed):
-    """x[b] -> x[b, :, ::-1] with probability 1/2, independently per image."""
-    flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed=seed) < 0.5
-    return tf.where(flip[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(x, axis=[2]), x)
+    """x[b] -> x[b, :, ::-1] with probability 1/2, independently per image (u_b >= 1/2)."""
+    return tf.image.stateless_random_flip_left_right(x, seed)
 
 
 def normalize(x, mean, std, max_value=1.0):
@@ -190,13 +189,14 @@ def large_train_example(recipe):
 
     def transform(example, seed):
         contents, label = example
-        u = tf.random.stateless_uniform([3], seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        crop_seed, flip_seed = (tf.stack([seed, tf.constant(k, tf.int64)]) for k in (0, 1))
+        u = tf.random.stateless_uniform([2], seed=crop_seed)
         image = decode_shrunk(contents, recipe.resize)
         shape = tf.shape(image)
-        top, left, side = crop_window(shape[0], shape[1], recipe, u[:2])
+        top, left, side = crop_window(shape[0], shape[1], recipe, u)
         window = image[top:top + side, left:left + side]
         if recipe.flip:
-            window = tf.cond(u[2] < 0.5, lambda: tf.reverse(window, axis=[1]), lambda: window)
+            window = tf.image.stateless_random_flip_left_right(window, flip_seed)
         return resize_normalize(window, recipe), label
 
     return transform
