@@ -54,7 +54,7 @@ class EpochClock(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.steps, self.cpu, self.epochs = [], [], []
+        self.steps, self.cpu, self.epoch = [], [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._cpu_start = time.perf_counter(), time.process_time()
@@ -69,7 +69,7 @@ class EpochClock(keras.callbacks.Callback):
         steps_end, cpu_end = self._steps_end or (end, time.process_time())
         self.steps.append(steps_end - self._start)
         self.cpu.append(cpu_end - self._cpu_start)
-        self.epochs.append(end - self._start)
+        self.epoch.append(end - self._start)
 
 
 def train_py_callbacks(config, setup):
