@@ -12,8 +12,9 @@ from the paper's table; any of these flags given explicitly wins. Rerun the
 same command with the same ``--model_dir`` to resume a run that was stopped.
 ``python train.py --helpfull`` lists every flag.
 
-Exit status: 0 on success, 2 for bad input (one line on stderr), 1 when the
-loss diverged (NaN/inf).
+Exit status: 0 on success; 2 for input it checked and refused (one line on
+stderr); 1 when the loss diverged (NaN/inf, one line) or for an unexpected
+error (a bug: its traceback).
 """
 
 import os
@@ -28,104 +29,23 @@ if __name__ == "__main__":  # as a program, not when imported (by tests, say)
 
 from absl import app, flags, logging  # noqa: E402
 
-import models  # noqa: E402
 from keras_ftprop import target_losses  # noqa: E402
-from training import callbacks, distribute, recipes, run  # noqa: E402
+from training import callbacks, config, run  # noqa: E402
+from training.errors import UsageError  # noqa: E402
+from training.report import print_summary  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "train.py"
 
-# Model.
-flags.DEFINE_enum("model", "resnet18", models.MODEL_NAMES,
-                  "Network to train (the paper's: convnet4, convnet8, alexnet, resnet18).")
-flags.DEFINE_enum("activation", "step", models.ACTIVATION_NAMES,
-                  "Hidden activation: step (sign, -1/+1), staircase (quantized ReLU), "
-                  "relu, saturated_relu (min(max(x, 0), 1)).")
-flags.DEFINE_string("target_loss", "soft_hinge",
-                    "Per-unit target loss of step/staircase, i.e. their backward pass: "
-                    f"{', '.join(target_losses.names())}. soft_hinge is the paper's FTP-SH, "
-                    "sste its saturated straight-through baseline.")
-flags.DEFINE_integer("steps", None, "Staircase steps (levels - 1); default: the paper's, "
-                     "3 (2-bit) for the CIFAR nets and AlexNet, 5 for ResNet-18.", lower_bound=1)
-flags.DEFINE_boolean("no_scale_by_grad", False,
-                     "Weight each unit's target loss by 1/batch_size instead of by the size "
-                     "of its upstream gradient (the reference's --no-tp-grad-scale).")
 
-# Recipe and optimisation.
-flags.DEFINE_enum("recipe", "paper", recipes.RECIPE_NAMES,
-                  "paper: optimiser, learning rate, batch size, epochs, LR decay and weight "
-                  "decay from the paper's table for --model and --activation (on the digits "
-                  "demo set: Adam 1e-3, batch 64, 5 epochs); none: Adam 1e-3, batch 64, "
-                  "10 epochs. Explicit flags below override either.")
-flags.DEFINE_integer("epochs", None, "Epochs to train (default: from --recipe).")
-flags.DEFINE_integer("batch_size", None,
-                     "Global batch size, split over all replicas (default: from --recipe).")
-flags.DEFINE_enum("optimizer", None, recipes.OPTIMIZERS, "Optimiser (default: from --recipe).")
-flags.DEFINE_float("learning_rate", None, "Initial learning rate (default: from --recipe).")
-flags.DEFINE_float("momentum", None, "SGD momentum (default: from --recipe, 0.9).")
-flags.DEFINE_float("weight_decay", None,
-                   "Coupled L2 weight decay, as PyTorch's weight_decay (default: from --recipe).")
-flags.DEFINE_float("lr_decay", None,
-                   "Factor applied to the learning rate at each --lr_decay_epochs (default 0.1).")
-flags.DEFINE_list("lr_decay_epochs", None,
-                  "Comma-separated 1-based epochs from which the learning rate is multiplied "
-                  "by --lr_decay once more, e.g. 30,60 (default: from --recipe; empty: none).")
 
-# Data.
-flags.DEFINE_string("dataset", "digits",
-                    "digits (scikit-learn's handwritten digits, bundled), any "
-                    "tensorflow-datasets image-classification name (cifar10, imagenet2012, "
-                    "...), folder:PATH (PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg) "
-                    "or idx:DIR (MNIST-format files).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
-flags.DEFINE_string("manual_dir", None,
-                    "Directory holding manually downloaded files (the ILSVRC2012 tars for "
-                    "imagenet2012).")
-flags.DEFINE_integer("image_size", None,
-                     "Side of the (square) training images; default: the data set's own "
-                     "(CIFAR 32, ImageNet crops 224), at least the model's minimal input "
-                     "(digits are resized to 32, 60 for alexnet).", lower_bound=1)
-flags.DEFINE_integer("steps_per_epoch", None,
-                     "Batches per epoch (default: one pass over the training split).",
-                     lower_bound=1)
-flags.DEFINE_integer("eval_steps", None,
-                     "Evaluate on this many batches only (default: the whole evaluation split).",
-                     lower_bound=1)
+def _define_flags():
+    """One flag per field of ``training.config.Config`` and of the recipe, declared there."""
+    for kind, name, default, help_text, args in config.flag_declarations():
+        getattr(flags, f"DEFINE_{kind}")(name=name, default=default, help=help_text, **args)
 
-# Execution.
-flags.DEFINE_integer("seed", run.DEFAULT_SEED, "Random seed (the reference's by default).")
-flags.DEFINE_boolean("mixed_precision", False,
-                     "Compute in float16 (GPU) or bfloat16 (CPU), keep variables and the "
-                     "logits in float32.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
-flags.DEFINE_enum("strategy", "auto", distribute.STRATEGY_NAMES,
-                  "auto: MirroredStrategy over all GPUs when there are several, else one "
-                  "device; default: one device; mirrored: MirroredStrategy over --devices or "
-                  "all GPUs; multi_worker: MultiWorkerMirroredStrategy over the cluster in the "
-                  "TF_CONFIG environment variable.")
-flags.DEFINE_list("devices", None,
-                  "Devices to mirror over, e.g. /gpu:0,/gpu:1; /cpu:0,/cpu:1 splits the CPU "
-                  "into that many logical devices.")
 
-# Output.
-flags.DEFINE_string("model_dir", None,
-                    "Run directory: checkpoints, TensorBoard logs, metrics.csv, settings, "
-                    "final and best models and their SavedModel exports. Rerunning with the "
-                    "same --model_dir resumes. Default: runs/<model>-<activation>-<loss>-<time>.")
-flags.DEFINE_integer("save_every_steps", 500,
-                     "Also checkpoint every this many batches within an epoch (0: only at "
-                     "the end of each epoch), bounding the work lost to a kill.", lower_bound=0)
-flags.DEFINE_enum("export_tflite", "none", ["none", "int8", "float", "both"],
-                  "After training, also write export/model_int8.tflite (full-integer, calibrated on "
-                  "500 training images) and/or export/model_float.tflite, and print their top-1 "
-                  "agreement with Keras on the evaluation split.")
-flags.DEFINE_integer("diagnostics", 0,
-                     "Log target statistics of every step/staircase layer (no-target, satisfied "
-                     "and active fractions, target loss, output flips, pre-activation "
-                     "histograms) every this many steps to TensorBoard; 0: off.", lower_bound=0)
-flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
-                  "Keras progress output: 1 progress bar, 2 one line per epoch, 0 silent, "
-                  "auto (1, or 2 when not on a terminal under some launchers).")
+_define_flags()
 
 
 @flags.validator("target_loss", message="unknown target loss")
@@ -147,51 +67,12 @@ def _integer_epochs(values):
     return True
 
 
-_RECIPE_FLAGS = ("optimizer", "learning_rate", "momentum", "batch_size", "epochs",
-                 "lr_decay", "lr_decay_epochs", "weight_decay")
-
-
 def _flags_text():
     """The values of this program's flags, one ``--name=value`` a line (a --flagfile)."""
     module_flags = FLAGS.get_flags_for_module(sys.modules[__name__])
     lines = [flag.serialize() for flag in sorted(module_flags, key=lambda f: f.name)
              if flag.value is not None]
     return "\n".join(line for line in lines if line) + "\n"
-
-
-def config_from_flags():
-    """A ``training.run.Config`` from the parsed flags."""
-    overrides = {}
-    for name in _RECIPE_FLAGS:
-        value = FLAGS[name].value
-        if value is not None:
-            overrides[name] = [int(v) for v in value] if name == "lr_decay_epochs" else value
-    return run.Config(
-        model=FLAGS.model,
-        activation=FLAGS.activation,
-        target_loss=FLAGS.target_loss,
-        steps=FLAGS.steps,
-        scale_by_grad=not FLAGS.no_scale_by_grad,
-        recipe=FLAGS.recipe,
-        overrides=overrides,
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        manual_dir=FLAGS.manual_dir,
-        image_size=FLAGS.image_size,
-        steps_per_epoch=FLAGS.steps_per_epoch,
-        eval_steps=FLAGS.eval_steps,
-        seed=FLAGS.seed,
-        mixed_precision=FLAGS.mixed_precision,
-        jit_compile=FLAGS.jit_compile,
-        strategy=FLAGS.strategy,
-        devices=",".join(FLAGS.devices) if FLAGS.devices else None,
-        model_dir=FLAGS.model_dir,
-        save_every_steps=FLAGS.save_every_steps,
-        verbose=FLAGS.verbose,
-        diagnostics=FLAGS.diagnostics,
-        export_tflite=FLAGS.export_tflite,
-        flags_text=_flags_text(),
-    )
 
 
 def error(message, code=2):
@@ -203,10 +84,10 @@ def error(message, code=2):
 
 def execute():
     """Train with the parsed flags. Returns the exit status."""
-    config = config_from_flags()
     try:
-        summary = run.train(config)
-    except run.UsageError as bad_input:
+        run_config = config.from_flags(FLAGS, flags_text=_flags_text())
+        summary = run.train(run_config)
+    except UsageError as bad_input:
         return error(bad_input)
     except callbacks.NonFiniteLossError as diverged:
         print(flush=True)  # end a progress bar line
@@ -220,7 +101,7 @@ def execute():
         else:
             where = "no checkpoint had been saved yet; try a lower --learning_rate"
         return error(f"{diverged}; training stopped: {where}", code=1)
-    run.print_summary(summary, config)
+    print_summary(summary, run_config)
     return 0
 
 

@@ -70,21 +70,21 @@ def parse_args(argv=None):
 def load_run(run_dir, calibration, eval_examples):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
     import models  # also registers the models' own layers for load_model
-    from training import data, run
+    from training import config, data, setup
 
     with open(os.path.join(run_dir, "settings.json")) as f:
-        settings = json.load(f)
+        settings = config.upgrade_settings(json.load(f))
     trained = keras.models.load_model(os.path.join(run_dir, "final.keras"))
     # The export converts batch norm and threshold as two layers: the same network, unfused.
     model = models.get_model(settings["model"], activation=settings["activation"],
-                             target_loss=settings["target_loss"], steps=settings["steps"],
+                             target_loss=settings["target_loss"], steps=settings["staircase_steps"],
                              input_shape=tuple(settings["image_shape"]), classes=settings["num_classes"],
                              fuse_batch_norm=False)
     for layer in trained.layers:
         if layer.weights:
             model.get_layer(layer.name).set_weights(layer.get_weights())
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
-                                     min_image_size=run.MIN_IMAGE_SIDE.get(settings["model"]))
+                                     min_image_size=setup.min_image_side(settings["model"]))
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
     xs, ys = [], []
     for x, y in eval_ds.take(-(-eval_examples // 100)):

@@ -1,6 +1,6 @@
 """Time per training step of ``train.py`` (its callbacks and progress output) against a bare ``model.fit``.
 
-Sets a run up as ``train.py`` does (``training.run``'s set-up: model,
+Sets a run up as ``train.py`` does (``training.setup``: model,
 compiled and checkpoint-restored, data pipeline and strategy) at its default
 flags unless told otherwise (ResNet-18, step units, FTP-SH, digits at 32x32,
 batch 64, the default strategy, a checkpoint every 500 steps, a progress
@@ -40,7 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from training import callbacks, files, run  # noqa: E402
+from training import callbacks, files  # noqa: E402
+from training import config as config_lib  # noqa: E402
+from training import setup as setup_lib  # noqa: E402
 
 VARIANTS = ("train.py", "bare")
 KINDS = ("steps", "cpu", "epoch")  # EpochClock's lists
@@ -94,7 +96,7 @@ def train_py_callbacks(config, setup):
 def time_fits(config, *, rounds=7, warmup=1):
     """{variant: {"steps", "cpu", "epoch": [s per step, one per round]}}, the set-up
     and ``train.py``'s callbacks."""
-    setup = run._setup(config)
+    setup = setup_lib.setup(config)
     try:
         model, spe = setup.model, setup.steps_per_epoch
         fit_callbacks, verbose = train_py_callbacks(config, setup)
@@ -137,15 +139,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--model", default=run.Config.model)
-    parser.add_argument("--activation", default=run.Config.activation)
-    parser.add_argument("--dataset", default=run.Config.dataset)
+    parser.add_argument("--model", default=config_lib.Config.model)
+    parser.add_argument("--activation", default=config_lib.Config.activation)
+    parser.add_argument("--dataset", default=config_lib.Config.dataset)
     parser.add_argument("--batch_size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--steps_per_epoch", type=int, default=None, help="default: one pass")
-    parser.add_argument("--verbose", default=run.Config.verbose, choices=["auto", "0", "1", "2"])
+    parser.add_argument("--verbose", default=config_lib.Config.verbose, choices=["auto", "0", "1", "2"])
     args = parser.parse_args(argv)
     model_dir = tempfile.mkdtemp(prefix="step_overhead-")
-    config = run.Config(
+    config = config_lib.Config(
         model=args.model, activation=args.activation, dataset=args.dataset,
         overrides={"batch_size": args.batch_size} if args.batch_size else {},
         steps_per_epoch=args.steps_per_epoch, verbose=args.verbose, model_dir=model_dir)

@@ -1,6 +1,10 @@
 """keras-ftprop: hard-threshold and quantized activations for Keras 3, trained by
 feasible target propagation (FTPROP-MB, Friesen & Domingos, ICLR 2018)."""
 
+# First: refuses a Keras backend other than TensorFlow before any module loads Keras.
+from keras_ftprop import _backend  # noqa: F401
+
+# isort: split
 from keras_ftprop import callbacks, deploy, diagnostics, ops, schedules, target_losses
 from keras_ftprop.layers import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase
 from keras_ftprop.summary import summary

@@ -16,20 +16,22 @@ from models.activations import ACTIVATION_NAMES, activation_factory
 from models.alexnet import alexnet
 from models.convnets import convnet4, convnet8
 from models.layers import PaddedMaxPooling2D
-from models.registry import DEFAULT_STAIRCASE_STEPS, MODEL_NAMES, get_model
+from models.registry import MODEL_NAMES, MODELS, ModelSpec, get_model, get_spec
 from models.regularization import l2_weight_decay, weight_decay_penalty
 from models.resnet import resnet18, resnet34
 
 __all__ = [
     "ACTIVATION_NAMES",
-    "DEFAULT_STAIRCASE_STEPS",
+    "MODELS",
     "MODEL_NAMES",
+    "ModelSpec",
     "PaddedMaxPooling2D",
     "activation_factory",
     "alexnet",
     "convnet4",
     "convnet8",
     "get_model",
+    "get_spec",
     "l2_weight_decay",
     "resnet18",
     "resnet34",

@@ -32,16 +32,7 @@ inputs raise a ValueError.
 
 import keras
 
-from models.layers import (
-    ActivationSites,
-    PaddedMaxPooling2D,
-    batch_norm_layer,
-    conv2d,
-    dense,
-    model_input,
-    pool_features,
-    validate_classes,
-)
+from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
 
 BATCH_NORM_EPSILON = 1e-4
 MIN_INPUT_SIZE = 60
@@ -74,19 +65,9 @@ def _check_input_size(inputs, include_top):
             )
 
 
-def alexnet(
-    include_top=True,
-    input_shape=None,
-    classes=1000,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    batch_norm=True,
-    pooling=None,
-    input_tensor=None,
-    name="alexnet",
-    fuse_batch_norm=True,
-):
+def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
+            activation=None, weight_decay=0.0, batch_norm=True, pooling=None, input_tensor=None,
+            name="alexnet", fuse_batch_norm=True):
     """AlexNet (DoReFa layout); 62,394,344 parameters at 1000 classes.
 
     Args:
@@ -108,10 +89,8 @@ def alexnet(
             fc0, fc1) is one ``keras_ftprop.BatchNormThreshold`` named as the
             batch norm (see :class:`models.layers.ActivationSites`).
     """
-    if include_top:
-        validate_classes(classes)
-    activations = ActivationSites(activation, fuse_batch_norm)
-    inputs = model_input(input_shape, (224, 224, 3), input_tensor)
+    inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
+                                        classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
     _check_input_size(inputs, include_top)
     use_bias = not batch_norm
 
@@ -158,9 +137,7 @@ def alexnet(
         x = keras.layers.Flatten(name="flatten")(x)
         x = fc_block(x, 0)
         x = fc_block(x, 1)
-        x = dense(classes, in_features=x.shape[-1],
-                  activation=classifier_activation, weight_decay=weight_decay,
-                  name="predictions")(x)
+        x = predictions(x, classes, classifier_activation, weight_decay)
     else:
         x = pool_features(x, pooling)
     return keras.Model(inputs, x, name=name)

@@ -42,33 +42,15 @@ Both use PyTorch's default initialisation and PyTorch's BN momentum.
 
 import keras
 
-from models.layers import (
-    ActivationSites,
-    batch_norm_layer,
-    conv2d,
-    dense,
-    model_input,
-    pool_features,
-    validate_classes,
-)
+from models.layers import batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
 
 CONVNET8_BATCH_NORM_EPSILON = 1e-4
 CONVNET8_MIN_INPUT_SIZE = 20
 
 
-def convnet4(
-    include_top=True,
-    input_shape=None,
-    classes=10,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    batch_norm=False,
-    pooling=None,
-    input_tensor=None,
-    name="convnet4",
-    fuse_batch_norm=True,
-):
+def convnet4(include_top=True, input_shape=None, classes=10, classifier_activation=None,
+             activation=None, weight_decay=0.0, batch_norm=False, pooling=None, input_tensor=None,
+             name="convnet4", fuse_batch_norm=True):
     """The paper's 4-layer CIFAR-10 convnet (see the module docstring).
 
     Args:
@@ -88,11 +70,8 @@ def convnet4(
         fuse_batch_norm: accepted for a uniform interface; no activation of
             this net follows a batch norm, so there is nothing to fuse.
     """
-    del fuse_batch_norm
-    if include_top:
-        validate_classes(classes)
-    activations = ActivationSites(activation)
-    inputs = model_input(input_shape, (32, 32, 3), input_tensor)
+    inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
+                                        classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
 
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = conv2d(32, 5, in_channels=inputs.shape[-1], weight_decay=weight_decay,
@@ -116,25 +95,13 @@ def convnet4(
     if batch_norm:
         x = batch_norm_layer(name="predictions_input_bn",
                              weight_decay=weight_decay)(x)
-    x = dense(classes, in_features=x.shape[-1],
-              activation=classifier_activation, weight_decay=weight_decay,
-              name="predictions")(x)
+    x = predictions(x, classes, classifier_activation, weight_decay)
     return keras.Model(inputs, x, name=name)
 
 
-def convnet8(
-    include_top=True,
-    input_shape=None,
-    classes=10,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    batch_norm=True,
-    pooling=None,
-    input_tensor=None,
-    name="convnet8",
-    fuse_batch_norm=True,
-):
+def convnet8(include_top=True, input_shape=None, classes=10, classifier_activation=None,
+             activation=None, weight_decay=0.0, batch_norm=True, pooling=None, input_tensor=None,
+             name="convnet8", fuse_batch_norm=True):
     """The paper's 8-layer CIFAR-10 convnet (see the module docstring).
 
     Args:
@@ -156,10 +123,8 @@ def convnet8(
             conv3 to conv6) is one ``keras_ftprop.BatchNormThreshold`` named
             ``conv{i}_bn`` (see :class:`models.layers.ActivationSites`).
     """
-    if include_top:
-        validate_classes(classes)
-    activations = ActivationSites(activation, fuse_batch_norm)
-    inputs = model_input(input_shape, (32, 32, 3), input_tensor)
+    inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
+                                        classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
     _check_convnet8_input(inputs)
     use_bias = not batch_norm
 
@@ -191,13 +156,9 @@ def convnet8(
     x = keras.layers.SpatialDropout2D(0.5, name="conv6_dropout")(x)
     x = conv_block(x, 6, 512, tuple(x.shape[1:3]), "valid")
 
-    if include_top:
-        x = keras.layers.Flatten(name="flatten")(x)
-        x = dense(classes, in_features=x.shape[-1],
-                  activation=classifier_activation, weight_decay=weight_decay,
-                  name="predictions")(x)
-    else:
-        x = pool_features(x, pooling)
+    if not include_top:
+        return keras.Model(inputs, pool_features(x, pooling), name=name)
+    x = predictions(keras.layers.Flatten(name="flatten")(x), classes, classifier_activation, weight_decay)
     return keras.Model(inputs, x, name=name)
 
 

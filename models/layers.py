@@ -247,6 +247,15 @@ def model_input(input_shape, default_shape, input_tensor=None):
     return keras.Input(shape=shape, name="input")
 
 
+def builder_start(input_shape, default_shape, input_tensor, *, include_top, classes,
+                  activation, fuse_batch_norm=True):
+    """A builder's ``keras.Input`` and ``ActivationSites``; ``classes`` checked if ``include_top``."""
+    if include_top:
+        validate_classes(classes)
+    return (model_input(input_shape, default_shape, input_tensor),
+            ActivationSites(activation, fuse_batch_norm))
+
+
 def pool_features(features, pooling):
     """``pooling`` of the keras.applications API, for ``include_top=False``."""
     if pooling is None:
@@ -256,6 +265,12 @@ def pool_features(features, pooling):
     if pooling == "max":
         return keras.layers.GlobalMaxPooling2D(name="max_pool")(features)
     raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+
+
+def predictions(features, classes, activation, weight_decay):
+    """The ``classes``-way dense classifier of flat ``features``, named "predictions"."""
+    return dense(classes, in_features=features.shape[-1], activation=activation,
+                 weight_decay=weight_decay, name="predictions")(features)
 
 
 def validate_classes(classes):

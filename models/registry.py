@@ -1,36 +1,86 @@
-"""``get_model``: build a paper network by name.
+"""``MODELS``: what the checkout knows about each network, one entry a network.
 
-    name        builder                    default input   staircase steps
-    "convnet4"  models.convnets.convnet4   32x32x3         3
-    "convnet8"  models.convnets.convnet8   32x32x3         3
-    "alexnet"   models.alexnet.alexnet     224x224x3       3
-    "resnet18"  models.resnet.resnet18     224x224x3       5
-    "resnet34"  models.resnet.resnet34     224x224x3       5 (not in the paper)
+Each ``ModelSpec`` holds the builder, the paper's input, the smallest input
+side the builder accepts, the paper's staircase steps and the paper's training
+recipe per activation. ``get_model``, ``training.recipes`` and ``train.py``
+read it; adding a network is adding its entry here.
+
+    name        builder                    paper input  min side  staircase steps
+    "convnet4"  models.convnets.convnet4   32x32x3      2         3
+    "convnet8"  models.convnets.convnet8   32x32x3      20        3
+    "alexnet"   models.alexnet.alexnet     224x224x3    60        3
+    "resnet18"  models.resnet.resnet18     224x224x3    1         5
+    "resnet34"  models.resnet.resnet34     224x224x3    1         5 (not in the paper)
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
 from models.activations import activation_factory
+from models.alexnet import MIN_INPUT_SIZE as ALEXNET_MIN_INPUT_SIZE
 from models.alexnet import alexnet
-from models.convnets import convnet4, convnet8
+from models.convnets import CONVNET8_MIN_INPUT_SIZE, convnet4, convnet8
 from models.resnet import resnet18, resnet34
 
-BUILDERS = {
-    "convnet4": convnet4,
-    "convnet8": convnet8,
-    "alexnet": alexnet,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-}
-MODEL_NAMES = tuple(BUILDERS)
 
-# The paper's staircase: 3 steps (4 levels, "2-bit") for the CIFAR nets and
-# AlexNet, 5 steps (6 levels) for ResNet-18.
-DEFAULT_STAIRCASE_STEPS = {
-    "convnet4": 3,
-    "convnet8": 3,
-    "alexnet": 3,
-    "resnet18": 5,
-    "resnet34": 5,
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One network: its builder and the paper's settings for it."""
+
+    builder: Callable
+    input_shape: tuple  # the paper's input, the builder's default
+    min_input_side: int  # the builder refuses (or cannot build) smaller inputs
+    staircase_steps: int  # the paper's staircase: steps = levels - 1
+    # {activation: {recipe setting: value}}, the reference README's table; None: not in the paper.
+    paper_recipe: dict | None = None
+
+
+def _paper_recipe(weight_decay, **shared):
+    """The same optimisation for every activation, weight decay by (step, staircase, relu).
+
+    saturated_relu takes relu's weight decay, as in the reference.
+    """
+    step, staircase, relu = weight_decay
+    decays = {"step": step, "staircase": staircase, "relu": relu, "saturated_relu": relu}
+    return {activation: dict(shared, weight_decay=decay) for activation, decay in decays.items()}
+
+
+_CIFAR = (32, 32, 3)
+_IMAGENET = (224, 224, 3)
+
+MODELS = {
+    # Two 2x2 pools after conv1 (pad 3, 5x5): a side of 2 leaves them one pixel.
+    "convnet4": ModelSpec(
+        convnet4, input_shape=_CIFAR, min_input_side=2, staircase_steps=3,
+        paper_recipe=_paper_recipe((5e-4, 5e-4, 5e-4), optimizer="adam", learning_rate=2.5e-4,
+                                   batch_size=64, epochs=300, lr_decay_epochs=(200, 250))),
+    "convnet8": ModelSpec(
+        convnet8, input_shape=_CIFAR, min_input_side=CONVNET8_MIN_INPUT_SIZE, staircase_steps=3,
+        paper_recipe=_paper_recipe((5e-4, 5e-4, 5e-4), optimizer="adam", learning_rate=1e-3,
+                                   batch_size=64, epochs=300, lr_decay_epochs=(200, 250))),
+    "alexnet": ModelSpec(
+        alexnet, input_shape=_IMAGENET, min_input_side=ALEXNET_MIN_INPUT_SIZE, staircase_steps=3,
+        paper_recipe=_paper_recipe((5e-6, 5e-5, 5e-4), optimizer="adam", learning_rate=1e-4,
+                                   batch_size=128, epochs=80, lr_decay_epochs=(56, 64))),
+    "resnet18": ModelSpec(
+        resnet18, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5,
+        paper_recipe=_paper_recipe((5e-7, 1e-5, 1e-4), optimizer="sgd", learning_rate=0.1,
+                                   momentum=0.9, batch_size=256, epochs=90, lr_decay_epochs=(30, 60))),
+    "resnet34": ModelSpec(resnet34, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5),
 }
+MODEL_NAMES = tuple(MODELS)
+
+
+def get_spec(name):
+    """The ``ModelSpec`` of ``name``; ValueError listing the valid names if there is none."""
+    if name not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; valid names are "
+            f"{', '.join(repr(valid) for valid in MODEL_NAMES)}"
+        )
+    return MODELS[name]
 
 
 def get_model(name, /, activation="step", target_loss="soft_hinge",
@@ -55,17 +105,12 @@ def get_model(name, /, activation="step", target_loss="soft_hinge",
     Raises:
         ValueError: unknown model, activation or target loss name.
     """
-    if name not in BUILDERS:
-        raise ValueError(
-            f"unknown model {name!r}; valid names are "
-            f"{', '.join(repr(valid) for valid in MODEL_NAMES)}"
-        )
+    spec = get_spec(name)
     if callable(activation):
         factory = activation
     else:
-        if steps is None:
-            steps = DEFAULT_STAIRCASE_STEPS[name]
-        factory = activation_factory(activation, target_loss=target_loss,
-                                     steps=steps, scale_by_grad=scale_by_grad)
-    return BUILDERS[name](activation=factory, weight_decay=weight_decay,
-                          **kwargs)
+        factory = activation_factory(
+            activation, target_loss=target_loss,
+            steps=spec.staircase_steps if steps is None else steps,
+            scale_by_grad=scale_by_grad)
+    return spec.builder(activation=factory, weight_decay=weight_decay, **kwargs)

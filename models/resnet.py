@@ -35,16 +35,7 @@ Trainable parameters with 1000 classes: ResNet-18 11,689,512; ResNet-34
 
 import keras
 
-from models.layers import (
-    ActivationSites,
-    PaddedMaxPooling2D,
-    batch_norm_layer,
-    conv2d,
-    dense,
-    model_input,
-    pool_features,
-    validate_classes,
-)
+from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, pool_features, predictions
 
 STAGE_FILTERS = (64, 128, 256, 512)
 RESNET18_BLOCKS = (2, 2, 2, 2)
@@ -104,25 +95,12 @@ def _basic_block(x, filters, strides, prefix, activations, weight_decay):
                                         add_name=f"{prefix}_add")
 
 
-def build_resnet(
-    blocks_per_stage,
-    *,
-    include_top=True,
-    input_shape=None,
-    classes=1000,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    pooling=None,
-    input_tensor=None,
-    name="resnet",
-    fuse_batch_norm=True,
-):
+def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classes=1000,
+                 classifier_activation=None, activation=None, weight_decay=0.0, pooling=None,
+                 input_tensor=None, name="resnet", fuse_batch_norm=True):
     """A basic-block ResNet; see the module docstring for the layout."""
-    if include_top:
-        validate_classes(classes)
-    activations = ActivationSites(activation, fuse_batch_norm)
-    inputs = model_input(input_shape, (224, 224, 3), input_tensor)
+    inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
+                                        classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
 
     x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
     x = conv2d(
@@ -143,28 +121,16 @@ def build_resnet(
             x = _basic_block(x, filters, strides, f"stage{stage}_block{block}",
                              activations, weight_decay)
 
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = dense(classes, in_features=x.shape[-1],
-                  activation=classifier_activation, weight_decay=weight_decay,
-                  name="predictions")(x)
-    else:
-        x = pool_features(x, pooling)
+    if not include_top:
+        return keras.Model(inputs, pool_features(x, pooling), name=name)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = predictions(x, classes, classifier_activation, weight_decay)
     return keras.Model(inputs, x, name=name)
 
 
-def resnet18(
-    include_top=True,
-    input_shape=None,
-    classes=1000,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    pooling=None,
-    input_tensor=None,
-    name="resnet18",
-    fuse_batch_norm=True,
-):
+def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
+             activation=None, weight_decay=0.0, pooling=None, input_tensor=None,
+             name="resnet18", fuse_batch_norm=True):
     """ResNet-18 (2, 2, 2, 2 basic blocks); 11,689,512 parameters at 1000 classes.
 
     Args:
@@ -189,31 +155,12 @@ def resnet18(
             between them after bn2) are one ``keras_ftprop.BatchNormThreshold``
             named as the batch norm; the ``*_add`` layers then do not exist.
     """
-    return build_resnet(
-        RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape,
-        classes=classes, classifier_activation=classifier_activation,
-        activation=activation, weight_decay=weight_decay, pooling=pooling,
-        input_tensor=input_tensor, name=name, fuse_batch_norm=fuse_batch_norm,
-    )
+    return build_resnet(RESNET18_BLOCKS, **locals())  # locals(): exactly the arguments
 
 
-def resnet34(
-    include_top=True,
-    input_shape=None,
-    classes=1000,
-    classifier_activation=None,
-    activation=None,
-    weight_decay=0.0,
-    pooling=None,
-    input_tensor=None,
-    name="resnet34",
-    fuse_batch_norm=True,
-):
+def resnet34(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
+             activation=None, weight_decay=0.0, pooling=None, input_tensor=None,
+             name="resnet34", fuse_batch_norm=True):
     """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
     classes. Not used in the paper; arguments as :func:`resnet18`."""
-    return build_resnet(
-        RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape,
-        classes=classes, classifier_activation=classifier_activation,
-        activation=activation, weight_decay=weight_decay, pooling=pooling,
-        input_tensor=input_tensor, name=name, fuse_batch_norm=fuse_batch_norm,
-    )
+    return build_resnet(RESNET34_BLOCKS, **locals())  # locals(): exactly the arguments

@@ -180,6 +180,24 @@ def test_resume_continues_and_refuses_another_model(tmp_path, capsys):
         "another --model_dir"]
 
 
+def test_resume_a_run_whose_settings_have_the_old_steps_key(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", "--activation=staircase", "--staircase_steps=2", *QUICK,
+            f"--model_dir={model_dir}"]
+    assert run_main(capsys, "--epochs=1", *args)[0] == 0
+    old = settings(model_dir)
+    old["steps"] = old.pop("staircase_steps")  # as written before the flag was renamed
+    with open(os.path.join(model_dir, "settings.json"), "w") as f:
+        json.dump(old, f)
+    status, out, err = run_main(capsys, "--epochs=2", *args)
+    assert status == 0, err
+    assert "resuming from the checkpoint saved after epoch 1" in out
+    assert settings(model_dir)["staircase_steps"] == 2
+    status, _, err = run_main(capsys, "--epochs=3", *args[:2], "--staircase_steps=3", *args[3:])
+    assert status == 2
+    assert "holds a run with staircase_steps=2, this command has staircase_steps=3" in err
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     args = ["--model=convnet4", *QUICK, f"--model_dir={model_dir}"]
@@ -334,6 +352,7 @@ BAD_INPUTS = {
     "bad decay epochs": (["--lr_decay_epochs=30,x"], "not an epoch number: 'x'"),
     "decreasing decay epochs": (["--lr_decay_epochs=60,30"], "--lr_decay_epochs must be increasing"),
     "negative steps": (["--steps_per_epoch=0"], "--steps_per_epoch=0"),
+    "no staircase steps": (["--staircase_steps=0"], "--staircase_steps=0"),
     "image too small": (["--model=alexnet", "--image_size=32"], "at least"),
     "missing device": (["--devices=/gpu:0"], "no such device /device:GPU:0"),
     "multi_worker without TF_CONFIG": (["--strategy=multi_worker"],
@@ -382,11 +401,44 @@ def test_command_line_bad_input_exit_status(tmp_path):
     assert "nowhere" in lines[0]
 
 
+def _broken_compile(*args, **kwargs):
+    raise ValueError("injected failure")
+
+
+def test_an_unexpected_error_is_not_taken_for_bad_input(tmp_path, capsys, monkeypatch):
+    # A ValueError of Keras (here, injected) is a bug, not the user's input: it propagates.
+    import keras
+
+    monkeypatch.setattr(keras.Model, "compile", _broken_compile)
+    with pytest.raises(ValueError, match="injected failure"):
+        train.main(["train.py", "--model=convnet4", "--epochs=1", *QUICK,
+                    f"--model_dir={tmp_path / 'run'}"])
+    assert not error_lines(capsys.readouterr().err)
+
+
+def test_command_line_unexpected_error_exits_1_with_its_traceback(tmp_path):
+    program = "\n".join([
+        "import runpy, sys, keras",
+        "def broken(*args, **kwargs):",
+        "    raise ValueError('injected failure')",
+        "keras.Model.compile = broken",
+        f"sys.argv = [{TRAIN_PY!r}, '--model=convnet4', '--epochs=1', '--steps_per_epoch=1',"
+        f" '--model_dir={tmp_path / 'run'}']",
+        f"runpy.run_path({TRAIN_PY!r}, run_name='__main__')",
+    ])
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=180, cwd=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.rstrip().endswith("ValueError: injected failure")
+    assert "train.py: error:" not in result.stderr
+
+
 def test_helpfull_documents_every_flag():
     result = subprocess.run([sys.executable, TRAIN_PY, "--helpfull"], capture_output=True,
                             text=True, env=subprocess_env(), timeout=180)
     text = result.stdout + result.stderr
-    for name in ("model", "activation", "target_loss", "steps", "no_scale_by_grad", "recipe",
+    for name in ("model", "activation", "target_loss", "staircase_steps", "no_scale_by_grad", "recipe",
                  "dataset", "data_dir", "manual_dir", "image_size", "epochs", "batch_size",
                  "optimizer", "learning_rate", "momentum", "weight_decay", "lr_decay",
                  "lr_decay_epochs", "steps_per_epoch", "eval_steps", "seed", "mixed_precision",

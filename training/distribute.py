@@ -33,13 +33,15 @@ import tempfile
 
 import tensorflow as tf
 
+from training.errors import UsageError
+
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
 
 
 def parse_devices(devices):
     """``"/cpu:0, /gpu:1"`` or a list of names -> canonical names like ``/device:CPU:0``.
 
-    Raises ValueError for a name that is not a local device name.
+    Raises UsageError for a name that is not a local device name.
     """
     if devices is None:
         return []
@@ -53,14 +55,14 @@ def parse_devices(devices):
         try:
             spec = tf.DeviceSpec.from_string(raw)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"--devices: {raw!r} is not a device name ({error})") from None
+            raise UsageError(f"--devices: {raw!r} is not a device name ({error})") from None
         if spec.device_type is None or spec.device_index is None or spec.job is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--devices: {raw!r} is not a local device name like /gpu:0 or /cpu:1"
             )
         names.append(f"/device:{spec.device_type.upper()}:{spec.device_index}")
     if len(set(names)) != len(names):
-        raise ValueError(f"--devices lists a device twice: {','.join(names)}")
+        raise UsageError(f"--devices lists a device twice: {','.join(names)}")
     return names
 
 
@@ -71,7 +73,7 @@ def configure_devices(devices):
     physical CPU. Once TensorFlow has initialised its runtime the split can no
     longer change: then this only checks that enough logical CPUs exist.
 
-    Raises ValueError when the devices cannot be created.
+    Raises UsageError when the devices cannot be created.
     """
     cpu_indices = [int(name.rsplit(":", 1)[1]) for name in devices if ":CPU:" in name]
     if not cpu_indices:
@@ -91,7 +93,7 @@ def configure_devices(devices):
         have = len(tf.config.list_logical_devices("CPU"))
         if have >= needed:
             return
-        raise ValueError(
+        raise UsageError(
             f"--devices needs {needed} logical CPU devices but TensorFlow was "
             f"already initialised with {have}"
         ) from None
@@ -126,28 +128,28 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 def make_strategy(name, devices=()):
     """The ``tf.distribute.Strategy`` for ``--strategy=name`` (see the module docstring).
 
-    Raises ValueError for an unknown name, devices that do not exist, or a
+    Raises UsageError for an unknown name, devices that do not exist, or a
     multi-worker run without ``TF_CONFIG``.
     """
     if name not in STRATEGY_NAMES:
-        raise ValueError(f"unknown strategy {name!r}; valid names are {', '.join(STRATEGY_NAMES)}")
+        raise UsageError(f"unknown strategy {name!r}; valid names are {', '.join(STRATEGY_NAMES)}")
     devices = list(devices)
     if name == "multi_worker":
         if devices:
-            raise ValueError("--devices cannot be used with --strategy=multi_worker "
+            raise UsageError("--devices cannot be used with --strategy=multi_worker "
                              "(each worker uses all its local GPUs, or its CPU)")
         _check_tf_config()
         return _MultiWorkerMirroredStrategy()
     if name == "default":
         if devices:
-            raise ValueError("--devices needs --strategy=auto or --strategy=mirrored")
+            raise UsageError("--devices needs --strategy=auto or --strategy=mirrored")
         return tf.distribute.get_strategy()
 
     if devices:
         available = {_canonical(d.name) for d in tf.config.list_logical_devices()}
         missing = [d for d in devices if d not in available]
         if missing:
-            raise ValueError(
+            raise UsageError(
                 f"--devices: no such device {', '.join(missing)} on this machine "
                 f"(it has {', '.join(sorted(available))})"
             )
@@ -184,7 +186,7 @@ def _canonical(name):
 def _check_tf_config():
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                          "(the cluster and this worker's task)")
     try:
         config = json.loads(raw)
@@ -192,9 +194,9 @@ def _check_tf_config():
         members = cluster[task["type"]]
         int(task["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"TF_CONFIG is not a valid cluster description: {error}") from None
+        raise UsageError(f"TF_CONFIG is not a valid cluster description: {error}") from None
     if not members:
-        raise ValueError("TF_CONFIG: the cluster lists no member for this task's type")
+        raise UsageError("TF_CONFIG: the cluster lists no member for this task's type")
 
 
 def describe(strategy):

@@ -1,19 +1,12 @@
 """The paper's training recipes, and how ``train.py`` resolves its settings.
 
 A recipe fixes the optimiser, learning rate, global batch size, epoch count,
-learning-rate decay and weight decay of one run. ``PAPER`` restates the table
-of the reference README (cross-entropy loss everywhere; the learning rate is
-multiplied by ``lr_decay`` = 0.1 at each epoch of ``lr_decay_epochs``; weight
-decay is PyTorch's coupled L2, and for AlexNet and ResNet-18 it depends on the
-activation):
-
-    network    optimizer, LR            batch  epochs (decay at)  weight decay
-    convnet4   Adam 2.5e-4              64     300 (200, 250)     5e-4
-    convnet8   Adam 1e-3                64     300 (200, 250)     5e-4
-    alexnet    Adam 1e-4                128    80 (56, 64)        step 5e-6, staircase 5e-5, relu 5e-4
-    resnet18   SGD 0.1, momentum 0.9    256    90 (30, 60)        step 5e-7, staircase 1e-5, relu 1e-4
-
-(saturated_relu uses the relu weight decay.)
+learning-rate decay and weight decay of one run. The paper's are each
+network's ``paper_recipe`` in ``models.MODELS`` (the reference README's table,
+restated in this repository's README): cross-entropy loss everywhere, the
+learning rate multiplied by ``lr_decay`` = 0.1 at each epoch of
+``lr_decay_epochs``, PyTorch's coupled L2 weight decay, which for AlexNet and
+ResNet-18 depends on the activation (saturated_relu takes relu's).
 
 The table was written for CIFAR-10 and ImageNet. On the embedded ``digits``
 set (1 437 training images of 8x8 pixels) it would take hours for nothing and
@@ -31,60 +24,46 @@ from __future__ import annotations
 
 import dataclasses
 
-# The fields of a recipe, in print order.
-FIELDS = (
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "batch_size",
-    "epochs",
-    "lr_decay",
-    "lr_decay_epochs",
-    "weight_decay",
-)
+import models
+from training.errors import UsageError
+from training.options import option
 
 OPTIMIZERS = ("sgd", "adam")
 RECIPE_NAMES = ("paper", "none")
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Optimisation settings of one run (see the module docstring)."""
-
-    optimizer: str
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    lr_decay_epochs: tuple = ()
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+def _epoch_numbers(values):
+    return [int(value) for value in values]
 
 
-def _paper_weight_decay(step, staircase, relu):
-    return {"step": step, "staircase": staircase, "relu": relu, "saturated_relu": relu}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingRecipe:
+    """Optimisation settings of one run (see the module docstring), in print order.
+
+    Each field is also a flag of ``train.py`` that, given, overrides the recipe.
+    """
+
+    optimizer: str = option("enum", "Optimiser (default: from --recipe).", enum_values=OPTIMIZERS)
+    learning_rate: float = option("float", "Initial learning rate (default: from --recipe).")
+    momentum: float = option("float", "SGD momentum (default: from --recipe, 0.9).", 0.9)
+    batch_size: int = option("integer", "Global batch size, split over all replicas (default: from "
+                             "--recipe).")
+    epochs: int = option("integer", "Epochs to train (default: from --recipe).")
+    lr_decay: float = option("float", "Factor applied to the learning rate at each --lr_decay_epochs "
+                             "(default 0.1).", 0.1)
+    lr_decay_epochs: tuple = option(
+        "list", "Comma-separated 1-based epochs from which the learning rate is multiplied by "
+        "--lr_decay once more, e.g. 30,60 (default: from --recipe; empty: none).", (),
+        parse=_epoch_numbers)
+    weight_decay: float = option("float", "Coupled L2 weight decay, as PyTorch's weight_decay "
+                                 "(default: from --recipe).", 0.0)
 
 
-_PAPER_BASE = {
-    "convnet4": dict(optimizer="adam", learning_rate=2.5e-4, batch_size=64,
-                     epochs=300, lr_decay_epochs=(200, 250)),
-    "convnet8": dict(optimizer="adam", learning_rate=1e-3, batch_size=64,
-                     epochs=300, lr_decay_epochs=(200, 250)),
-    "alexnet": dict(optimizer="adam", learning_rate=1e-4, batch_size=128,
-                    epochs=80, lr_decay_epochs=(56, 64)),
-    "resnet18": dict(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-                     batch_size=256, epochs=90, lr_decay_epochs=(30, 60)),
-}
-_PAPER_WEIGHT_DECAY = {
-    "convnet4": _paper_weight_decay(5e-4, 5e-4, 5e-4),
-    "convnet8": _paper_weight_decay(5e-4, 5e-4, 5e-4),
-    "alexnet": _paper_weight_decay(5e-6, 5e-5, 5e-4),
-    "resnet18": _paper_weight_decay(5e-7, 1e-5, 1e-4),
-}
-PAPER_MODELS = tuple(_PAPER_BASE)
+FIELDS = tuple(field.name for field in dataclasses.fields(TrainingRecipe))
+PAPER_MODELS = tuple(name for name, spec in models.MODELS.items() if spec.paper_recipe)
 
 # ``--recipe none``: neutral defaults, to be overridden by flags.
-NONE = Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=10)
+NONE = TrainingRecipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=10)
 
 # The embedded digits set: what the bare ``python train.py`` runs.
 DIGITS_DATASET = "digits"
@@ -93,30 +72,30 @@ DIGITS = dict(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=5,
 
 
 def paper_recipe(model, activation):
-    """The reference recipe of ``model`` trained with hidden ``activation``.
+    """The reference recipe of ``model`` trained with hidden ``activation`` (``models.MODELS``).
 
-    Raises ValueError for a model or activation the paper has no recipe for.
+    Raises UsageError for a model or activation the paper has no recipe for.
     """
-    if model not in _PAPER_BASE:
-        raise ValueError(
+    per_activation = models.get_spec(model).paper_recipe
+    if not per_activation:
+        raise UsageError(
             f"the paper has no recipe for model {model!r} (it has "
             f"{', '.join(PAPER_MODELS)}); pass --recipe=none and set "
             "--optimizer, --learning_rate, --batch_size and --epochs"
         )
-    decays = _PAPER_WEIGHT_DECAY[model]
-    if activation not in decays:
-        raise ValueError(
+    if activation not in per_activation:
+        raise UsageError(
             f"the paper has no recipe for activation {activation!r} (it has "
-            f"{', '.join(decays)})"
+            f"{', '.join(per_activation)})"
         )
-    return Recipe(weight_decay=decays[activation], **_PAPER_BASE[model])
+    return TrainingRecipe(**per_activation[activation])
 
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
     """The settings of a run and, for each, where it came from."""
 
-    recipe: Recipe
+    recipe: TrainingRecipe
     sources: dict  # field -> "paper recipe" | "digits adaptation" | "--flag" | ...
 
     def lines(self):
@@ -144,7 +123,7 @@ def resolve(recipe, model, activation, dataset, overrides):
         dataset: the ``--dataset`` spec; ``digits`` gets the DIGITS adaptation.
         overrides: {field: value} for every flag given explicitly.
 
-    Raises ValueError for an unknown recipe, a model without a paper recipe,
+    Raises UsageError for an unknown recipe, a model without a paper recipe,
     or inconsistent values (non-positive batch size, epochs, learning rate...).
     """
     if recipe == "paper":
@@ -152,7 +131,7 @@ def resolve(recipe, model, activation, dataset, overrides):
     elif recipe == "none":
         base, origin = NONE, "--recipe=none default"
     else:
-        raise ValueError(f"unknown recipe {recipe!r}; valid names are {', '.join(RECIPE_NAMES)}")
+        raise UsageError(f"unknown recipe {recipe!r}; valid names are {', '.join(RECIPE_NAMES)}")
 
     values = dataclasses.asdict(base)
     sources = {name: origin for name in FIELDS}
@@ -163,33 +142,33 @@ def resolve(recipe, model, activation, dataset, overrides):
                 sources[name] = "digits adaptation"
     unknown = set(overrides) - set(FIELDS)
     if unknown:
-        raise ValueError(f"not a recipe setting: {', '.join(sorted(unknown))}")
+        raise UsageError(f"not a recipe setting: {', '.join(sorted(unknown))}")
     for name, value in overrides.items():
         values[name] = value
         sources[name] = f"--{name}"
     values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
-    resolved = Resolved(Recipe(**values), sources)
+    resolved = Resolved(TrainingRecipe(**values), sources)
     _check(resolved.recipe)
     return resolved
 
 
 def _check(r):
     if r.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {r.optimizer!r}; valid names are {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"unknown optimizer {r.optimizer!r}; valid names are {', '.join(OPTIMIZERS)}")
     if not r.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be > 0, got {r.learning_rate}")
+        raise UsageError(f"--learning_rate must be > 0, got {r.learning_rate}")
     if r.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {r.batch_size}")
+        raise UsageError(f"--batch_size must be >= 1, got {r.batch_size}")
     if r.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {r.epochs}")
+        raise UsageError(f"--epochs must be >= 1, got {r.epochs}")
     if not r.lr_decay > 0:
-        raise ValueError(f"--lr_decay must be > 0, got {r.lr_decay}")
+        raise UsageError(f"--lr_decay must be > 0, got {r.lr_decay}")
     if not 0 <= r.momentum < 1:
-        raise ValueError(f"--momentum must be in [0, 1), got {r.momentum}")
+        raise UsageError(f"--momentum must be in [0, 1), got {r.momentum}")
     if not r.weight_decay >= 0:
-        raise ValueError(f"--weight_decay must be >= 0, got {r.weight_decay}")
+        raise UsageError(f"--weight_decay must be >= 0, got {r.weight_decay}")
     if any(e < 1 for e in r.lr_decay_epochs) or list(r.lr_decay_epochs) != sorted(set(r.lr_decay_epochs)):
-        raise ValueError(
+        raise UsageError(
             "--lr_decay_epochs must be increasing positive epoch numbers, got "
             + ",".join(str(e) for e in r.lr_decay_epochs)
         )

@@ -6,11 +6,12 @@ import statistics
 import keras
 
 from benchmarks import step_overhead
-from training import callbacks, run
+from training import callbacks
+from training.config import Config
 
 
 def test_times_both_variants_with_train_py_callbacks(tmp_path):
-    config = run.Config(model="convnet4", overrides={"batch_size": 8}, steps_per_epoch=2,
+    config = Config(model="convnet4", overrides={"batch_size": 8}, steps_per_epoch=2,
                         verbose="0", model_dir=str(tmp_path / "run"))
     times, setup, fit_callbacks = step_overhead.time_fits(config, rounds=2, warmup=1)
     assert list(times) == ["train.py", "bare"]

@@ -136,7 +136,7 @@ def test_paper_networks(name, activation, quantized):
     if activation == "step":
         assert thresholds == {1}
     if activation == "staircase":
-        steps = models.DEFAULT_STAIRCASE_STEPS[name]
+        steps = models.MODELS[name].staircase_steps
         assert len(thresholds) == 1 and thresholds.pop() == pytest.approx(math.log2(steps + 1))
     if activation in ("step", "staircase") and name != "convnet4":  # thresholds after batch norm are fused
         assert "BatchNormThreshold" in bits

@@ -1,16 +1,18 @@
-"""Tests of models/registry.py: ``get_model`` and the name tables."""
+"""Tests of models/registry.py: ``get_model`` and the ``MODELS`` specs."""
 
 import keras
 import pytest
 
 from keras_ftprop import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase
 from models import (
-    DEFAULT_STAIRCASE_STEPS,
+    ACTIVATION_NAMES,
     MODEL_NAMES,
+    MODELS,
     alexnet,
     convnet4,
     convnet8,
     get_model,
+    get_spec,
     resnet18,
     resnet34,
 )
@@ -31,9 +33,34 @@ def test_model_names():
 
 
 def test_paper_default_staircase_steps():
-    assert DEFAULT_STAIRCASE_STEPS == {"convnet4": 3, "convnet8": 3,
-                                       "alexnet": 3, "resnet18": 5,
-                                       "resnet34": 5}
+    assert {name: spec.staircase_steps for name, spec in MODELS.items()} == {
+        "convnet4": 3, "convnet8": 3, "alexnet": 3, "resnet18": 5, "resnet34": 5}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_spec_builder_and_default_input(name):
+    spec = get_spec(name)
+    assert spec.builder is BUILDERS[name]
+    assert spec.input_shape == {"convnet4": (32, 32, 3), "convnet8": (32, 32, 3)}.get(
+        name, (224, 224, 3))
+    # The builder's own default input is the spec's.
+    assert tuple(get_model(name, include_top=False).input_shape[1:]) == spec.input_shape
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_spec_min_input_side_is_the_smallest_the_builder_builds(name):
+    side = get_spec(name).min_input_side
+    assert get_model(name, input_shape=(side, side, 3), classes=10).output_shape == (None, 10)
+    if side > 1:
+        with pytest.raises(ValueError):
+            get_model(name, input_shape=(side - 1, side - 1, 3), classes=10)
+
+
+def test_paper_recipes_cover_the_paper_networks_and_activations():
+    assert [name for name, spec in MODELS.items() if spec.paper_recipe] == [
+        "convnet4", "convnet8", "alexnet", "resnet18"]
+    for spec in MODELS.values():
+        assert set(spec.paper_recipe or ACTIVATION_NAMES) == set(ACTIVATION_NAMES)
 
 
 @pytest.mark.parametrize("name", ["convnet4", "convnet8", "alexnet",
@@ -110,9 +137,10 @@ def test_a_factory_is_accepted_as_activation():
                for layer in layers_of_type(model, keras.layers.ReLU))
 
 
-def test_unknown_model_lists_the_valid_names():
+@pytest.mark.parametrize("lookup", [get_model, get_spec])
+def test_unknown_model_lists_the_valid_names(lookup):
     with pytest.raises(ValueError) as error:
-        get_model("vgg16")
+        lookup("vgg16")
     for name in MODEL_NAMES:
         assert repr(name) in str(error.value)
 

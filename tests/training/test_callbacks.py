@@ -175,7 +175,7 @@ def test_fit_callbacks_order(tmp_path):
     from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
     from training import recipes
 
-    recipe = recipes.Recipe(optimizer="adam", learning_rate=1e-3, batch_size=4, epochs=3,
+    recipe = recipes.TrainingRecipe(optimizer="adam", learning_rate=1e-3, batch_size=4, epochs=3,
                             lr_decay_epochs=(2,))
     checkpoint = callbacks.TrainingCheckpoint(str(tmp_path), str(tmp_path))
     best = callbacks.BestModelSaver(str(tmp_path), str(tmp_path))

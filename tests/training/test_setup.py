@@ -1,0 +1,49 @@
+"""Set-up checks that need no training: same-run check on resume, image sides."""
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from training import setup
+from training.errors import UsageError
+
+SETTINGS = {"model": "convnet4", "activation": "step", "target_loss": "soft_hinge",
+            "staircase_steps": None, "scale_by_grad": True, "dataset": "digits",
+            "mixed_precision": False, "image_shape": [32, 32, 3], "num_classes": 10,
+            "optimizer": "adam", "seed": 1}
+
+
+def run_dir(tmp_path, saved):
+    """A model_dir with a checkpoint and ``saved`` as its settings.json."""
+    model_dir = str(tmp_path / "run")
+    tf.train.Checkpoint(step=tf.Variable(1)).save(os.path.join(model_dir, "checkpoints", "ckpt"))
+    with open(os.path.join(model_dir, "settings.json"), "w") as f:
+        json.dump(saved, f)
+    return model_dir
+
+
+def test_same_run_passes_and_refuses_another_network(tmp_path):
+    model_dir = run_dir(tmp_path, SETTINGS)
+    setup.check_same_run(model_dir, {**SETTINGS, "seed": 2})  # the seed may change
+    with pytest.raises(UsageError, match="holds a run with activation='step', this command "
+                                         "has activation='relu'"):
+        setup.check_same_run(model_dir, {**SETTINGS, "activation": "relu"})
+
+
+def test_a_run_saved_with_the_old_steps_key_resumes(tmp_path):
+    old = {key: value for key, value in SETTINGS.items() if key != "staircase_steps"}
+    model_dir = run_dir(tmp_path, {**old, "activation": "staircase", "steps": 3})
+    setup.check_same_run(model_dir, {**SETTINGS, "activation": "staircase", "staircase_steps": 3})
+    with pytest.raises(UsageError, match="staircase_steps=3, this command has staircase_steps=5"):
+        setup.check_same_run(model_dir, {**SETTINGS, "activation": "staircase", "staircase_steps": 5})
+
+
+def test_no_checkpoint_no_check(tmp_path):
+    setup.check_same_run(str(tmp_path), SETTINGS)
+
+
+@pytest.mark.parametrize("model, side", [("convnet4", 32), ("resnet18", 32), ("alexnet", 60)])
+def test_small_images_are_resized_to_the_cifar_side_or_the_model_minimum(model, side):
+    assert setup.min_image_side(model) == side

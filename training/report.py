@@ -1,0 +1,162 @@
+"""Outputs and report of a run: the header, the saved models and exports, the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+
+import keras_ftprop
+from training import files, recipes, tflite_export
+
+
+@dataclasses.dataclass
+class Summary:
+    model_dir: str
+    epochs: int
+    rows: list
+    best_top1: tuple | None  # (value, 1-based epoch)
+    best_top5: tuple | None
+    final: dict | None
+    resumed_from: tuple  # (epochs_done, batches_done) at start
+    files: dict
+    chief: bool = True
+    elapsed: float = 0.0
+
+
+def log(message=""):
+    print(message, flush=True)
+
+
+def print_header(config, setup):
+    """What is about to run: network, settings and their sources, data, strategy, model."""
+    recipe, info, chief = setup.resolved.recipe, setup.info, setup.write_dir.chief
+    what = config.activation
+    if config.activation in ("step", "staircase"):
+        what += f" ({config.target_loss}{'' if config.scale_by_grad else ', no grad scaling'})"
+    log(f"train.py: {config.model}, {what}, on {info.name}")
+    if config.dataset == recipes.DIGITS_DATASET and "epochs" not in config.overrides:
+        log(f"digits is a small demo set: {recipe.epochs} epochs instead of the recipe's "
+            "(override with --epochs)")
+    log(f"settings (--recipe={config.recipe}):")
+    for line in setup.resolved.lines():
+        log("  " + line)
+    shape = "x".join(str(d) for d in info.image_shape)
+    log(f"data: {info.train_examples} train / {info.eval_examples} eval examples, "
+        f"{info.num_classes} classes, images {shape}; "
+        f"{setup.steps_per_epoch or 'all'} steps per epoch")
+    log(f"strategy: {setup.strategy_text}")
+    log(f"model: {setup.model.name}, {setup.model.count_params():,} parameters")
+    keras_ftprop.summary(setup.model, print_fn=log)
+    log(f"model_dir: {setup.model_dir}"
+        + ("" if chief else " (this worker writes to a temporary directory)"))
+    if setup.epochs_done or setup.batches_done:
+        where = f"after epoch {setup.epochs_done}"
+        if setup.batches_done:
+            where += f" and {setup.batches_done} batches of epoch {setup.epochs_done + 1}"
+        log(f"resuming from the checkpoint saved {where}")
+
+
+def save_outputs(config, setup, best, unfused_model):
+    """final.keras, export/final and export/best (every worker writes, the chief keeps), TFLite.
+
+    When the best epoch is the last one, the best files are copies of the
+    final ones. Every branch depends only on what all workers share (the
+    synchronised metrics), so all workers save the same way.
+    ``unfused_model()`` builds the network with batch norm and threshold as
+    two layers, for the TFLite export. Returns {what: path}.
+    """
+    model, model_dir, write_path = setup.model, setup.model_dir, setup.write_dir.path
+    final_model = os.path.join(write_path, files.FINAL_MODEL)
+    final_export = os.path.join(write_path, files.EXPORT_DIR, "final")
+    best_export = os.path.join(write_path, files.EXPORT_DIR, "best")
+    best_is_final = best.best_epoch == setup.resolved.recipe.epochs
+    if best_is_final and best.saved_this_run:
+        files.atomic_copy(best.path, final_model)  # the same weights, saved moments ago
+    else:
+        files.atomic_save_model(model, final_model)
+    files.atomic_export(model, final_export)
+    out = {
+        "final model": os.path.join(model_dir, files.FINAL_MODEL),
+        "final SavedModel": os.path.join(model_dir, files.EXPORT_DIR, "final"),
+    }
+    if best.best_epoch is not None:
+        if best_is_final:
+            files.atomic_copytree(final_export, best_export)
+        else:
+            # The chief's file when the best epoch is from an earlier run of this model_dir.
+            source = best.path if best.saved_this_run else os.path.join(model_dir, "best.keras")
+            model.load_weights(source)
+            files.atomic_export(model, best_export)
+        out["best model"] = os.path.join(model_dir, "best.keras")
+        out["best SavedModel"] = os.path.join(model_dir, files.EXPORT_DIR, "best")
+    out["metrics"] = os.path.join(model_dir, files.METRICS_FILE)
+    out["checkpoints"] = os.path.join(model_dir, files.CHECKPOINT_DIR)
+    if os.path.isdir(os.path.join(write_path, files.TENSORBOARD_DIR)):
+        out["TensorBoard"] = os.path.join(model_dir, files.TENSORBOARD_DIR)
+    if config.export_tflite != "none" and setup.write_dir.chief:
+        # The export converts batch norm and threshold as two layers: the same network, unfused.
+        exported = unfused_model()
+        trained = keras.models.load_model(out["final model"])
+        for layer in trained.layers:
+            if layer.weights:
+                exported.get_layer(layer.name).set_weights(layer.get_weights())
+        out.update(tflite_export.export(exported, config.export_tflite, setup.train_ds,
+                                        setup.eval_ds, model_dir, log=log))
+    return out
+
+
+def summarize(setup, outputs, elapsed):
+    """The ``Summary`` of a finished run, from its metrics.csv."""
+    rows = files.read_metrics(os.path.join(setup.write_dir.path, files.METRICS_FILE))
+    return Summary(
+        model_dir=setup.model_dir,
+        epochs=setup.resolved.recipe.epochs,
+        rows=rows,
+        best_top1=_best(rows, "val_top1"),
+        best_top5=_best(rows, "val_top5"),
+        final=rows[-1] if rows else None,
+        resumed_from=(setup.epochs_done, setup.batches_done),
+        files=outputs,
+        chief=setup.write_dir.chief,
+        elapsed=elapsed,
+    )
+
+
+def _best(rows, key):
+    scored = [(row[key], row["epoch"] + 1) for row in rows if key in row]
+    if not scored:
+        return None
+    # Highest value; the earliest epoch among equals.
+    return max(scored, key=lambda item: (item[0], -item[1]))
+
+
+def _format(value_epoch):
+    if value_epoch is None:
+        return "-"
+    value, epoch = value_epoch
+    return f"{100 * value:6.2f}% (epoch {epoch})"
+
+
+def print_summary(summary, config):
+    """The end-of-run report: best and final top-1/top-5, and where the files are."""
+    minutes, seconds = divmod(int(round(summary.elapsed)), 60)
+    log()
+    log(f"Summary: {config.model}/{config.activation} on {config.dataset}, "
+        f"{summary.epochs} epoch{'s' if summary.epochs != 1 else ''} "
+        f"({minutes}m{seconds:02d}s in this process)")
+    if not summary.chief:
+        log("  (this worker is not the chief: the chief keeps the files and metrics)")
+        return
+    final = summary.final
+    final_top1 = (final["val_top1"], final["epoch"] + 1) if final and "val_top1" in final else None
+    final_top5 = (final["val_top5"], final["epoch"] + 1) if final and "val_top5" in final else None
+    log(f"  {'eval':<6}{'top-1':<22}top-5")
+    log(f"  {'best':<6}{_format(summary.best_top1):<22}{_format(summary.best_top5)}")
+    log(f"  {'final':<6}{_format(final_top1):<22}{_format(final_top5)}")
+    log(f"files in {summary.model_dir}:")
+    for name, path in summary.files.items():
+        log(f"  {name + ':':<18}{path}")
+    if "TensorBoard" in summary.files:
+        log(f"view the curves: tensorboard --logdir {summary.files['TensorBoard']}")
