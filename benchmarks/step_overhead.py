@@ -135,6 +135,11 @@ def table(times, baseline="bare"):
     return "\n".join(rows)
 
 
+def round_ratios(times, kind, baseline="bare", variant="train.py"):
+    """variant / baseline of each round (the two epochs next to each other in time)."""
+    return [a / b for a, b in zip(times[variant][kind], times[baseline][kind])]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
@@ -163,7 +168,12 @@ def main(argv=None):
           f"median of {args.rounds} interleaved rounds, {os.cpu_count()} CPUs, "
           f"load average {load:.2f}\ntrain.py callbacks: {names}; verbose={config.verbose}, "
           f"stdout {'a terminal' if sys.stdout.isatty() else 'not a terminal'}\n")
-    print(table(times), flush=True)
+    print(table(times))
+    for kind in KINDS:
+        ratios = round_ratios(times, kind)
+        print(f"\ntrain.py / bare per round, {kind}: " + " ".join(f"{r:.3f}" for r in ratios)
+              + f" (median {statistics.median(ratios):.3f})", end="")
+    print(flush=True)
     return times
 
 

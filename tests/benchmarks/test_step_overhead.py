@@ -4,6 +4,7 @@ import os
 import statistics
 
 import keras
+import pytest
 
 from benchmarks import step_overhead
 from training import callbacks
@@ -44,3 +45,4 @@ def test_table_ratios_are_medians_over_the_bare_medians():
     assert rows[2] == "| train.py | 22.0 | 1.100 | 2.0 | 0.500 | 40.0 | 1.333 |"
     median = statistics.median([0.01, 0.02, 0.03])
     assert rows[3] == f"| bare | {1000 * median:.1f} | 1.000 | 4.0 | 1.000 | 30.0 | 1.000 |"
+    assert step_overhead.round_ratios(times, "cpu") == pytest.approx([0.25, 0.75, 0.5])
