@@ -1,5 +1,7 @@
 """Keras callbacks of ``train.py``: resumable training state, best model, NaN stop.
 
+``fit_callbacks`` is the list ``train.py`` gives ``model.fit``, in order.
+
 ``TrainingCheckpoint`` keeps everything a killed run needs to continue (model
 weights and batch-norm statistics, optimiser slots and iteration count, the
 number of finished epochs and of finished batches of the current epoch) in
@@ -11,10 +13,13 @@ readable. It saves at the end of every epoch and, with ``every_steps``, every
 that many batches within an epoch.
 
 Keras's own ``BackupAndRestore`` was not used because in Keras 3 it writes its
-weight file in place (a kill during the write corrupts the only copy), does
-not save at epoch end when saving every N batches, restarts an interrupted
-epoch from its first batch, and lets every worker of a multi-worker run write
-to the same file.
+weight file in place (``double_checkpoint=True`` keeps a copy of the previous
+one, but a kill between the weights and its metadata file leaves the two
+out of step), does not save at epoch end when saving every N batches,
+restarts an interrupted epoch from its first batch, and lets every worker of
+a multi-worker run write to the same file. ``ModelCheckpoint(save_best_only=True,
+initial_value_threshold=...)`` was not used for ``best.keras`` because it
+too writes in place and does not record which epoch it kept (``best.json``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import files
+from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
+from training import files, recipes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,24 +50,27 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
-    """``TerminateOnNaN`` that raises ``NonFiniteLossError`` saying where.
+    """``TerminateOnNaN(raise_error=True)`` whose error is a ``NonFiniteLossError`` saying where.
 
     Raising (rather than setting ``stop_training``) skips every later
     ``on_batch_end``/``on_epoch_end``, so nothing saves the broken weights
     and no NaN row reaches the metrics file. Put it first in the list.
+    Keras's check, renamed: its bare RuntimeError tells neither the epoch nor
+    ``train.py`` that this, and not another RuntimeError, ended the run.
     """
 
     def __init__(self):
-        super().__init__()
+        super().__init__(raise_error=True)
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.all(np.isfinite(loss)):
-            raise NonFiniteLossError(self._epoch, batch, float(np.asarray(loss)))
+        try:
+            super().on_batch_end(batch, logs)
+        except RuntimeError:
+            raise NonFiniteLossError(self._epoch, batch, float(np.asarray(logs["loss"]))) from None
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -193,3 +202,30 @@ def read_best_info(directory):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def fit_callbacks(recipe, steps_per_epoch, checkpoint, best, metrics_path, *, log_dir=None,
+                  diagnostics=0, probe_data=None):
+    """``train.py``'s ``model.fit`` callbacks, in the order they must run.
+
+    The NaN stop first (it raises before anything saves); the target-loss
+    schedule over the run's ``recipe.epochs * steps_per_epoch`` steps (it
+    follows the optimizer's step count, which the checkpoint restores); the
+    learning rate ``recipes.learning_rate_at(recipe, epoch)``; ``TargetDiagnostics``
+    every ``diagnostics`` steps (if > 0) before the CSV row, which then records
+    its latest statistics; the CSV logger; TensorBoard (if ``log_dir``); the
+    checkpoint after the CSV row (a resumed run trims the rows it redoes);
+    the best model last.
+    """
+    total_steps = recipe.epochs * steps_per_epoch if steps_per_epoch else None
+    out = [
+        StopOnNonFiniteLoss(),
+        TargetLossSchedule(total_steps=total_steps),
+        keras.callbacks.LearningRateScheduler(lambda epoch: recipes.learning_rate_at(recipe, epoch)),
+    ]
+    if diagnostics:
+        out.append(TargetDiagnostics(every=diagnostics, probe_data=probe_data, log_dir=log_dir))
+    out.append(keras.callbacks.CSVLogger(metrics_path, append=True))
+    if log_dir is not None:
+        out.append(keras.callbacks.TensorBoard(log_dir))
+    return out + [checkpoint, best]

@@ -11,9 +11,8 @@ import warnings
 
 import keras
 
-from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
 from training import callbacks as callbacks_lib
-from training import files, recipes
+from training import files
 from training.report import log
 
 
@@ -30,30 +29,15 @@ def fit(config, setup):
 
     checkpoint = setup.checkpoint
     best = callbacks_lib.BestModelSaver(model_dir, write_path)
-    csv_logger = keras.callbacks.CSVLogger(metrics_path, append=True)
     epochs, spe = recipe.epochs, setup.steps_per_epoch
-    fit_callbacks = [
-        callbacks_lib.StopOnNonFiniteLoss(),  # first: raises before anything saves
-        # Scheduled target losses (ede) follow the optimizer's step count, which the
-        # checkpoint restores; the run's full length, whatever part of it this fit does.
-        TargetLossSchedule(total_steps=epochs * spe if spe else None),
-        keras.callbacks.LearningRateScheduler(lambda epoch: recipes.learning_rate_at(recipe, epoch)),
-        csv_logger,
-        checkpoint,  # after the CSV row: a resumed run trims rows it redoes
-        best,
-    ]
     tensorboard = importlib.util.find_spec("tensorboard") is not None
-    if tensorboard:
-        fit_callbacks.insert(4, keras.callbacks.TensorBoard(
-            os.path.join(write_path, files.TENSORBOARD_DIR)))
-    else:
+    if not tensorboard:
         log("note: no TensorBoard logs (the tensorboard package is not installed)")
-    if config.diagnostics:
-        probe_images = next(iter(setup.eval_ds.take(1)))[0]
-        # Before the CSV logger, so that each epoch's row records the latest statistics.
-        fit_callbacks.insert(fit_callbacks.index(csv_logger), TargetDiagnostics(
-            every=config.diagnostics, probe_data=probe_images,
-            log_dir=os.path.join(write_path, files.TENSORBOARD_DIR) if tensorboard else None))
+    fit_callbacks = callbacks_lib.fit_callbacks(
+        recipe, spe, checkpoint, best, metrics_path,
+        log_dir=os.path.join(write_path, files.TENSORBOARD_DIR) if tensorboard else None,
+        diagnostics=config.diagnostics,
+        probe_data=next(iter(setup.eval_ds.take(1)))[0] if config.diagnostics else None)
     verbose = config.verbose if config.verbose == "auto" else int(config.verbose)
     # The pipelines shuffle themselves: shuffle=False only silences Keras's warning.
     fit_args = dict(validation_data=setup.eval_ds, callbacks=fit_callbacks, verbose=verbose,

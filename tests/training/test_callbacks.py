@@ -169,3 +169,25 @@ def test_best_model_saver(tmp_path):
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 4
     assert keras.models.load_model(tmp_path / "best.keras").count_params() == model.count_params()
     assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]
+
+
+def test_fit_callbacks_order(tmp_path):
+    from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
+    from training import recipes
+
+    recipe = recipes.TrainingRecipe(optimizer="adam", learning_rate=1e-3, batch_size=4, epochs=3,
+                            lr_decay_epochs=(2,))
+    checkpoint = callbacks.TrainingCheckpoint(str(tmp_path), str(tmp_path))
+    best = callbacks.BestModelSaver(str(tmp_path), str(tmp_path))
+    plain = callbacks.fit_callbacks(recipe, 5, checkpoint, best, str(tmp_path / "metrics.csv"))
+    assert [type(c) for c in plain] == [
+        callbacks.StopOnNonFiniteLoss, TargetLossSchedule, keras.callbacks.LearningRateScheduler,
+        keras.callbacks.CSVLogger, callbacks.TrainingCheckpoint, callbacks.BestModelSaver]
+    assert plain[1].total_steps == 15
+    assert plain[2].schedule(1) == pytest.approx(recipes.learning_rate_at(recipe, 1))
+    full = callbacks.fit_callbacks(recipe, None, checkpoint, best, str(tmp_path / "metrics.csv"),
+                                   log_dir=str(tmp_path / "tb"), diagnostics=10,
+                                   probe_data=np.zeros((2, 4), np.float32))
+    assert [type(c) for c in full][3:6] == [
+        TargetDiagnostics, keras.callbacks.CSVLogger, keras.callbacks.TensorBoard]
+    assert full[1].total_steps is None and full[3].every == 10
