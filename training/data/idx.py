@@ -38,7 +38,7 @@ def read_idx(path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise DatasetError(f"{path}: corrupt gzip data ({e})") from None
+            raise DatasetError(f"{path}: corrupt gzip data ({e})") from e
     name = os.path.basename(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DatasetError(f"{name}: not an IDX file (magic number {raw[:4].hex() or 'missing'})")

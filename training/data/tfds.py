@@ -45,7 +45,7 @@ def _tfds_builder(name, data_dir):
             f"unknown dataset '{name}': not 'digits', 'folder:PATH', 'idx:DIR' or a "
             "tensorflow-datasets name (list them with tfds.list_builders() or "
             "https://www.tensorflow.org/datasets/catalog/overview)"
-            + ("" if known else f" [{_first_line(e)}]")) from None
+            + ("" if known else f" [{_first_line(e)}]")) from e
 
 
 def _image_label_features(name, builder):
@@ -108,7 +108,7 @@ def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_
         raise DatasetError(
             f"could not prepare tfds dataset '{name}' in {data_dir or 'the default data_dir'}"
             f"{' (imagenet2012 needs manual_dir with the ILSVRC2012 tar files)' if 'imagenet' in name else ''}"
-            f": {_first_line(e)}") from None
+            f": {_first_line(e)}") from e
     available = tuple(builder.info.splits.keys()) if builder.info.splits else ()
     if available and "train" not in available:
         raise DatasetError(f"'{name}' has no 'train' split (has {', '.join(available)})")

@@ -62,7 +62,8 @@ def test_tfds_imagenet_mock_large_recipe():
 
 
 def test_tfds_unknown_and_not_image_classification():
-    with pytest.raises(data.DatasetError, match="unknown dataset 'no_such_dataset_xyz'"):
+    with pytest.raises(data.DatasetError, match="unknown dataset 'no_such_dataset_xyz'") as error:
         data.load("no_such_dataset_xyz", batch_size=4)
+    assert isinstance(error.value.__cause__, tfds.core.registered.DatasetNotFoundError)  # the cause is kept
     with pytest.raises(data.DatasetError, match="not an image-classification dataset"):
         data.load("imdb_reviews", batch_size=4)
