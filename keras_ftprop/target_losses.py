@@ -228,8 +228,22 @@ class TargetLoss:
         return hash((type(self), json.dumps(self.get_config(), sort_keys=True, default=repr)))
 
 
+class _Scaled(TargetLoss):
+    """A loss of ``xscale z t`` scaled by ``yscale``; each a number or a schedule."""
+
+    def __init__(self, xscale, yscale):
+        self.xscale = _number_or_schedule(xscale, "xscale")
+        self.yscale = _number_or_schedule(yscale, "yscale")
+
+    def _scales(self, dtype):
+        return self._value(self.xscale, dtype), self._value(self.yscale, dtype)
+
+    def get_config(self):
+        return {"xscale": _config_value(self.xscale), "yscale": _config_value(self.yscale)}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SoftHinge(TargetLoss):
+class SoftHinge(_Scaled):
     """FTP-SH: L(z, t) = yscale * tanh(-xscale * z * t) + 1.
 
     With w = |g|: grad_x = g * yscale * xscale * (1 - tanh(xscale * x)^2).
@@ -238,11 +252,7 @@ class SoftHinge(TargetLoss):
     """
 
     def __init__(self, xscale=1.0, yscale=1.0):
-        self.xscale = _number_or_schedule(xscale, "xscale")
-        self.yscale = _number_or_schedule(yscale, "yscale")
-
-    def _scales(self, dtype):
-        return self._value(self.xscale, dtype), self._value(self.yscale, dtype)
+        super().__init__(xscale, yscale)
 
     def __call__(self, z, t):
         xscale, yscale = self._scales(z.dtype)
@@ -262,9 +272,6 @@ class SoftHinge(TargetLoss):
         scale = yscale * xscale
         th = tf.tanh(x if _is(xscale, 1.0) else xscale * x)
         return tf.raw_ops.TanhGrad(y=th, dy=g if _is(scale, 1.0) else g * scale)
-
-    def get_config(self):
-        return {"xscale": _config_value(self.xscale), "yscale": _config_value(self.yscale)}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -503,7 +510,7 @@ class SquareLoss(TargetLoss):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Sigmoid(TargetLoss):
+class Sigmoid(_Scaled):
     """L(z, t) = yscale sigmoid(-xscale z t); with w = |g|: grad_x = g yscale xscale s (1 - s), s = sigmoid(xscale x).
 
     ``sigmoid`` is xscale 2, ``sigmoid2_2`` xscale 2 and yscale 2, ``sigmoid3_2``
@@ -511,11 +518,7 @@ class Sigmoid(TargetLoss):
     """
 
     def __init__(self, xscale=2.0, yscale=1.0):
-        self.xscale = _number_or_schedule(xscale, "xscale")
-        self.yscale = _number_or_schedule(yscale, "yscale")
-
-    def _scales(self, dtype):
-        return self._value(self.xscale, dtype), self._value(self.yscale, dtype)
+        super().__init__(xscale, yscale)
 
     def __call__(self, z, t):
         xscale, yscale = self._scales(z.dtype)
@@ -532,9 +535,6 @@ class Sigmoid(TargetLoss):
         xscale, yscale = self._scales(x.dtype)
         s = tf.sigmoid(xscale * x)
         return g * ((xscale * yscale) * s * (1.0 - s))
-
-    def get_config(self):
-        return {"xscale": _config_value(self.xscale), "yscale": _config_value(self.yscale)}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
