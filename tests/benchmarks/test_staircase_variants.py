@@ -50,3 +50,17 @@ def test_tripled_staircase_triples_the_output_only():
         tape.watch(x)
         y_plain, y_tripled = plain(x), tripled(x)
     np.testing.assert_allclose(tape.gradient(y_tripled, x), 3.0 * np.asarray(tape.gradient(y_plain, x)), rtol=1e-6)
+
+
+def test_learning_rate_decays_tenfold_after_each_given_step():
+    rate = staircase_variants.learning_rate([4, 6])
+    lr = staircase_variants.LEARNING_RATE
+    expected = [lr] * 4 + [lr / 10] * 2 + [lr / 100] * 3  # steps 0..3, 4..5, 6..8
+    assert [float(rate(step)) for step in range(9)] == pytest.approx(expected, rel=1e-6)
+    assert staircase_variants.learning_rate() == lr
+
+
+def test_decay_steps_outside_the_run_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        staircase_variants.main(["--steps=10", "--lr_decay_steps=5,12"])
+    assert "--lr_decay_steps must increase within (0, --steps)" in capsys.readouterr().err
