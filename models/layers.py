@@ -7,7 +7,10 @@ Everything here reproduces a PyTorch behaviour the reference code relies on:
   ``MaxPooling2D(padding="same")`` puts the whole padding after the data (its
   windows are shifted by one), and ``ZeroPadding2D`` + valid pooling lets a
   padded 0 beat real values whenever they are negative, which is always the
-  case for a step unit that outputs -1. So this layer pads with -inf itself.
+  case for a step unit that outputs -1. So this layer pads by repeating the
+  edge rows and columns, which gives the same maxima as -inf without putting
+  an infinity into the graph (an int8 export would calibrate it into its
+  range).
 * ``conv2d`` / ``dense`` / ``batch_norm_layer``: layers with PyTorch's default
   initialisation (weights and biases uniform in +-1/sqrt(fan_in)), PyTorch's
   batch-norm momentum (0.1 in PyTorch = 0.9 in Keras) and the coupled L2 weight
@@ -33,13 +36,16 @@ TORCH_BATCH_NORM_EPSILON = 1e-5
 
 @keras.saving.register_keras_serializable(package="ftprop_models")
 class PaddedMaxPooling2D(keras.layers.Layer):
-    """Max pooling over a feature map padded with -inf on all four sides.
+    """Max pooling with PyTorch's padding: ``MaxPool2d(pool_size, strides, padding)``.
 
-    Equivalent to PyTorch's ``MaxPool2d(pool_size, strides, padding)``
-    (``ceil_mode=False``): output size ``floor((n + 2 * padding - pool_size) /
-    strides) + 1``, and padded positions never win the max, whatever the sign of
-    the inputs. Requires ``padding < pool_size`` so that every window holds at
-    least one real value (PyTorch requires ``padding <= pool_size // 2``).
+    Output size ``floor((n + 2 * padding - pool_size) / strides) + 1``
+    (``ceil_mode=False``); padded positions never change a window's max,
+    whatever the sign of the inputs. PyTorch pads with -inf; this layer pads
+    each side with ``padding`` copies of the edge row or column instead, which
+    gives the same outputs: a window that reaches a padded position (r, c)
+    also holds the real position it copies (clamp(r), clamp(c)), since
+    ``padding < pool_size``. The gradient reaches the same inputs (the copies
+    come first in each window only where they copy its first row or column).
     Channels-last input only.
     """
 
@@ -59,11 +65,10 @@ class PaddedMaxPooling2D(keras.layers.Layer):
     def call(self, inputs):
         pad = self.padding
         if pad:
-            inputs = ops.pad(
-                inputs,
-                [[0, 0], [pad, pad], [pad, pad], [0, 0]],
-                constant_values=-math.inf,
-            )
+            top, bottom = inputs[:, :1], inputs[:, -1:]
+            inputs = ops.concatenate([top] * pad + [inputs] + [bottom] * pad, axis=1)
+            left, right = inputs[:, :, :1], inputs[:, :, -1:]
+            inputs = ops.concatenate([left] * pad + [inputs] + [right] * pad, axis=2)
         return ops.max_pool(
             inputs, self.pool_size, self.strides, padding="valid"
         )

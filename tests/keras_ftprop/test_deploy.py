@@ -363,3 +363,29 @@ def test_bad_arguments():
         deploy.to_tflite(model, np.zeros((2, 4), np.float32), quantize="int4")
     with pytest.raises(ValueError, match="needs representative_data"):
         deploy.to_tflite(model, None, quantize="int8")
+
+
+def test_int8_relu_network_with_pytorch_padded_pool_runs_and_agrees():
+    # The stem of ResNet-18 with ReLU: nothing pins the pool's range, so the
+    # converter calibrates it; a -inf padding would take the scale to ~1e36
+    # (every real value code 0, and XNNPACK refusing the next convolution).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = models.PaddedMaxPooling2D(3, 2, padding=1)(x)
+    x = keras.layers.Conv2D(8, 3, padding="same")(x)
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).normal(size=(32, 16, 16, 3)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, images, quantize="int8")
+    interpreter = Interpreter(model_content=bytes(flatbuffer))
+    interpreter.allocate_tensors()  # XNNPACK prepares the delegated graph here
+    graph = deploy.inspect_tflite(flatbuffer)
+    scales = [s for op in graph["ops"] for t in op["inputs"] + op["outputs"] for s in t["scale"] or []]
+    assert max(scales) < 1.0  # activations of order 1: no infinity calibrated into a range
+    runner = interpreter.get_signature_runner("serving_default")
+    (input_name,) = interpreter.get_signature_list()["serving_default"]["inputs"]
+    got = np.concatenate([next(iter(runner(**{input_name: images[i:i + 1]}).values())) for i in range(32)])
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())

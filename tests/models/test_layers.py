@@ -173,3 +173,39 @@ def test_pool_features():
     assert pool_features(x, "max").shape == (None, 7)
     with pytest.raises(ValueError, match="pooling"):
         pool_features(x, "sum")
+
+
+def _minus_inf_padded_max_pool(x, pool_size, strides, padding):
+    """PyTorch's definition as a TensorFlow graph: pad with -inf, valid max pooling."""
+    pad = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
+    return tf.nn.max_pool2d(tf.pad(x, pad, constant_values=-np.inf), pool_size, strides, "VALID")
+
+
+@pytest.mark.parametrize("pool_size, strides, padding, size", [
+    (3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (3, 2, 2, 7), (5, 2, 2, 6), (2, 2, 1, 5), (3, 2, 1, 1)])
+def test_edge_padding_gives_the_minus_inf_padding_outputs_and_gradients_with_ties(
+        pool_size, strides, padding, size):
+    # Step outputs (+-1) tie in almost every window: the gradient must still
+    # reach the inputs the -inf definition sends it to.
+    rng = np.random.default_rng(size)
+    x = tf.constant(rng.choice([-1.0, 1.0], (2, size, size + 1, 3)).astype("float32"))
+    weights = tf.constant(rng.standard_normal(
+        _minus_inf_padded_max_pool(x, pool_size, strides, padding).shape).astype("float32"))
+    pool = PaddedMaxPooling2D(pool_size, strides, padding)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, reference = pool(x), _minus_inf_padded_max_pool(x, pool_size, strides, padding)
+        ours_total, reference_total = tf.reduce_sum(weights * ours), tf.reduce_sum(weights * reference)
+    np.testing.assert_array_equal(ours, reference)
+    ours_grad, reference_grad = tape.gradient(ours_total, x).numpy(), tape.gradient(reference_total, x).numpy()
+    np.testing.assert_array_equal(ours_grad != 0, reference_grad != 0)  # the same inputs win
+    np.testing.assert_allclose(ours_grad, reference_grad, rtol=1e-6, atol=1e-6)  # summed in another order
+
+
+def test_padded_max_pool_graph_holds_no_infinity():
+    # An int8 export calibrates every tensor's range; -inf in it ruins the scale.
+    inputs = keras.Input((8, 8, 2))
+    model = keras.Model(inputs, PaddedMaxPooling2D(3, 2, 1)(inputs))
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec((1, 8, 8, 2))).graph
+    constants = [op.get_attr("value") for op in graph.get_operations() if op.type == "Const"]
+    assert all(np.all(np.isfinite(tf.make_ndarray(value))) for value in constants)
