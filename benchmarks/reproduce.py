@@ -119,12 +119,12 @@ def parse_args(argv):
 
 
 def read_metrics(model_dir):
-    """Rows of a run's metrics.csv as dicts of floats (empty if there is none)."""
+    """Rows of a run's metrics.csv as dicts of floats (empty if there is none; NA cells left out)."""
     path = os.path.join(model_dir, "metrics.csv")
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if v not in ("", None, "NA")} for row in csv.DictReader(f)]
 
 
 def _has_epochs(model_dir, epochs):

@@ -16,6 +16,10 @@ __all__ = ["TargetDiagnostics", "TargetLossSchedule", "bind_target_losses"]
 class TargetDiagnostics(keras.callbacks.Callback):
     """Logs what the targets of every HardThreshold/Staircase layer do, every ``every`` steps.
 
+    Steps are counted by the optimizer's iterations (a resumed ``fit`` keeps
+    the schedule); the first step of each ``fit`` is logged too, so that every
+    epoch's logs hold statistics of that training run.
+
     A threshold inside a ``BatchNormThreshold`` is logged under its own name; on
     the logged steps that layer keeps its pre-activation for the statistics.
 
@@ -51,6 +55,7 @@ class TargetDiagnostics(keras.callbacks.Callback):
         self._step = 0
         self._train_functions = {}
         self._pending = None  # the logged step whose statistics are still to be read
+        self._first = False  # the next step is a fit's first
 
     def set_model(self, model):
         super().set_model(model)
@@ -83,6 +88,7 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._step = int(self.model.optimizer.iterations.numpy())
+        self._first = True
         plain = self.model.make_train_function()
         self.model.make_train_function(force=True)  # traced, on first call, with the probes attached
         self._train_functions = {False: plain, True: self.model.train_function}
@@ -94,7 +100,8 @@ class TargetDiagnostics(keras.callbacks.Callback):
     # A logged step is read at the start of the next one (or at the end of the epoch).
     def on_train_batch_begin(self, batch, logs=None):
         self._flush()
-        record = self._step % self.every == 0 and bool(self._probes)
+        record = (self._step % self.every == 0 or self._first) and bool(self._probes)
+        self._first = False
         self._attach(record)
         if record:
             self._pending = self._step

@@ -322,6 +322,34 @@ def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
                                [_ede_scale(step, 9) for step in (3, 6, 9)], rtol=1e-5)
 
 
+def test_diagnostics_columns_stay_aligned_when_the_resumed_epoch_has_no_logged_step(tmp_path, capsys, monkeypatch):
+    """Stopped after step 1 of 3 x 3 with --diagnostics=3 (steps 0, 3, 6 logged): the rerun's
+    first fit (steps 1-2) has no scheduled step, yet its row carries statistics in their columns."""
+    from training import callbacks as training_callbacks
+
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", "--diagnostics=3", "--epochs=3", *QUICK, "--steps_per_epoch=3",
+            "--save_every_steps=1", f"--model_dir={model_dir}"]
+    save_within_epoch = training_callbacks.TrainingCheckpoint.on_train_batch_end
+
+    def stop_after_the_first_save(self, batch, logs=None):
+        save_within_epoch(self, batch, logs)
+        raise _Interrupted
+
+    monkeypatch.setattr(training_callbacks.TrainingCheckpoint, "on_train_batch_end", stop_after_the_first_save)
+    with pytest.raises(_Interrupted):
+        train.main(["train.py", *args])
+    monkeypatch.undo()
+    status, out, err = run_main(capsys, *args)
+    assert status == 0, err
+    assert "finishing epoch 1 with its last 2 batches" in out
+    rows = metrics(model_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert 0.0 <= float(r["conv1_act/target_satisfied"]) <= 1.0
+        assert 0.0 <= float(r["val_top1"]) <= 1.0 and float(r["loss"]) > 0.0
+
+
 def test_mirrored_over_two_virtual_cpus(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, "--devices=/cpu:0,/cpu:1", "--model=convnet8",

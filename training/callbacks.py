@@ -204,6 +204,36 @@ def read_best_info(directory):
         return None
 
 
+class MetricsLogger(keras.callbacks.CSVLogger):
+    """Keras's ``CSVLogger`` appending to a run's ``metrics.csv`` under that file's columns.
+
+    CSVLogger takes its columns from the first epoch it logs in a process, so
+    a resumed run whose first epoch logs other keys (a partial epoch without a
+    diagnostics step, say) would write its values under the wrong header.
+    Here the columns are the file's: a key the epoch lacks is written ``NA``,
+    and a key the file lacks widens it (earlier rows ``NA`` there).
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, append=True)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        header = files.metrics_header(self.filename)
+        if header:
+            self.keys = header[1:]  # after "epoch"
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = sorted(set(logs or {}) - set(self.keys or ()))
+        if self.keys is not None and new:
+            self.csv_file.close()
+            files.widen_metrics(self.filename, new)
+            self.csv_file = open(self.filename, "a", newline="")
+            self.writer, self.append_header = None, False
+            self.keys = self.keys + new
+        super().on_epoch_end(epoch, logs)
+
+
 def fit_callbacks(recipe, steps_per_epoch, checkpoint, best, metrics_path, *, log_dir=None,
                   diagnostics=0, probe_data=None):
     """``train.py``'s ``model.fit`` callbacks, in the order they must run.
@@ -213,7 +243,7 @@ def fit_callbacks(recipe, steps_per_epoch, checkpoint, best, metrics_path, *, lo
     follows the optimizer's step count, which the checkpoint restores); the
     learning rate ``recipes.learning_rate_at(recipe, epoch)``; ``TargetDiagnostics``
     every ``diagnostics`` steps (if > 0) before the CSV row, which then records
-    its latest statistics; the CSV logger; TensorBoard (if ``log_dir``); the
+    its latest statistics; the CSV logger (``MetricsLogger``); TensorBoard (if ``log_dir``); the
     checkpoint after the CSV row (a resumed run trims the rows it redoes);
     the best model last.
     """
@@ -225,7 +255,7 @@ def fit_callbacks(recipe, steps_per_epoch, checkpoint, best, metrics_path, *, lo
     ]
     if diagnostics:
         out.append(TargetDiagnostics(every=diagnostics, probe_data=probe_data, log_dir=log_dir))
-    out.append(keras.callbacks.CSVLogger(metrics_path, append=True))
+    out.append(MetricsLogger(metrics_path))
     if log_dir is not None:
         out.append(keras.callbacks.TensorBoard(log_dir))
     return out + [checkpoint, best]

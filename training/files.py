@@ -5,9 +5,11 @@ renamed over the target (``os.replace`` is atomic on POSIX file systems), so
 a reader sees the old file or the new one, never half of one.
 
 The metrics file (``metrics.csv``, one row per finished epoch, written by
-Keras's ``CSVLogger``) is the record of a run: ``trim_metrics`` drops the
-rows of epochs a resumed run is about to redo, so that after any number of
-kills the file lists each epoch once, in order.
+``training.callbacks.MetricsLogger``, Keras's ``CSVLogger`` kept to the
+file's columns) is the record of a run: ``trim_metrics`` drops the rows of
+epochs a resumed run is about to redo, so that after any number of kills the
+file lists each epoch once, in order. A value an epoch did not log is
+``NA``, as CSVLogger writes it; readers skip it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 FINAL_MODEL = "final.keras"
 EXPORT_DIR = "export"
+MISSING = "NA"  # CSVLogger's cell for a key an epoch did not log
 
 
 def _umask():
@@ -139,10 +142,31 @@ def _complete_rows(text):
     return header, rows
 
 
+def metrics_header(path):
+    """The column names of a metrics CSV (``epoch`` first), or None if it is missing or empty."""
+    if not os.path.exists(path):
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None)
+
+
+def widen_metrics(path, columns):
+    """Append ``columns`` to the metrics CSV's header; its rows get ``NA`` in them. Atomic."""
+    with open(path, newline="") as f:
+        original = f.read()
+    header, rows = _complete_rows(original)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header + list(columns), restval=MISSING)
+    writer.writeheader()
+    writer.writerows(raw for _, raw in rows)
+    atomic_write_text(path, out.getvalue())
+
+
 def read_metrics(path):
     """The rows of a metrics CSV as dicts (values as float, ``epoch`` as int), by epoch.
 
-    Rows that cannot be parsed (a line cut short by a kill) are dropped.
+    Rows that cannot be parsed (a line cut short by a kill) are dropped; an
+    ``NA`` cell (a value that epoch did not log) leaves its key out of the row.
     """
     if not os.path.exists(path):
         return []
@@ -151,7 +175,7 @@ def read_metrics(path):
     out = []
     for epoch, raw in rows:
         try:
-            row = {key: float(value) for key, value in raw.items()}
+            row = {key: float(value) for key, value in raw.items() if value != MISSING}
         except ValueError:
             continue
         row["epoch"] = epoch

@@ -180,3 +180,31 @@ def test_probe_pre_activation_of_batch_norm_threshold_is_its_threshold_input():
         seen[name] = [np.asarray(v) for v in pre_activations + outputs]
     for a, b in zip(seen["fused"], seen["plain"]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_steps_follow_the_optimizer_and_each_fit_logs_its_first_step():
+    # A resumed fit starts at the optimizer's step count: it keeps the every-N
+    # schedule and logs its first step, so that its first epoch's logs hold
+    # statistics even when that epoch has no scheduled step.
+    x, y = _data()
+    model = _model()
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    epoch_logs = []
+
+    class RecordLogs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_logs.append(dict(logs))
+
+    first = TargetDiagnostics(every=4)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[first])  # steps 0-3
+    assert [step for step, _ in first.history] == [0]
+    resumed = TargetDiagnostics(every=4)
+    model.fit(x[:24], y[:24], batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[resumed, RecordLogs()])  # steps 4-9
+    assert [step for step, _ in resumed.history] == [4, 8]
+    model.optimizer.iterations.assign(5)
+    late = TargetDiagnostics(every=4)
+    model.fit(x[:16], y[:16], batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[late, RecordLogs()])  # steps 5-6: none scheduled
+    assert [step for step, _ in late.history] == [5]
+    assert all("h1/target_satisfied" in logs and "s1/target_active" in logs for logs in epoch_logs)

@@ -182,12 +182,37 @@ def test_fit_callbacks_order(tmp_path):
     plain = callbacks.fit_callbacks(recipe, 5, checkpoint, best, str(tmp_path / "metrics.csv"))
     assert [type(c) for c in plain] == [
         callbacks.StopOnNonFiniteLoss, TargetLossSchedule, keras.callbacks.LearningRateScheduler,
-        keras.callbacks.CSVLogger, callbacks.TrainingCheckpoint, callbacks.BestModelSaver]
+        callbacks.MetricsLogger, callbacks.TrainingCheckpoint, callbacks.BestModelSaver]
     assert plain[1].total_steps == 15
     assert plain[2].schedule(1) == pytest.approx(recipes.learning_rate_at(recipe, 1))
     full = callbacks.fit_callbacks(recipe, None, checkpoint, best, str(tmp_path / "metrics.csv"),
                                    log_dir=str(tmp_path / "tb"), diagnostics=10,
                                    probe_data=np.zeros((2, 4), np.float32))
     assert [type(c) for c in full][3:6] == [
-        TargetDiagnostics, keras.callbacks.CSVLogger, keras.callbacks.TensorBoard]
+        TargetDiagnostics, callbacks.MetricsLogger, keras.callbacks.TensorBoard]
     assert full[1].total_steps is None and full[3].every == 10
+
+
+def test_metrics_logger_appends_under_the_files_columns(tmp_path):
+    # A resumed run's first epoch may log fewer keys (no diagnostics step in a
+    # partial epoch) or more: each value must land in its own column.
+    import csv
+
+    from training import files
+
+    path = str(tmp_path / "metrics.csv")
+    first = callbacks.MetricsLogger(path)
+    first.on_train_begin()
+    first.on_epoch_end(0, {"loss": 1.0, "h1/flipped": 0.25, "val_top1": 0.5})
+    first.on_train_end()
+    resumed = callbacks.MetricsLogger(path)
+    resumed.on_train_begin()
+    resumed.on_epoch_end(1, {"loss": 0.8, "val_top1": 0.6})  # no diagnostics
+    resumed.on_epoch_end(2, {"loss": 0.7, "val_top1": 0.7, "h1/flipped": 0.125, "learning_rate": 1e-3})
+    resumed.on_train_end()
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["epoch", "h1/flipped", "loss", "val_top1", "learning_rate"]
+    assert [(r["loss"], r["val_top1"], r["h1/flipped"], r["learning_rate"]) for r in table] == [
+        ("1.0", "0.5", "0.25", "NA"), ("0.8", "0.6", "NA", "NA"), ("0.7", "0.7", "0.125", "0.001")]
+    assert [r["epoch"] for r in files.read_metrics(path)] == [0, 1, 2]

@@ -112,3 +112,16 @@ def test_atomic_copy_and_copytree(tmp_path):
     assert (tmp_path / "copy.pb").read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == ["copy.pb", "export", "src"]
     assert os.listdir(tmp_path / "export") == ["best"]
+
+
+def test_widen_adds_columns_and_readers_skip_na(tmp_path):
+    path = str(tmp_path / "metrics.csv")
+    write(path, HEADER + row(0) + "1,0.001,1.2,0.6,0.9,1.1,0.6,NA\r\n")
+    assert files.metrics_header(path) == HEADER.strip().split(",")
+    files.widen_metrics(path, ["h1/flipped"])
+    assert files.metrics_header(path)[-1] == "h1/flipped"
+    rows = files.read_metrics(path)
+    assert [r["epoch"] for r in rows] == [0, 1]  # an NA cell keeps its row
+    assert "h1/flipped" not in rows[0] and "val_top5" not in rows[1] and rows[1]["val_top1"] == 0.6
+    assert files.trim_metrics(path, 2) == 2  # NA is a value, not a line cut short
+    assert files.metrics_header(str(tmp_path / "absent.csv")) is None
