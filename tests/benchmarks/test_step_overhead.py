@@ -22,7 +22,7 @@ def test_times_both_variants_with_train_py_callbacks(tmp_path):
         assert min(samples["cpu"]) > 0
     kinds = [type(c) for c in fit_callbacks]
     assert kinds[0] is callbacks.StopOnNonFiniteLoss and callbacks.TrainingCheckpoint in kinds
-    assert keras.callbacks.CSVLogger in kinds
+    assert callbacks.MetricsLogger in kinds
     # train.py's callbacks ran in its 3 fits only: one checkpoint and one CSV row per epoch.
     assert setup.checkpoint.last_saved == (3, 0)
     with open(os.path.join(tmp_path, "run", "metrics.csv")) as f:
