@@ -295,14 +295,10 @@ class _Interrupted(Exception):
     pass
 
 
-def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
-    """Stopped after the first step and rerun: the schedule goes on from step 1 of 9, over the
-    run's length (3 x 3 steps), though the first fit of the rerun only finishes epoch 1."""
+def _run_until_the_first_save(monkeypatch, args):
+    """train.py with ``args``, stopped right after its first checkpoint within an epoch (a kill, in effect)."""
     from training import callbacks as training_callbacks
 
-    model_dir = str(tmp_path / "run")
-    args = ["--model=convnet4", "--target_loss=ede", "--epochs=3", *QUICK, "--steps_per_epoch=3",
-            "--save_every_steps=1", f"--model_dir={model_dir}"]
     save_within_epoch = training_callbacks.TrainingCheckpoint.on_train_batch_end
 
     def stop_after_the_first_save(self, batch, logs=None):
@@ -313,6 +309,15 @@ def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
     with pytest.raises(_Interrupted):
         train.main(["train.py", *args])
     monkeypatch.undo()
+
+
+def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """Stopped after the first step and rerun: the schedule goes on from step 1 of 9, over the
+    run's length (3 x 3 steps), though the first fit of the rerun only finishes epoch 1."""
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", "--target_loss=ede", "--epochs=3", *QUICK, "--steps_per_epoch=3",
+            "--save_every_steps=1", f"--model_dir={model_dir}"]
+    _run_until_the_first_save(monkeypatch, args)
     assert checkpoint_number(model_dir) == 1 and not metrics(model_dir)
 
     status, out, err = run_main(capsys, *args)
@@ -325,21 +330,10 @@ def test_ede_schedule_resumes_where_it_stopped(tmp_path, capsys, monkeypatch):
 def test_diagnostics_columns_stay_aligned_when_the_resumed_epoch_has_no_logged_step(tmp_path, capsys, monkeypatch):
     """Stopped after step 1 of 3 x 3 with --diagnostics=3 (steps 0, 3, 6 logged): the rerun's
     first fit (steps 1-2) has no scheduled step, yet its row carries statistics in their columns."""
-    from training import callbacks as training_callbacks
-
     model_dir = str(tmp_path / "run")
     args = ["--model=convnet4", "--diagnostics=3", "--epochs=3", *QUICK, "--steps_per_epoch=3",
             "--save_every_steps=1", f"--model_dir={model_dir}"]
-    save_within_epoch = training_callbacks.TrainingCheckpoint.on_train_batch_end
-
-    def stop_after_the_first_save(self, batch, logs=None):
-        save_within_epoch(self, batch, logs)
-        raise _Interrupted
-
-    monkeypatch.setattr(training_callbacks.TrainingCheckpoint, "on_train_batch_end", stop_after_the_first_save)
-    with pytest.raises(_Interrupted):
-        train.main(["train.py", *args])
-    monkeypatch.undo()
+    _run_until_the_first_save(monkeypatch, args)
     status, out, err = run_main(capsys, *args)
     assert status == 0, err
     assert "finishing epoch 1 with its last 2 batches" in out
