@@ -155,7 +155,11 @@ def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activa
             between them after bn2) are one ``keras_ftprop.BatchNormThreshold``
             named as the batch norm; the ``*_add`` layers then do not exist.
     """
-    return build_resnet(RESNET18_BLOCKS, **locals())  # locals(): exactly the arguments
+    return build_resnet(
+        RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
+        classifier_activation=classifier_activation, activation=activation,
+        weight_decay=weight_decay, pooling=pooling, input_tensor=input_tensor, name=name,
+        fuse_batch_norm=fuse_batch_norm)
 
 
 def resnet34(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
@@ -163,4 +167,8 @@ def resnet34(include_top=True, input_shape=None, classes=1000, classifier_activa
              name="resnet34", fuse_batch_norm=True):
     """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
     classes. Not used in the paper; arguments as :func:`resnet18`."""
-    return build_resnet(RESNET34_BLOCKS, **locals())  # locals(): exactly the arguments
+    return build_resnet(
+        RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
+        classifier_activation=classifier_activation, activation=activation,
+        weight_decay=weight_decay, pooling=pooling, input_tensor=input_tensor, name=name,
+        fuse_batch_norm=fuse_batch_norm)
