@@ -33,6 +33,7 @@ inputs raise a ValueError.
 import keras
 
 from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
+from models.regularization import batch_norm_decay
 
 BATCH_NORM_EPSILON = 1e-4
 MIN_INPUT_SIZE = 60
@@ -67,7 +68,7 @@ def _check_input_size(inputs, include_top):
 
 def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
             activation=None, weight_decay=0.0, batch_norm=True, pooling=None, input_tensor=None,
-            name="alexnet", fuse_batch_norm=True):
+            name="alexnet", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """AlexNet (DoReFa layout); 62,394,344 parameters at 1000 classes.
 
     Args:
@@ -81,6 +82,9 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
         activation: zero-argument factory returning a fresh Keras layer for each
             hidden activation; None is ReLU.
         weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
+        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
+            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
+            which keeps step units behind batch norm from collapsing.
         batch_norm: the reference's ``use_bn`` (True in the paper).
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
@@ -91,6 +95,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
     """
     inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
+    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
     _check_input_size(inputs, include_top)
     use_bias = not batch_norm
 
@@ -101,7 +106,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
                    weight_decay=weight_decay, name=f"conv{index}")(x)
         if batch_norm:
             norm = batch_norm_layer(name=f"conv{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                    weight_decay=weight_decay)
+                                    weight_decay=bn_decay)
             if pool is None:
                 return activations.after_batch_norm(x, norm, f"conv{index}_act")
             x = norm(x)
@@ -114,7 +119,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
                   weight_decay=weight_decay, name=f"fc{index}")(x)
         if batch_norm:
             norm = batch_norm_layer(name=f"fc{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                    weight_decay=weight_decay)
+                                    weight_decay=bn_decay)
             return activations.after_batch_norm(x, norm, f"fc{index}_act")
         return activations(x, f"fc{index}_act")
 

@@ -43,6 +43,7 @@ Both use PyTorch's default initialisation and PyTorch's BN momentum.
 import keras
 
 from models.layers import batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
+from models.regularization import batch_norm_decay
 
 CONVNET8_BATCH_NORM_EPSILON = 1e-4
 CONVNET8_MIN_INPUT_SIZE = 20
@@ -50,7 +51,7 @@ CONVNET8_MIN_INPUT_SIZE = 20
 
 def convnet4(include_top=True, input_shape=None, classes=10, classifier_activation=None,
              activation=None, weight_decay=0.0, batch_norm=False, pooling=None, input_tensor=None,
-             name="convnet4", fuse_batch_norm=True):
+             name="convnet4", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """The paper's 4-layer CIFAR-10 convnet (see the module docstring).
 
     Args:
@@ -63,6 +64,9 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
         activation: zero-argument factory returning a fresh Keras layer for each
             hidden activation; None is ReLU.
         weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
+        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
+            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
+            which keeps step units behind batch norm from collapsing.
         batch_norm: the reference's ``use_bn``; False in the paper's recipe.
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
@@ -72,6 +76,7 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
+    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
 
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = conv2d(32, 5, in_channels=inputs.shape[-1], weight_decay=weight_decay,
@@ -87,21 +92,20 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
         return keras.Model(inputs, pool_features(x, pooling), name=name)
 
     if batch_norm:
-        x = batch_norm_layer(name="fc1_input_bn", weight_decay=weight_decay)(x)
+        x = batch_norm_layer(name="fc1_input_bn", weight_decay=bn_decay)(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = dense(1024, in_features=x.shape[-1], weight_decay=weight_decay,
               name="fc1")(x)
     x = activations(x, "fc1_act")
     if batch_norm:
-        x = batch_norm_layer(name="predictions_input_bn",
-                             weight_decay=weight_decay)(x)
+        x = batch_norm_layer(name="predictions_input_bn", weight_decay=bn_decay)(x)
     x = predictions(x, classes, classifier_activation, weight_decay)
     return keras.Model(inputs, x, name=name)
 
 
 def convnet8(include_top=True, input_shape=None, classes=10, classifier_activation=None,
              activation=None, weight_decay=0.0, batch_norm=True, pooling=None, input_tensor=None,
-             name="convnet8", fuse_batch_norm=True):
+             name="convnet8", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """The paper's 8-layer CIFAR-10 convnet (see the module docstring).
 
     Args:
@@ -114,6 +118,9 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
         activation: zero-argument factory returning a fresh Keras layer for each
             hidden activation; None is ReLU.
         weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
+        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
+            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
+            which keeps step units behind batch norm from collapsing.
         batch_norm: the reference's ``use_bn`` (True in the paper). Without it
             every convolution has a bias.
         pooling: only with ``include_top=False``, as in keras.applications.
@@ -125,6 +132,7 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
+    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
     _check_convnet8_input(inputs)
     use_bias = not batch_norm
 
@@ -136,7 +144,7 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
         if batch_norm:
             norm = batch_norm_layer(name=f"conv{index}_bn",
                                     epsilon=CONVNET8_BATCH_NORM_EPSILON,
-                                    weight_decay=weight_decay)
+                                    weight_decay=bn_decay)
             if not pool:
                 return activations.after_batch_norm(x, norm, f"conv{index}_act")
             x = norm(x)

@@ -100,7 +100,8 @@ def get_model(name, /, activation="step", target_loss="soft_hinge",
         weight_decay: coupled (PyTorch-style) L2 weight decay, see
             :mod:`models.regularization`.
         **kwargs: passed to the builder (``input_shape``, ``classes``,
-            ``include_top``, ``classifier_activation``, ``name``, ...).
+            ``include_top``, ``classifier_activation``, ``name``,
+            ``batch_norm_weight_decay``, ...).
 
     Raises:
         ValueError: unknown model, activation or target loss name.

@@ -9,7 +9,8 @@ so every builder accepts ``weight_decay=wd`` and attaches
 ``keras.regularizers.L2(wd / 2)`` to every trainable weight: convolution and
 dense kernels and biases, batch-norm gamma and beta. Keras adds these penalties
 to the training loss (``model.losses``), so any optimiser then sees exactly
-PyTorch's gradients.
+PyTorch's gradients. Builders also accept ``batch_norm_weight_decay``, the
+decay of gamma and beta alone (None: ``weight_decay``, as the reference).
 
 Do *not* use the ``weight_decay`` argument of Keras optimisers for this: it is
 decoupled decay (``w -= lr * wd * w`` outside the gradient, as in AdamW), which
@@ -47,3 +48,16 @@ def weight_decay_penalty(weights, weight_decay):
 def _to_float64(weight):
     value = weight.numpy() if hasattr(weight, "numpy") else weight
     return np.asarray(value, dtype=np.float64)
+
+
+def batch_norm_decay(weight_decay, batch_norm_weight_decay):
+    """The decay of batch norm's gamma and beta: ``batch_norm_weight_decay``, or ``weight_decay`` if None.
+
+    A step after batch norm sees only sign(gamma * x_hat + beta), so the loss
+    does not resist decay shrinking (gamma, beta) together; 0 exempts them.
+    """
+    if batch_norm_weight_decay is None:
+        return weight_decay
+    if not float(batch_norm_weight_decay) >= 0.0:  # also rejects NaN
+        raise ValueError(f"batch_norm_weight_decay must be >= 0 or None, got {batch_norm_weight_decay}")
+    return batch_norm_weight_decay

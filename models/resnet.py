@@ -36,6 +36,7 @@ Trainable parameters with 1000 classes: ResNet-18 11,689,512; ResNet-34
 import keras
 
 from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, pool_features, predictions
+from models.regularization import batch_norm_decay
 
 STAGE_FILTERS = (64, 128, 256, 512)
 RESNET18_BLOCKS = (2, 2, 2, 2)
@@ -78,9 +79,9 @@ def _conv(x, filters, kernel_size, strides, name, weight_decay):
     )(x)
 
 
-def _basic_block(x, filters, strides, prefix, activations, weight_decay):
+def _basic_block(x, filters, strides, prefix, activations, weight_decay, bn_decay):
     def bn(name):
-        return batch_norm_layer(name=f"{prefix}_{name}", weight_decay=weight_decay)
+        return batch_norm_layer(name=f"{prefix}_{name}", weight_decay=bn_decay)
 
     shortcut = x
     out = _conv(x, filters, 3, strides, f"{prefix}_conv1", weight_decay)
@@ -97,10 +98,12 @@ def _basic_block(x, filters, strides, prefix, activations, weight_decay):
 
 def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classes=1000,
                  classifier_activation=None, activation=None, weight_decay=0.0, pooling=None,
-                 input_tensor=None, name="resnet", fuse_batch_norm=True):
+                 input_tensor=None, name="resnet", fuse_batch_norm=True,
+                 batch_norm_weight_decay=None):
     """A basic-block ResNet; see the module docstring for the layout."""
     inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
+    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
 
     x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
     x = conv2d(
@@ -109,7 +112,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
         name="stem_conv",
     )(x)
     x = activations.after_batch_norm(
-        x, batch_norm_layer(name="stem_bn", weight_decay=weight_decay),
+        x, batch_norm_layer(name="stem_bn", weight_decay=bn_decay),
         "stem_act")
     x = PaddedMaxPooling2D(3, 2, padding=1, name="stem_pool")(x)
 
@@ -119,7 +122,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
         for block in range(1, blocks + 1):
             strides = 2 if (stage > 1 and block == 1) else 1
             x = _basic_block(x, filters, strides, f"stage{stage}_block{block}",
-                             activations, weight_decay)
+                             activations, weight_decay, bn_decay)
 
     if not include_top:
         return keras.Model(inputs, pool_features(x, pooling), name=name)
@@ -130,7 +133,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
 
 def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
              activation=None, weight_decay=0.0, pooling=None, input_tensor=None,
-             name="resnet18", fuse_batch_norm=True):
+             name="resnet18", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """ResNet-18 (2, 2, 2, 2 basic blocks); 11,689,512 parameters at 1000 classes.
 
     Args:
@@ -147,6 +150,9 @@ def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activa
             hidden activation (e.g. ``lambda: HardThreshold()``); None is ReLU.
         weight_decay: coupled L2 weight decay ``wd`` (PyTorch semantics, see
             :mod:`models.regularization`); 0 adds no regulariser.
+        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
+            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
+            which keeps step units behind batch norm from collapsing.
         pooling: only with ``include_top=False``, as in keras.applications.
         input_tensor: optional ``keras.Input`` to build the model on.
         name: model name.
@@ -159,16 +165,16 @@ def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activa
         RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
         classifier_activation=classifier_activation, activation=activation,
         weight_decay=weight_decay, pooling=pooling, input_tensor=input_tensor, name=name,
-        fuse_batch_norm=fuse_batch_norm)
+        fuse_batch_norm=fuse_batch_norm, batch_norm_weight_decay=batch_norm_weight_decay)
 
 
 def resnet34(include_top=True, input_shape=None, classes=1000, classifier_activation=None,
              activation=None, weight_decay=0.0, pooling=None, input_tensor=None,
-             name="resnet34", fuse_batch_norm=True):
+             name="resnet34", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
     classes. Not used in the paper; arguments as :func:`resnet18`."""
     return build_resnet(
         RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
         classifier_activation=classifier_activation, activation=activation,
         weight_decay=weight_decay, pooling=pooling, input_tensor=input_tensor, name=name,
-        fuse_batch_norm=fuse_batch_norm)
+        fuse_batch_norm=fuse_batch_norm, batch_norm_weight_decay=batch_norm_weight_decay)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -94,7 +95,8 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert s["image_shape"] == [32, 32, 3] and s["num_classes"] == 10
     assert s["resolved"]["optimizer"] == "adam" and s["resolved"]["weight_decay"] == 5e-7
     assert s["sources"]["epochs"] == "--epochs"
-    assert "epochs           1            (--epochs)" in out
+    assert re.search(r"^ *epochs +1 +\(--epochs\)$", out, re.M), out
+    assert re.search(r"^ *batch_norm_weight_decay +5e-07 +\(as weight_decay\)$", out, re.M), out
     assert "instead of the recipe's" not in out  # --epochs was given
 
     rows = metrics(model_dir)
@@ -120,6 +122,22 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert re.search(r"best +\d+\.\d\d% \(epoch 1\) +\d+\.\d\d% \(epoch 1\)", out)
     assert re.search(r"final +\d+\.\d\d% \(epoch 1\)", out)
     assert f"final SavedModel: {os.path.join(model_dir, 'export', 'final')}" in out
+
+
+def test_batch_norm_weight_decay_zero_exempts_gamma_and_beta_only(tmp_path, capsys):
+    model_dir = str(tmp_path / "run")
+    status, out, err = run_main(capsys, "--model=convnet8", "--activation=step", "--epochs=1", *QUICK,
+                                "--batch_norm_weight_decay=0", f"--model_dir={model_dir}")
+    assert status == 0, err
+    resolved = settings(model_dir)["resolved"]
+    assert (resolved["weight_decay"], resolved["batch_norm_weight_decay"]) == (5e-4, 0.0)
+    model = keras.models.load_model(os.path.join(model_dir, "final.keras"))
+    batch_norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(batch_norms) == 6 and len(convolutions) == 7
+    assert all(layer.gamma.regularizer is None and layer.beta.regularizer is None for layer in batch_norms)
+    assert all(layer.kernel.regularizer.get_config()["l2"] == pytest.approx(2.5e-4)
+               for layer in convolutions)
 
 
 def test_export_tflite_of_fused_batch_norm_thresholds_predicts_like_keras(tmp_path, capsys):
@@ -254,7 +272,7 @@ def test_tfds_dataset_with_mock_data(tmp_path, capsys):
     s = settings(model_dir)
     assert (s["dataset"], s["num_classes"], s["image_shape"]) == ("cifar10", 10, [32, 32, 3])
     assert s["resolved"]["learning_rate"] == 2.5e-4 and s["resolved"]["lr_decay_epochs"] == [200, 250]
-    assert "learning_rate    0.00025      (paper recipe for convnet4/staircase)" in out
+    assert re.search(r"^ *learning_rate +0.00025 +\(paper recipe for convnet4/staircase\)$", out, re.M), out
     assert len(metrics(model_dir)) == 1
 
 
@@ -462,7 +480,7 @@ def test_helpfull_documents_every_flag():
     text = result.stdout + result.stderr
     for name in ("model", "activation", "target_loss", "staircase_steps", "no_scale_by_grad", "recipe",
                  "dataset", "data_dir", "manual_dir", "image_size", "epochs", "batch_size",
-                 "optimizer", "learning_rate", "momentum", "weight_decay", "lr_decay",
+                 "optimizer", "learning_rate", "momentum", "weight_decay", "batch_norm_weight_decay", "lr_decay",
                  "lr_decay_epochs", "steps_per_epoch", "eval_steps", "seed", "mixed_precision",
                  "jit_compile", "strategy", "devices", "model_dir", "save_every_steps",
                  "verbose", "export_tflite"):

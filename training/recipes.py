@@ -1,7 +1,8 @@
 """The paper's training recipes, and how ``train.py`` resolves its settings.
 
 A recipe fixes the optimiser, learning rate, global batch size, epoch count,
-learning-rate decay and weight decay of one run. The paper's are each
+learning-rate decay and weight decay of one run (that of batch norm's gamma and
+beta is ``weight_decay`` unless ``batch_norm_weight_decay`` is given). The paper's are each
 network's ``paper_recipe`` in ``models.MODELS`` (the reference README's table,
 restated in this repository's README): cross-entropy loss everywhere, the
 learning rate multiplied by ``lr_decay`` = 0.1 at each epoch of
@@ -57,9 +58,14 @@ class TrainingRecipe:
         parse=_epoch_numbers)
     weight_decay: float = option("float", "Coupled L2 weight decay, as PyTorch's weight_decay "
                                  "(default: from --recipe).", 0.0)
+    batch_norm_weight_decay: float = option(
+        "float", "Coupled L2 decay of batch norm's gamma and beta alone (default: --weight_decay, "
+        "as the paper). 0 exempts them: decay shrinks a batch norm in front of step units "
+        "unopposed, until they stop learning.", None)
 
 
 FIELDS = tuple(field.name for field in dataclasses.fields(TrainingRecipe))
+_NAME_WIDTH = max(len(name) for name in FIELDS)
 PAPER_MODELS = tuple(name for name, spec in models.MODELS.items() if spec.paper_recipe)
 
 # ``--recipe none``: neutral defaults, to be overridden by flags.
@@ -105,7 +111,7 @@ class Resolved:
             value = getattr(self.recipe, name)
             if name == "lr_decay_epochs":
                 value = ",".join(str(e) for e in value) or "(none)"
-            out.append(f"{name:<16} {value!s:<12} ({self.sources[name]})")
+            out.append(f"{name:<{_NAME_WIDTH}} {value!s:<12} ({self.sources[name]})")
         return out
 
     def as_dict(self):
@@ -147,6 +153,9 @@ def resolve(recipe, model, activation, dataset, overrides):
         values[name] = value
         sources[name] = f"--{name}"
     values["lr_decay_epochs"] = tuple(int(e) for e in values["lr_decay_epochs"])
+    if values["batch_norm_weight_decay"] is None:
+        values["batch_norm_weight_decay"] = values["weight_decay"]
+        sources["batch_norm_weight_decay"] = "as weight_decay"
     resolved = Resolved(TrainingRecipe(**values), sources)
     _check(resolved.recipe)
     return resolved
@@ -165,8 +174,9 @@ def _check(r):
         raise UsageError(f"--lr_decay must be > 0, got {r.lr_decay}")
     if not 0 <= r.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1), got {r.momentum}")
-    if not r.weight_decay >= 0:
-        raise UsageError(f"--weight_decay must be >= 0, got {r.weight_decay}")
+    for name in ("weight_decay", "batch_norm_weight_decay"):
+        if not getattr(r, name) >= 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(r, name)}")
     if any(e < 1 for e in r.lr_decay_epochs) or list(r.lr_decay_epochs) != sorted(set(r.lr_decay_epochs)):
         raise UsageError(
             "--lr_decay_epochs must be increasing positive epoch numbers, got "

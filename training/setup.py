@@ -79,6 +79,7 @@ def build_model(config, recipe, info):
         steps=config.staircase_steps,
         scale_by_grad=config.scale_by_grad,
         weight_decay=recipe.weight_decay,
+        batch_norm_weight_decay=recipe.batch_norm_weight_decay,
         input_shape=tuple(info.image_shape),
         classes=info.num_classes,
     )

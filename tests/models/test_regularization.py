@@ -3,7 +3,8 @@
 PyTorch's ``weight_decay=wd`` adds ``wd * w`` to every parameter's gradient,
 i.e. it minimises ``loss + wd / 2 * sum ||w||^2`` over all parameters. The
 builders' ``weight_decay`` must give exactly that penalty, on every trainable
-weight (kernels, biases, batch-norm gamma and beta), and nothing else.
+weight (kernels, biases, batch-norm gamma and beta), and nothing else;
+``batch_norm_weight_decay`` replaces it on gamma and beta alone.
 """
 
 import keras
@@ -31,11 +32,15 @@ def build_tiny(name, weight_decay, **kwargs):
                      classes=TINY_CLASSES, **kwargs)
 
 
+def numpy_penalty_of(weights, weight_decay):
+    """wd / 2 * sum of squares of ``weights``, in float64."""
+    return weight_decay / 2 * sum(np.sum(np.square(w.numpy().astype(np.float64)))
+                                  for w in weights)
+
+
 def numpy_penalty(model, weight_decay):
     """wd / 2 * sum of squares of every trainable weight, in float64."""
-    total = sum(np.sum(np.square(w.numpy().astype(np.float64)))
-                for w in model.trainable_weights)
-    return weight_decay / 2 * total
+    return numpy_penalty_of(model.trainable_weights, weight_decay)
 
 
 @pytest.mark.parametrize("name, kwargs", MODEL_VARIANTS)
@@ -126,3 +131,53 @@ def test_weight_decay_survives_serialisation():
     clone.set_weights(model.get_weights())
     assert float(tf.add_n(clone.losses)) == pytest.approx(
         float(tf.add_n(model.losses)), rel=1e-6)
+
+
+def batch_norm_weight_ids(model):
+    return {id(w) for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for w in (layer.gamma, layer.beta)}
+
+
+@pytest.mark.parametrize("name, kwargs", [v for v in MODEL_VARIANTS if v != ("convnet4", {})])
+@pytest.mark.parametrize("bn_decay", [0.0, 1e-5])
+def test_batch_norm_weight_decay_applies_to_gamma_and_beta_only(name, kwargs, bn_decay):
+    model = build_tiny(name, WEIGHT_DECAY, batch_norm_weight_decay=bn_decay, **kwargs)
+    rng = np.random.default_rng(0)
+    for weight in model.trainable_weights:
+        weight.assign(rng.standard_normal(weight.shape).astype("float32"))
+    bn_ids = batch_norm_weight_ids(model)
+    assert bn_ids  # every variant here has batch norm
+    bn = [w for w in model.trainable_weights if id(w) in bn_ids]
+    others = [w for w in model.trainable_weights if id(w) not in bn_ids]
+
+    assert all(w.regularizer is not None for w in others)
+    if bn_decay == 0.0:
+        assert all(w.regularizer is None for w in bn)
+        assert len(model.losses) == len(others)
+    expected = (numpy_penalty_of(others, WEIGHT_DECAY)
+                + numpy_penalty_of(bn, bn_decay))
+    got = float(keras.ops.sum(keras.ops.stack(model.losses)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_norm_weight_decay_none_is_weight_decay():
+    default = build_tiny("convnet8", WEIGHT_DECAY)
+    explicit = build_tiny("convnet8", WEIGHT_DECAY, batch_norm_weight_decay=WEIGHT_DECAY)
+    assert default.get_config() == explicit.get_config()
+
+
+@pytest.mark.parametrize("bad", [-1e-4, float("nan")])
+def test_negative_or_nan_batch_norm_weight_decay_is_rejected(bad):
+    with pytest.raises(ValueError, match="batch_norm_weight_decay"):
+        build_tiny("convnet8", WEIGHT_DECAY, batch_norm_weight_decay=bad)
+
+
+def test_batch_norm_exemption_survives_serialisation():
+    model = build_tiny("convnet8", WEIGHT_DECAY, batch_norm_weight_decay=0.0)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    assert len(clone.losses) == len(model.losses)
+    assert not any(w.regularizer is not None for w in clone.trainable_weights
+                   if id(w) in batch_norm_weight_ids(clone))
+    assert float(tf.add_n(clone.losses)) == pytest.approx(float(tf.add_n(model.losses)), rel=1e-6)

@@ -1,5 +1,7 @@
 """The paper's recipe table and how train.py layers recipe, digits adaptation and flags."""
 
+import dataclasses
+
 import pytest
 
 from training import recipes
@@ -32,8 +34,22 @@ def test_paper_table(model, activation):
 @pytest.mark.parametrize("model,activation", CASES)
 def test_resolve_paper_on_a_real_dataset_is_the_table(model, activation):
     resolved = recipes.resolve("paper", model, activation, "cifar10", {})
-    assert resolved.recipe == recipes.paper_recipe(model, activation)
-    assert set(resolved.sources.values()) == {f"paper recipe for {model}/{activation}"}
+    paper = recipes.paper_recipe(model, activation)
+    # The paper decays batch norm's gamma and beta like every other weight.
+    assert resolved.recipe == dataclasses.replace(paper, batch_norm_weight_decay=paper.weight_decay)
+    sources = dict(resolved.sources)
+    assert sources.pop("batch_norm_weight_decay") == "as weight_decay"
+    assert set(sources.values()) == {f"paper recipe for {model}/{activation}"}
+
+
+def test_batch_norm_weight_decay_follows_weight_decay_unless_given():
+    follows = recipes.resolve("paper", "convnet8", "step", "cifar10", {"weight_decay": 1e-5}).recipe
+    assert follows.batch_norm_weight_decay == 1e-5
+    resolved = recipes.resolve("paper", "convnet8", "step", "cifar10", {"batch_norm_weight_decay": 0.0})
+    assert (resolved.recipe.weight_decay, resolved.recipe.batch_norm_weight_decay) == (5e-4, 0.0)
+    assert resolved.sources["batch_norm_weight_decay"] == "--batch_norm_weight_decay"
+    assert resolved.as_dict()["batch_norm_weight_decay"] == 0.0
+    assert any(line.startswith("batch_norm_weight_decay 0.0 ") for line in resolved.lines())
 
 
 def test_digits_adaptation_replaces_optimisation_but_keeps_weight_decay():
@@ -81,6 +97,8 @@ def test_recipe_none_and_unknown_recipes():
     ({"learning_rate": float("nan")}, "--learning_rate must be > 0"),
     ({"momentum": 1.0}, "--momentum must be in"),
     ({"weight_decay": -1.0}, "--weight_decay must be >= 0"),
+    ({"batch_norm_weight_decay": -1.0}, "--batch_norm_weight_decay must be >= 0"),
+    ({"batch_norm_weight_decay": float("nan")}, "--batch_norm_weight_decay must be >= 0"),
     ({"lr_decay": 0.0}, "--lr_decay must be > 0"),
     ({"lr_decay_epochs": [60, 30]}, "--lr_decay_epochs must be increasing"),
     ({"lr_decay_epochs": [0]}, "--lr_decay_epochs must be increasing"),
