@@ -33,7 +33,7 @@ inputs raise a ValueError.
 import keras
 
 from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
-from models.regularization import batch_norm_decay
+from models.regularization import resolve_batch_norm_weight_decay
 
 BATCH_NORM_EPSILON = 1e-4
 MIN_INPUT_SIZE = 60
@@ -95,7 +95,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
     """
     inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
-    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
+    bn_weight_decay = resolve_batch_norm_weight_decay(weight_decay, batch_norm_weight_decay)
     _check_input_size(inputs, include_top)
     use_bias = not batch_norm
 
@@ -106,7 +106,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
                    weight_decay=weight_decay, name=f"conv{index}")(x)
         if batch_norm:
             norm = batch_norm_layer(name=f"conv{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                    weight_decay=bn_decay)
+                                    weight_decay=bn_weight_decay)
             if pool is None:
                 return activations.after_batch_norm(x, norm, f"conv{index}_act")
             x = norm(x)
@@ -119,7 +119,7 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
                   weight_decay=weight_decay, name=f"fc{index}")(x)
         if batch_norm:
             norm = batch_norm_layer(name=f"fc{index}_bn", epsilon=BATCH_NORM_EPSILON,
-                                    weight_decay=bn_decay)
+                                    weight_decay=bn_weight_decay)
             return activations.after_batch_norm(x, norm, f"fc{index}_act")
         return activations(x, f"fc{index}_act")
 

@@ -43,7 +43,7 @@ Both use PyTorch's default initialisation and PyTorch's BN momentum.
 import keras
 
 from models.layers import batch_norm_layer, builder_start, conv2d, dense, pool_features, predictions
-from models.regularization import batch_norm_decay
+from models.regularization import resolve_batch_norm_weight_decay
 
 CONVNET8_BATCH_NORM_EPSILON = 1e-4
 CONVNET8_MIN_INPUT_SIZE = 20
@@ -76,7 +76,7 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
-    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
+    bn_weight_decay = resolve_batch_norm_weight_decay(weight_decay, batch_norm_weight_decay)
 
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = conv2d(32, 5, in_channels=inputs.shape[-1], weight_decay=weight_decay,
@@ -92,13 +92,13 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
         return keras.Model(inputs, pool_features(x, pooling), name=name)
 
     if batch_norm:
-        x = batch_norm_layer(name="fc1_input_bn", weight_decay=bn_decay)(x)
+        x = batch_norm_layer(name="fc1_input_bn", weight_decay=bn_weight_decay)(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = dense(1024, in_features=x.shape[-1], weight_decay=weight_decay,
               name="fc1")(x)
     x = activations(x, "fc1_act")
     if batch_norm:
-        x = batch_norm_layer(name="predictions_input_bn", weight_decay=bn_decay)(x)
+        x = batch_norm_layer(name="predictions_input_bn", weight_decay=bn_weight_decay)(x)
     x = predictions(x, classes, classifier_activation, weight_decay)
     return keras.Model(inputs, x, name=name)
 
@@ -132,7 +132,7 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
-    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
+    bn_weight_decay = resolve_batch_norm_weight_decay(weight_decay, batch_norm_weight_decay)
     _check_convnet8_input(inputs)
     use_bias = not batch_norm
 
@@ -144,7 +144,7 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
         if batch_norm:
             norm = batch_norm_layer(name=f"conv{index}_bn",
                                     epsilon=CONVNET8_BATCH_NORM_EPSILON,
-                                    weight_decay=bn_decay)
+                                    weight_decay=bn_weight_decay)
             if not pool:
                 return activations.after_batch_norm(x, norm, f"conv{index}_act")
             x = norm(x)

@@ -50,7 +50,7 @@ def _to_float64(weight):
     return np.asarray(value, dtype=np.float64)
 
 
-def batch_norm_decay(weight_decay, batch_norm_weight_decay):
+def resolve_batch_norm_weight_decay(weight_decay, batch_norm_weight_decay):
     """The decay of batch norm's gamma and beta: ``batch_norm_weight_decay``, or ``weight_decay`` if None.
 
     A step after batch norm sees only sign(gamma * x_hat + beta), so the loss

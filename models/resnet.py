@@ -36,7 +36,7 @@ Trainable parameters with 1000 classes: ResNet-18 11,689,512; ResNet-34
 import keras
 
 from models.layers import PaddedMaxPooling2D, batch_norm_layer, builder_start, conv2d, pool_features, predictions
-from models.regularization import batch_norm_decay
+from models.regularization import resolve_batch_norm_weight_decay
 
 STAGE_FILTERS = (64, 128, 256, 512)
 RESNET18_BLOCKS = (2, 2, 2, 2)
@@ -79,9 +79,9 @@ def _conv(x, filters, kernel_size, strides, name, weight_decay):
     )(x)
 
 
-def _basic_block(x, filters, strides, prefix, activations, weight_decay, bn_decay):
+def _basic_block(x, filters, strides, prefix, activations, weight_decay, bn_weight_decay):
     def bn(name):
-        return batch_norm_layer(name=f"{prefix}_{name}", weight_decay=bn_decay)
+        return batch_norm_layer(name=f"{prefix}_{name}", weight_decay=bn_weight_decay)
 
     shortcut = x
     out = _conv(x, filters, 3, strides, f"{prefix}_conv1", weight_decay)
@@ -103,7 +103,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
     """A basic-block ResNet; see the module docstring for the layout."""
     inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
-    bn_decay = batch_norm_decay(weight_decay, batch_norm_weight_decay)
+    bn_weight_decay = resolve_batch_norm_weight_decay(weight_decay, batch_norm_weight_decay)
 
     x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
     x = conv2d(
@@ -112,7 +112,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
         name="stem_conv",
     )(x)
     x = activations.after_batch_norm(
-        x, batch_norm_layer(name="stem_bn", weight_decay=bn_decay),
+        x, batch_norm_layer(name="stem_bn", weight_decay=bn_weight_decay),
         "stem_act")
     x = PaddedMaxPooling2D(3, 2, padding=1, name="stem_pool")(x)
 
@@ -122,7 +122,7 @@ def build_resnet(blocks_per_stage, *, include_top=True, input_shape=None, classe
         for block in range(1, blocks + 1):
             strides = 2 if (stage > 1 and block == 1) else 1
             x = _basic_block(x, filters, strides, f"stage{stage}_block{block}",
-                             activations, weight_decay, bn_decay)
+                             activations, weight_decay, bn_weight_decay)
 
     if not include_top:
         return keras.Model(inputs, pool_features(x, pooling), name=name)

@@ -1,10 +1,11 @@
 """The paper's training recipes, and how ``train.py`` resolves its settings.
 
 A recipe fixes the optimiser, learning rate, global batch size, epoch count,
-learning-rate decay and weight decay of one run (that of batch norm's gamma and
-beta is ``weight_decay`` unless ``batch_norm_weight_decay`` is given). The paper's are each
-network's ``paper_recipe`` in ``models.MODELS`` (the reference README's table,
-restated in this repository's README): cross-entropy loss everywhere, the
+learning-rate decay and weight decay of one run (batch norm's gamma and beta
+take ``weight_decay`` unless ``batch_norm_weight_decay`` is given). The
+paper's are each network's ``paper_recipe`` in ``models.MODELS`` (the
+reference README's table, restated in this repository's README):
+cross-entropy loss everywhere, the
 learning rate multiplied by ``lr_decay`` = 0.1 at each epoch of
 ``lr_decay_epochs``, PyTorch's coupled L2 weight decay, which for AlexNet and
 ResNet-18 depends on the activation (saturated_relu takes relu's).
