@@ -73,6 +73,27 @@ def test_exact_output_range_codes_every_level(steps, low, high):
     assert len(set(codes)) == len(levels)
 
 
+@pytest.mark.parametrize("steps", range(1, 9))
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-1.0, 1.0), (0.0, 6.0), (0.5, 1.0)])
+def test_staircase_thresholds_are_codes_of_the_pinned_input_grid(steps, low, high):
+    """Every threshold a + k (b - a) / (n - 1) of y = clip(ceil((n - 1)(x - a) / (b - a)), 0, n) (b - a) / n + a
+    an exact int8 code of the staircase's pinned input range, with a code to spare beyond each end."""
+    rewrite = deploy.REWRITES[Staircase]
+    export_layer = rewrite(Staircase(steps=steps, low=low, high=high), True, 1.0)
+    minimum, maximum = export_layer.input_range
+    scale = (maximum - minimum) / 255
+    zero_point = -128 - minimum / scale
+    thresholds = [low] if steps == 1 else [low + (high - low) * k / (steps - 1) for k in range(steps)]
+    codes = [exact_code(t, scale, zero_point) for t in thresholds]
+    assert None not in codes, (codes, scale, zero_point)
+    assert min(codes) >= -127 and max(codes) <= 126
+    # The compares are the layer's: y(t_j) is level j (x > t is strict), one code above it level j + 1.
+    x = np.array([[(c - zero_point) * scale, (c + 1 - zero_point) * scale] for c in codes], np.float32)
+    levels = [low + (high - low) * k / steps for k in range(steps + 1)]
+    expected = [[levels[j], levels[j + 1]] for j in range(len(codes))]
+    np.testing.assert_allclose(np.asarray(export_layer(x)), expected, rtol=0, atol=1e-6)
+
+
 def test_exact_output_range_of_the_documented_cases():
     assert deploy.exact_output_range(-1.0, 1.0, 1)[2:] == pytest.approx((1 / 127, 0))
     assert deploy.exact_output_range(0.0, 1.0, 3)[2:] == pytest.approx((1 / 255, -128))
@@ -80,8 +101,8 @@ def test_exact_output_range_of_the_documented_cases():
     assert deploy.exact_output_range(0.0, 1.0, 7)[2:] == pytest.approx((1 / 252, -126))
 
 
-def threshold_network(seed=0):
-    """conv -> BN -> step -> pool -> conv -> staircase(3) -> conv -> staircase(7) -> dense -> step(0/1) -> dense."""
+def threshold_network(seed=0, staircase_steps=(3, 7)):
+    """conv -> BN -> step -> pool -> conv -> staircase(n1) -> conv -> staircase(n2) -> dense -> step(0/1) -> dense."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((12, 12, 3), name="image")
     x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
@@ -89,9 +110,9 @@ def threshold_network(seed=0):
     x = HardThreshold(name="act1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
     x = keras.layers.Conv2D(16, 3, padding="same", name="conv2")(x)
-    x = Staircase(steps=3, name="act2")(x)
+    x = Staircase(steps=staircase_steps[0], name="act2")(x)
     x = keras.layers.Conv2D(16, 3, name="conv3")(x)
-    x = Staircase(steps=7, name="act3")(x)
+    x = Staircase(steps=staircase_steps[1], name="act3")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(32, name="fc1")(x)
     x = HardThreshold(zero_one=True, name="act4")(x)
@@ -115,9 +136,10 @@ def layer_outputs(model, names, images):
     return [np.asarray(o) for o in probe.predict(images, verbose=0)]
 
 
-@pytest.mark.parametrize("quantize", ["int8", "float"])
-def test_every_activation_is_an_exact_code_and_matches_keras(quantize):
-    model = threshold_network()
+# 3 and 7 steps (the CIFAR nets' 2-bit staircase, a 3-bit one), 5 (ResNet-18's) and an even size.
+@pytest.mark.parametrize("quantize, staircase_steps", [("int8", (3, 7)), ("float", (3, 7)), ("int8", (5, 6))])
+def test_every_activation_is_an_exact_code_and_matches_keras(quantize, staircase_steps):
+    model = threshold_network(staircase_steps=staircase_steps)
     rng = np.random.default_rng(1)
     calibration = rng.normal(size=(64, 12, 12, 3)).astype(np.float32)
     images = rng.normal(size=(32, 12, 12, 3)).astype(np.float32)
@@ -129,7 +151,8 @@ def test_every_activation_is_an_exact_code_and_matches_keras(quantize):
     names = ["act1", "act2", "act3", "act4"]
     assert sorted(report.rewritten) == names
     assert report.folded == {"conv1_bn": "conv1"}
-    levels = {"act1": [-1.0, 1.0], "act2": [0, 1 / 3, 2 / 3, 1.0], "act3": [k / 7 for k in range(8)],
+    n2, n3 = staircase_steps
+    levels = {"act1": [-1.0, 1.0], "act2": [k / n2 for k in range(n2 + 1)], "act3": [k / n3 for k in range(n3 + 1)],
               "act4": [0.0, 1.0]}
 
     interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)

@@ -351,14 +351,16 @@ def test_batch_norm_threshold_gradients_equal_the_plain_pair_and_numpy(kind, los
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(), err_msg=name)
 
 
-def test_batch_norm_threshold_updates_the_statistics_once_per_step():
-    """keras.remat over BatchNormalization + HardThreshold would run the moving-average update twice."""
+@pytest.mark.parametrize("momentum", [0.9, 0.99])  # m != 1 - m: a swapped update shows
+def test_batch_norm_threshold_updates_the_statistics_once_per_step(momentum):
+    """moving <- m * moving + (1 - m) * batch statistic, once per step (keras.remat over
+    BatchNormalization + HardThreshold would run the update twice)."""
     x, y = _data(n=16)
 
     def build(fused):
         keras.utils.set_random_seed(0)
-        head = ([BatchNormThreshold(HardThreshold(name="act"), momentum=0.5, name="bn")] if fused else
-                [keras.layers.BatchNormalization(momentum=0.5, name="bn"), HardThreshold(name="act")])
+        head = ([BatchNormThreshold(HardThreshold(name="act"), momentum=momentum, name="bn")] if fused else
+                [keras.layers.BatchNormalization(momentum=momentum, name="bn"), HardThreshold(name="act")])
         model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False, name="conv"),
                                   *head, keras.layers.Flatten(), keras.layers.Dense(3)])
         model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -370,8 +372,11 @@ def test_batch_norm_threshold_updates_the_statistics_once_per_step():
     plain.train_on_batch(x, y)
     fused.train_on_batch(x, y)
     bn = fused.get_layer("bn")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5 * conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.5 + 0.5 * conv.var(axis=(0, 1, 2)), rtol=1e-5)
+    # From the initial moving mean 0 and variance 1.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), (1 - momentum) * conv.mean(axis=(0, 1, 2)),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), momentum + (1 - momentum) * conv.var(axis=(0, 1, 2)),
+                               rtol=1e-5)
     for _ in range(2):
         plain.train_on_batch(x, y)
         fused.train_on_batch(x, y)
@@ -407,7 +412,7 @@ def test_batch_norm_threshold_mirrored_gradients_equal_the_plain_pair(synchroniz
 
     def build(fused):
         keras.utils.set_random_seed(0)
-        bn = dict(momentum=0.5, synchronized=synchronized, name="bn")
+        bn = dict(momentum=0.9, synchronized=synchronized, name="bn")
         head = ([BatchNormThreshold(Staircase(target_loss="sste", name="act"), **bn)] if fused else
                 [keras.layers.BatchNormalization(**bn), Staircase(target_loss="sste", name="act")])
         return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False), *head,
