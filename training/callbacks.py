@@ -94,6 +94,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.batch_offset = 0
         self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._batches_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # The running sums of the epoch's metrics (loss, top1, ...) at a mid-epoch save, so that
+        # the resumed epoch's row averages all its batches; empty at an epoch end.
+        self._metric_state = tf.Variable(tf.zeros([0], tf.float64), shape=tf.TensorShape(None),
+                                         trainable=False)
+        self._restore_metrics = False
         self._checkpoint = None
         self._manager = None
         self._epoch = 0
@@ -114,6 +119,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             optimizer=optimizer,
             epochs_done=self._epochs_done,
             batches_done=self._batches_done,
+            metric_state=self._metric_state,
         )
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self.write_dir, max_to_keep=self.max_to_keep
@@ -131,18 +137,48 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             ) from None
         state = int(self._epochs_done.numpy()), int(self._batches_done.numpy())
         self.last_saved = state
+        self._restore_metrics = state[1] > 0
         return state
+
+    def _metric_variables(self):
+        """The variables of the model's running-mean metrics (the loss, accuracies: Keras ``Mean``s,
+        sums over the epoch's batches). None in a distributed run, whose per-replica sums cannot
+        be split back."""
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            return []
+        means = [m for metric in self.model.metrics for m in getattr(metric, "metrics", [metric])
+                 if isinstance(m, keras.metrics.Mean)]
+        return [v for metric in means for v in metric.variables]
 
     def save(self, epochs_done, batches_done):
         self._epochs_done.assign(epochs_done)
         self._batches_done.assign(batches_done)
+        variables = self._metric_variables() if batches_done else []
+        self._metric_state.assign(
+            tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in variables], 0) if variables
+            else tf.zeros([0], tf.float64))
         self._manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
         self.last_saved = (epochs_done, batches_done)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def _add_saved_metric_sums(self):
+        """Adds the sums saved mid-epoch to the metrics, which then hold the resumed epoch's first batch."""
+        variables = self._metric_variables()
+        state = self._metric_state.numpy()
+        if not variables or state.size != sum(int(np.prod(v.shape)) for v in variables):
+            return  # none saved (a distributed run): the row averages the batches after the resume
+        start = 0
+        for v in variables:
+            size = int(np.prod(v.shape))
+            v.assign_add(np.reshape(state[start:start + size], v.shape).astype(v.dtype))
+            start += size
+
     def on_train_batch_end(self, batch, logs=None):
+        if self._restore_metrics:  # metrics exist only once the first step has run
+            self._restore_metrics = False
+            self._add_saved_metric_sums()
         if not self.every_steps:
             return
         done = self.batch_offset + batch + 1

@@ -79,6 +79,10 @@ class Config:
     mixed_precision: bool = option("boolean", "Compute in float16 (GPU) or bfloat16 (CPU), keep "
                                    "variables and the logits in float32.", False, same_run=True)
     jit_compile: bool = option("boolean", "Compile the training step with XLA.", False, saved=True)
+    deterministic: bool = option(
+        "boolean", "Deterministic ops (tf.config.experimental.enable_op_determinism): a run killed "
+        "and resumed ends with the weights and metrics.csv of the uninterrupted run. Slower on GPU.",
+        False, saved=True)
     strategy: str = option(
         "enum", "auto: MirroredStrategy over all GPUs when there are several, else one device; "
         "default: one device; mirrored: MirroredStrategy over --devices or all GPUs; "

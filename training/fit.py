@@ -1,12 +1,23 @@
 """``model.fit`` of a run with its callbacks, from the restored position to the last epoch.
 
+A run restored at ``(epochs_done, batches_done)`` trains in at most two
+``fit`` calls (``resume_plan``): the rest of the interrupted epoch, then
+the epochs after it. Each call trains on the data stream from the global
+batch it starts at, ``epochs_done * steps_per_epoch + batches_done``
+(``DatasetInfo.train_from``), so a resumed run sees the batches the
+uninterrupted run would have seen, in the same order and augmentation.
+
 ``fit`` raises ``training.callbacks.NonFiniteLossError`` when the loss becomes
 NaN/inf (nothing is saved after the last good checkpoint; the error says
 which checkpoint that is).
 """
 
+from __future__ import annotations
+
+import dataclasses
 import importlib.util
 import os
+import sys
 import warnings
 
 import keras
@@ -14,6 +25,40 @@ import keras
 from training import callbacks as callbacks_lib
 from training import files
 from training.report import log
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One ``model.fit`` call: epochs ``initial_epoch`` to ``last_epoch`` (0-based, inclusive)
+    of ``steps_per_epoch`` batches, the first of which starts ``batch_offset`` batches in;
+    its data starts at global batch ``start_batch`` (None: the stream cannot seek)."""
+
+    initial_epoch: int
+    last_epoch: int
+    steps_per_epoch: int | None
+    batch_offset: int
+    start_batch: int | None
+
+
+def resume_plan(epochs, steps_per_epoch, epochs_done, batches_done):
+    """The ``Segment``s that train from ``(epochs_done, batches_done)`` through epoch ``epochs``.
+
+    With a known ``steps_per_epoch`` s and b = ``batches_done`` in (0, s): first the
+    s - b batches left of epoch e = ``epochs_done`` (offset b, data from batch e s + b),
+    then epochs e + 1 ... (data from batch (e + 1) s). Without s, whole epochs from e.
+    """
+    if epochs_done >= epochs:
+        return []
+    if not steps_per_epoch:
+        return [Segment(epochs_done, epochs - 1, None, 0, None)]
+    plan = []
+    if 0 < batches_done < steps_per_epoch:
+        plan.append(Segment(epochs_done, epochs_done, steps_per_epoch - batches_done, batches_done,
+                            epochs_done * steps_per_epoch + batches_done))
+        epochs_done += 1
+    if epochs_done < epochs:
+        plan.append(Segment(epochs_done, epochs - 1, steps_per_epoch, 0, epochs_done * steps_per_epoch))
+    return plan
 
 
 def fit(config, setup):
@@ -38,9 +83,8 @@ def fit(config, setup):
         log_dir=os.path.join(write_path, files.TENSORBOARD_DIR) if tensorboard else None,
         diagnostics=config.diagnostics,
         probe_data=next(iter(setup.eval_ds.take(1)))[0] if config.diagnostics else None)
-    verbose = config.verbose if config.verbose == "auto" else int(config.verbose)
     # The pipelines shuffle themselves: shuffle=False only silences Keras's warning.
-    fit_args = dict(validation_data=setup.eval_ds, callbacks=fit_callbacks, verbose=verbose,
+    fit_args = dict(validation_data=setup.eval_ds, callbacks=fit_callbacks, verbose=fit_verbosity(config.verbose),
                     shuffle=False)
     try:
         with warnings.catch_warnings():
@@ -48,7 +92,8 @@ def fit(config, setup):
                 # The training data repeats, so this warning can only come from the end
                 # of an evaluation pass over data of unknown length, where it means nothing.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-            _fit_epochs(setup, fit_args, epochs, spe)
+            for segment in resume_plan(epochs, spe, setup.epochs_done, setup.batches_done):
+                _fit_segment(setup, segment, epochs, fit_args)
     except callbacks_lib.NonFiniteLossError as diverged:
         diverged.last_saved = checkpoint.last_saved
         diverged.checkpoint_dir = os.path.join(model_dir, files.CHECKPOINT_DIR)
@@ -56,24 +101,35 @@ def fit(config, setup):
     return best
 
 
-def _fit_epochs(setup, fit_args, epochs, spe):
-    """``model.fit`` from the restored position through the last epoch."""
-    checkpoint, epochs_done, batches_done = setup.checkpoint, setup.epochs_done, setup.batches_done
-    if epochs_done < epochs and batches_done and spe and batches_done < spe:
-        # Finish the interrupted epoch with the batches it had left, then go on.
-        log(f"finishing epoch {epochs_done + 1} with its last {spe - batches_done} batches")
-        checkpoint.batch_offset = batches_done
-        setup.model.fit(setup.train_ds, initial_epoch=epochs_done, epochs=epochs,
-                        steps_per_epoch=spe - batches_done,
-                        **{**fit_args, "callbacks": fit_args["callbacks"] + [_StopAfterEpoch()]})
-        epochs_done += 1
-    if epochs_done < epochs:
-        setup.model.fit(setup.train_ds, initial_epoch=epochs_done, epochs=epochs,
-                        steps_per_epoch=spe, **fit_args)
+def fit_verbosity(verbose, stream=None):
+    """Keras's ``verbose`` for ``--verbose``: ``auto`` is 1 (a progress bar) on a terminal, else 2
+    (one line per epoch, no carriage returns in a log file)."""
+    if verbose != "auto":
+        return int(verbose)
+    stream = sys.stdout if stream is None else stream
+    return 1 if getattr(stream, "isatty", lambda: False)() else 2
+
+
+def _fit_segment(setup, segment, epochs, fit_args):
+    if segment.batch_offset:
+        log(f"finishing epoch {segment.initial_epoch + 1} with its last {segment.steps_per_epoch} batches")
+    setup.checkpoint.batch_offset = segment.batch_offset
+    data = setup.train_ds if segment.start_batch is None or setup.train_from is None else (
+        setup.train_from(segment.start_batch))
+    callbacks = fit_args["callbacks"]
+    if segment.last_epoch < epochs - 1:  # keeps "Epoch k/epochs" and the callbacks' epoch count true
+        callbacks = callbacks + [_StopAfterEpoch(segment.last_epoch)]
+    setup.model.fit(data, initial_epoch=segment.initial_epoch, epochs=epochs,
+                    steps_per_epoch=segment.steps_per_epoch, **{**fit_args, "callbacks": callbacks})
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):
-    """Ends ``fit`` after its first epoch (the short one that completes an interrupted epoch)."""
+    """Ends ``fit`` after (0-based) epoch ``last``."""
+
+    def __init__(self, last):
+        super().__init__()
+        self.last = last
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model.stop_training = True
+        if epoch >= self.last:
+            self.model.stop_training = True

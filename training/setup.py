@@ -34,7 +34,7 @@ class Setup:
     strategy_text: str
     resolved: recipes.Resolved
     info: object
-    train_ds: object
+    train_ds: object  # the training stream from its first batch
     eval_ds: object
     steps_per_epoch: int | None
     model_dir: str
@@ -44,6 +44,7 @@ class Setup:
     epochs_done: int
     batches_done: int
     settings: dict
+    train_from: object = None  # global batch -> the training stream from it (None: cannot seek)
 
 
 def default_model_dir(config, now=None):
@@ -123,6 +124,8 @@ def setup(config):
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     resolved = recipes.resolve(config.recipe, config.model, config.activation,
                                config.dataset, config.overrides)
     recipe = resolved.recipe
@@ -156,8 +159,12 @@ def setup(config):
                 f"the training split has {info.train_examples} examples, fewer than "
                 f"one batch of {recipe.batch_size}; lower --batch_size"
             )
-    if steps_per_epoch is not None:
-        # Epochs of exactly steps_per_epoch batches, the data cycling on.
+    train_from = info.train_from if steps_per_epoch is not None else None
+    if train_from is not None:
+        # Epochs of exactly steps_per_epoch batches, the data cycling on, seekable for resume.
+        train_ds = train_from(0)
+    elif steps_per_epoch is not None:
+        log("note: this data set's size is unknown: a resumed run will not replay its data order")
         train_ds = train_ds.repeat()
     if config.eval_steps is not None:
         eval_ds = eval_ds.take(config.eval_steps)
@@ -174,7 +181,7 @@ def setup(config):
         write_dir.cleanup()
         raise
     return Setup(strategy, strategy_text, resolved, info, train_ds, eval_ds, steps_per_epoch,
-                 model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings)
+                 model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings, train_from)
 
 
 def _build(config, recipe, info, strategy, model_dir, write_dir):

@@ -6,6 +6,7 @@ The recipes in formulas, and why the pipelines are built as they are: docs/data.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +44,10 @@ class DatasetInfo:
     eval_examples: int | None
     class_names: tuple | None = None
     skipped_files: int = 0
+    # The training stream from global batch g (pass g // B, batch g % B of it, B batches a pass),
+    # a function of the seed and g alone (pipelines.seekable_stream); None if the split's size is unknown.
+    train_from: Callable[[int], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False,
+                                                                           compare=False)
 
 
 class DatasetError(ValueError):

@@ -134,11 +134,12 @@ def load(name, root, *, batch_size, image_size, seed, min_image_size):
         paths, labels = kept[split]
         return tf.data.Dataset.from_tensor_slices((_path_tensor(paths), labels))
 
-    train, evaluation = large_pipelines(
+    train, evaluation, train_from = large_pipelines(
         examples("train"), examples("val"), recipe, batch_size=batch_size, seed=seed,
-        shuffle_buffer=len(kept["train"][0]), read_files=True, skip_errors=True)
+        shuffle_buffer=len(kept["train"][0]), read_files=True, skip_errors=True,
+        train_count=len(kept["train"][0]))
     info = DatasetInfo(
         name=name, num_classes=len(class_names), image_shape=(recipe.size, recipe.size, 3),
         train_examples=len(kept["train"][0]), eval_examples=len(kept["val"][0]),
-        class_names=class_names, skipped_files=len(skipped))
+        class_names=class_names, skipped_files=len(skipped), train_from=train_from)
     return train, evaluation, info

@@ -19,52 +19,120 @@ def seed_stream(seed):
         seed=None if seed is None else derive_seed(seed, 1), rerandomize_each_iteration=True)
 
 
+def pass_seed(seed, k, index):
+    """An int64 seed that is a function of (seed, k, index) alone; ``index`` may be a tensor."""
+    return tf.constant(derive_seed(0 if seed is None else seed, k), tf.int64) + tf.cast(index, tf.int64)
+
+
+def seekable_stream(one_pass, start_batch, batches_per_pass):
+    """Passes p = 0, 1, ... over the data, from global batch g = start_batch: pass g // B, batch g % B of it.
+
+    ``one_pass(p, skip)`` is pass p without its first ``skip``
+    batches, shuffled and augmented by seeds that depend on (seed, p) alone:
+    the stream from batch g is the stream from 0 without its first g batches,
+    so a run resumed at batch g trains on what the uninterrupted run did, and
+    the skipped batches are never read, decoded nor augmented.
+    """
+    if batches_per_pass < 1:
+        raise ValueError("a pass over the training split holds no whole batch")
+    first, offset = divmod(int(start_batch), batches_per_pass)
+    passes = tf.data.Dataset.range(first, 2**62)
+    return passes.flat_map(
+        lambda p: one_pass(p, tf.where(tf.equal(p, first), tf.constant(offset, tf.int64),
+                                       tf.constant(0, tf.int64))))
+
+
 def pipeline_options(deterministic):
     options = tf.data.Options()
     options.deterministic = deterministic
     return options
 
 
-def small_pipelines(train_examples, eval_examples, recipe, *, batch_size, seed, shuffle_buffer):
-    """Batched pipelines over unbatched (uint8 image, int32 label) datasets."""
+def small_pipelines(train_examples, eval_examples, recipe, *, batch_size, seed, shuffle_buffer,
+                    train_count=None):
+    """Batched pipelines over unbatched (uint8 image, int32 label) datasets: (train, eval, train_from).
+
+    ``train`` is one pass, reshuffled on every iteration; ``train_from(g)`` is the
+    endless stream of passes that ``train.py`` trains on, from its batch g (``seekable_stream``),
+    None when ``train_count`` (examples in the training split) is unknown.
+    """
+    transform = small_train_transform(recipe)
     train = train_examples.shuffle(
         shuffle_buffer, seed=None if seed is None else derive_seed(seed, 0),
         reshuffle_each_iteration=True)
-    train = train.batch(batch_size, drop_remainder=True)
-    train = tf.data.Dataset.zip((train, seed_stream(seed)))
-    train = train.map(small_train_transform(recipe), num_parallel_calls=AUTOTUNE)
+    train = tf.data.Dataset.zip((train.batch(batch_size, drop_remainder=True), seed_stream(seed)))
+    train = train.map(transform, num_parallel_calls=AUTOTUNE)
     train = train.prefetch(AUTOTUNE).with_options(pipeline_options(seed is not None))
     evaluation = eval_examples.batch(batch_size)
     evaluation = evaluation.map(small_eval_transform(recipe), num_parallel_calls=AUTOTUNE)
     evaluation = evaluation.prefetch(AUTOTUNE).with_options(pipeline_options(True))
-    return train, evaluation
+
+    if train_count is None:
+        return train, evaluation, None
+    batches_per_pass = train_count // batch_size
+
+    def one_pass(p, skip):
+        examples = train_examples.shuffle(shuffle_buffer, seed=pass_seed(seed, 0, p),
+                                          reshuffle_each_iteration=False)
+        examples = examples.skip(skip * batch_size).batch(batch_size, drop_remainder=True)
+        seeds = tf.data.Dataset.range(skip, batches_per_pass).map(
+            lambda b: pass_seed(seed, 1, p * batches_per_pass + b))
+        return tf.data.Dataset.zip((examples, seeds))
+
+    def train_from(start_batch):
+        stream = seekable_stream(one_pass, start_batch, batches_per_pass)
+        stream = stream.map(transform, num_parallel_calls=AUTOTUNE)
+        return stream.prefetch(AUTOTUNE).with_options(pipeline_options(True))
+
+    return train, evaluation, train_from
 
 
 def large_pipelines(train_examples, eval_examples, recipe, *, batch_size, seed, shuffle_buffer,
-                    read_files=False, skip_errors=False):
-    """Batched pipelines over unbatched (encoded bytes or file path, int32 label) datasets."""
+                    read_files=False, skip_errors=False, train_count=None):
+    """Batched pipelines over unbatched (encoded bytes or file path, int32 label) datasets:
+    (train, eval, train_from), as ``small_pipelines``."""
 
     def read(path, label):
         return tf.io.read_file(path), label
 
-    train = train_examples.shuffle(
-        shuffle_buffer, seed=None if seed is None else derive_seed(seed, 0),
-        reshuffle_each_iteration=True)
+    def examples_to_batches(examples, seeds):
+        if read_files:
+            examples = examples.map(read, num_parallel_calls=AUTOTUNE)
+        examples = tf.data.Dataset.zip((examples, seeds))
+        examples = examples.map(large_train_example(recipe), num_parallel_calls=AUTOTUNE)
+        if skip_errors:
+            examples = examples.ignore_errors(log_warning=True)
+        return examples.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+    train = examples_to_batches(
+        train_examples.shuffle(shuffle_buffer, seed=None if seed is None else derive_seed(seed, 0),
+                               reshuffle_each_iteration=True),
+        seed_stream(seed))
+    train = train.prefetch(AUTOTUNE).with_options(pipeline_options(seed is not None))
     evaluation = eval_examples
     if read_files:
-        train = train.map(read, num_parallel_calls=AUTOTUNE)
         evaluation = evaluation.map(read, num_parallel_calls=AUTOTUNE)
-    train = tf.data.Dataset.zip((train, seed_stream(seed)))
-    train = train.map(large_train_example(recipe), num_parallel_calls=AUTOTUNE)
     evaluation = evaluation.map(large_eval_example(recipe), num_parallel_calls=AUTOTUNE)
     if skip_errors:
-        train = train.ignore_errors(log_warning=True)
         evaluation = evaluation.ignore_errors(log_warning=True)
-    train = train.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    train = train.prefetch(AUTOTUNE).with_options(pipeline_options(seed is not None))
     evaluation = evaluation.batch(batch_size, num_parallel_calls=AUTOTUNE)
     evaluation = evaluation.prefetch(AUTOTUNE).with_options(pipeline_options(True))
-    return train, evaluation
+
+    if train_count is None:
+        return train, evaluation, None
+
+    def one_pass(p, skip):
+        examples = train_examples.shuffle(shuffle_buffer, seed=pass_seed(seed, 0, p),
+                                          reshuffle_each_iteration=False).skip(skip * batch_size)
+        seeds = tf.data.Dataset.range(skip * batch_size, train_count).map(
+            lambda e: pass_seed(seed, 1, p * train_count + e))
+        return examples_to_batches(examples, seeds)
+
+    def train_from(start_batch):
+        stream = seekable_stream(one_pass, start_batch, train_count // batch_size)
+        return stream.prefetch(AUTOTUNE).with_options(pipeline_options(True))
+
+    return train, evaluation, train_from
 
 
 def in_memory(name, arrays, *, num_classes, class_names, stats, batch_size, image_size,
@@ -73,11 +141,12 @@ def in_memory(name, arrays, *, num_classes, class_names, stats, batch_size, imag
     mean, std = stats
     recipe = small_recipe(max(x_train.shape[1:3]), name=name, mean=mean, std=std,
                           image_size=image_size, min_image_size=min_image_size)
-    train, evaluation = small_pipelines(
+    train, evaluation, train_from = small_pipelines(
         tf.data.Dataset.from_tensor_slices((x_train, y_train)),
         tf.data.Dataset.from_tensor_slices((x_eval, y_eval)),
-        recipe, batch_size=batch_size, seed=seed, shuffle_buffer=len(x_train))
+        recipe, batch_size=batch_size, seed=seed, shuffle_buffer=len(x_train), train_count=len(x_train))
     info = DatasetInfo(
         name=name, num_classes=num_classes, image_shape=(recipe.size, recipe.size, 3),
-        train_examples=len(x_train), eval_examples=len(x_eval), class_names=class_names)
+        train_examples=len(x_train), eval_examples=len(x_eval), class_names=class_names,
+        train_from=train_from)
     return train, evaluation, info

@@ -137,19 +137,20 @@ def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_
         if cache:
             train_ds = train_ds.cache()
             eval_ds = eval_ds.cache()
-        train, evaluation = small_pipelines(
+        train, evaluation, train_from = small_pipelines(
             train_ds, eval_ds, recipe,
-            shuffle_buffer=train_count if cache else _STATS_SAMPLE, **options)
+            shuffle_buffer=train_count if cache else _STATS_SAMPLE, train_count=train_count, **options)
     else:
         train_ds, train_count = _tfds_split(builder, "train", train=True, seed=seed,
                                             skip_decoding=True)
         eval_ds, eval_count = _tfds_split(builder, eval_split, train=False, seed=seed,
                                           skip_decoding=True)
         recipe = large_recipe(image_size=image_size, min_image_size=min_image_size)
-        train, evaluation = large_pipelines(
-            train_ds, eval_ds, recipe, shuffle_buffer=_LARGE_SHUFFLE_BUFFER, **options)
+        train, evaluation, train_from = large_pipelines(
+            train_ds, eval_ds, recipe, shuffle_buffer=_LARGE_SHUFFLE_BUFFER, train_count=train_count,
+            **options)
     info = DatasetInfo(
         name=name, num_classes=int(label_feature.num_classes),
         image_shape=(recipe.size, recipe.size, 3), train_examples=train_count,
-        eval_examples=eval_count, class_names=class_names)
+        eval_examples=eval_count, class_names=class_names, train_from=train_from)
     return train, evaluation, info
