@@ -25,3 +25,17 @@ def test_train_shuffle_seeded_and_reshuffled_each_epoch():
     per_epoch = 1437 // 32
     labels = [next(repeated)[1].numpy() for _ in range(per_epoch + 1)]
     assert not np.array_equal(labels[0], labels[per_epoch])
+
+
+def test_the_training_stream_from_batch_g_is_the_stream_from_0_without_its_first_g_batches():
+    _, _, info = data.load("digits", batch_size=100, seed=7)  # 14 batches a pass
+    whole = [(x.numpy(), y.numpy()) for x, y in info.train_from(0).take(40)]
+    for g in (0, 5, 14, 27):  # within pass 0, at a pass boundary, within pass 1
+        tail = [(x.numpy(), y.numpy()) for x, y in info.train_from(g).take(40 - g)]
+        for (xa, ya), (xb, yb) in zip(tail, whole[g:]):
+            np.testing.assert_array_equal(ya, yb)
+            np.testing.assert_array_equal(xa, xb)  # the same crops and flips
+    labels = [y for _, y in whole]
+    assert not np.array_equal(labels[0], labels[14])  # each pass reshuffled
+    _, _, other = data.load("digits", batch_size=100, seed=8)
+    assert not np.array_equal(next(iter(other.train_from(0)))[1].numpy(), labels[0])
