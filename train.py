@@ -12,9 +12,11 @@ from the paper's table; any of these flags given explicitly wins. Rerun the
 same command with the same ``--model_dir`` to resume a run that was stopped.
 ``python train.py --helpfull`` lists every flag.
 
-Exit status: 0 on success; 2 for input it checked and refused (one line on
-stderr); 1 when the loss diverged (NaN/inf, one line) or for an unexpected
-error (a bug: its traceback).
+Exit status: 0 on success (and for ``--help``/``--helpfull``, which absl
+would end with 1); 2 for input it checked and refused (one line on stderr);
+1 when the loss diverged (NaN/inf, one line) or for an unexpected error (a
+bug: its traceback). On a terminal Keras draws progress bars; otherwise
+(a log file, a pipe) it prints one line per epoch (``--verbose=auto``).
 """
 
 import os
@@ -105,12 +107,24 @@ def execute():
     return 0
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
+              "--helpxml", "-helpxml")
+
+
 def parse(argv):
-    """Parse ``argv`` (program name first) into FLAGS; bad flags end the process with status 2."""
+    """Parse ``argv`` (program name first) into FLAGS; bad flags end the process with status 2.
+
+    absl's help flags print the help and exit 1; asked for, help is a success here: status 0.
+    """
     try:
         return FLAGS(argv)
     except flags.Error as bad_flag:
         sys.exit(error(bad_flag))
+    except SystemExit as stop:
+        asked = any(arg in HELP_FLAGS for arg in argv[1:argv.index("--") if "--" in argv else None])
+        if stop.code == 1 and asked:
+            sys.exit(0)
+        raise
 
 
 def main(argv):

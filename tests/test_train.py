@@ -523,14 +523,30 @@ def test_a_stopped_and_resumed_run_ends_as_the_uninterrupted_run(tmp_path, capsy
 def test_helpfull_documents_every_flag():
     result = subprocess.run([sys.executable, TRAIN_PY, "--helpfull"], capture_output=True,
                             text=True, env=subprocess_env(), timeout=180)
+    assert result.returncode == 0  # absl exits 1 after printing help; asked-for help is a success
     text = result.stdout + result.stderr
     for name in ("model", "activation", "target_loss", "staircase_steps", "no_scale_by_grad", "recipe",
                  "dataset", "data_dir", "manual_dir", "image_size", "epochs", "batch_size",
                  "optimizer", "learning_rate", "momentum", "weight_decay", "batch_norm_weight_decay", "lr_decay",
                  "lr_decay_epochs", "steps_per_epoch", "eval_steps", "seed", "mixed_precision",
                  "jit_compile", "strategy", "devices", "model_dir", "save_every_steps",
-                 "verbose", "export_tflite"):
+                 "verbose", "export_tflite", "deterministic"):
         assert f"--{name}" in text or f"--[no]{name}" in text, name
+
+
+def test_help_exits_0_and_a_log_file_gets_one_line_per_epoch(tmp_path):
+    result = subprocess.run([sys.executable, TRAIN_PY, "--help"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=180)
+    assert result.returncode == 0 and "--model" in result.stdout + result.stderr
+    # stdout is a pipe, not a terminal: --verbose=auto prints one line per epoch, no progress bars.
+    args = [a for a in QUICK if not a.startswith("--verbose")]
+    result = subprocess.run([sys.executable, TRAIN_PY, "--model=convnet4", "--epochs=2", *args,
+                             f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\r" not in result.stdout and "━" not in result.stdout
+    epoch_lines = [line for line in result.stdout.splitlines() if "val_top1:" in line]
+    assert len(epoch_lines) == 2, result.stdout
 
 
 # --------------------------------------------------------------------------
