@@ -15,12 +15,16 @@ same command with the same ``--model_dir`` to resume a run that was stopped.
 Exit status: 0 on success (and for ``--help``/``--helpfull``, which absl
 would end with 1); 2 for input it checked and refused (one line on stderr);
 1 when the loss diverged (NaN/inf, one line) or for an unexpected error (a
-bug: its traceback). On a terminal Keras draws progress bars; otherwise
+bug: its traceback); 3 on the surviving workers of a multi-worker run when
+another worker stopped (one line naming it and the last checkpoint; the
+traceback is logged at INFO, shown by ``--verbosity=0``): rerun the same
+command on every worker to resume. On a terminal Keras draws progress bars; otherwise
 (a log file, a pipe) it prints one line per epoch (``--verbose=auto``).
 """
 
 import os
 import sys
+import traceback
 
 if __name__ == "__main__":  # as a program, not when imported (by tests, say)
     # Before TensorFlow loads. Keep its C++ INFO/WARNING lines quiet, and use the
@@ -33,11 +37,13 @@ from absl import app, flags, logging  # noqa: E402
 
 from keras_ftprop import target_losses  # noqa: E402
 from training import callbacks, config, run  # noqa: E402
+from training.distribute import WorkerLostError  # noqa: E402
 from training.errors import UsageError  # noqa: E402
 from training.report import print_summary  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "train.py"
+LOST_WORKER_STATUS = 3
 
 
 
@@ -84,6 +90,15 @@ def error(message, code=2):
     return code
 
 
+def _saved_after(last_saved):
+    """``saved after epoch 2 and 5 batches of epoch 3`` for (2, 5); ``none saved yet`` for None."""
+    if not last_saved:
+        return "none saved yet"
+    epochs_done, batches_done = last_saved
+    return f"saved after epoch {epochs_done}" + (
+        f" and {batches_done} batches of epoch {epochs_done + 1}" if batches_done else "")
+
+
 def execute():
     """Train with the parsed flags. Returns the exit status."""
     try:
@@ -94,15 +109,18 @@ def execute():
     except callbacks.NonFiniteLossError as diverged:
         print(flush=True)  # end a progress bar line
         if diverged.last_saved:
-            epochs_done, batches_done = diverged.last_saved
-            state = f"after epoch {epochs_done}" + (
-                f" and {batches_done} batches of epoch {epochs_done + 1}" if batches_done else "")
-            where = (f"the last good checkpoint, saved {state}, is intact in "
+            where = (f"the last good checkpoint, {_saved_after(diverged.last_saved)}, is intact in "
                      f"{diverged.checkpoint_dir}: rerun with the same --model_dir to resume "
                      "from it, with a lower --learning_rate")
         else:
             where = "no checkpoint had been saved yet; try a lower --learning_rate"
         return error(f"{diverged}; training stopped: {where}", code=1)
+    except WorkerLostError as lost:
+        logging.info("the error that stopped training:\n%s", "".join(traceback.format_exception(lost.__cause__)))
+        step = f" (step {lost.last_step})" if lost.last_step is not None else ""
+        return error(f"lost {lost.worker}; the last checkpoint, {_saved_after(lost.last_saved)}{step}, is in "
+                     f"{lost.checkpoint_dir}: rerun the same command on every worker to resume",
+                     code=LOST_WORKER_STATUS)
     print_summary(summary, run_config)
     return 0
 

@@ -627,6 +627,39 @@ def test_multi_worker_two_local_processes(tmp_path):
     assert os.listdir(scratch) == []  # worker 1's temporary directory is gone
 
 
+@pytest.mark.slow
+def test_a_lost_worker_is_one_line_and_status_3(tmp_path):
+    """Worker 1 killed by SIGKILL after the first checkpoint: worker 0 says so in one line and exits 3."""
+    model_dir = str(tmp_path / "run")
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    args = [sys.executable, TRAIN_PY, "--strategy=multi_worker", "--model=convnet4", "--epochs=3",
+            "--steps_per_epoch=40", "--eval_steps=2", "--batch_size=32", "--verbose=2", "--save_every_steps=5",
+            f"--model_dir={model_dir}"]
+    workers = []
+    for index in range(2):
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        cwd=str(tmp_path), env=subprocess_env(TF_CONFIG=config)))
+    try:
+        deadline = time.time() + 300
+        while _latest_checkpoint_number(model_dir) is None:
+            assert workers[0].poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGKILL)
+        out, err = workers[0].communicate(timeout=300)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+    assert workers[0].returncode == train.LOST_WORKER_STATUS, out + err
+    assert "Traceback" not in out + err
+    (line,) = error_lines(err)
+    assert re.fullmatch(r"train.py: error: lost worker 1; the last checkpoint, saved after epoch \d+( and \d+ "
+                        r"batches of epoch \d+)? \(step \d+\), is in .*checkpoints: rerun the same command on every "
+                        r"worker to resume", line), line
+
+
 def _latest_checkpoint_number(model_dir):
     try:
         text = open(os.path.join(model_dir, "checkpoints", "checkpoint")).read()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -36,6 +37,10 @@ import tensorflow as tf
 from training.errors import UsageError
 
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker")
+# What a collective raises on the surviving workers when another one stops (killed, crashed, its
+# machine gone): its peers' heartbeats stop (Unavailable) or a collective waits in vain (DeadlineExceeded).
+LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
 def parse_devices(devices):
@@ -233,6 +238,24 @@ def task(strategy):
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return "chief", 0
     return resolver.task_type, resolver.task_id
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of this multi-worker run stopped; the run can resume from its last checkpoint."""
+
+    def __init__(self, worker, last_saved, last_step, checkpoint_dir):
+        self.worker, self.last_saved, self.last_step = worker, last_saved, last_step
+        self.checkpoint_dir = checkpoint_dir
+        super().__init__(f"lost {worker}")
+
+
+def lost_worker(error, own_task):
+    """The task an error of ``LOST_PEER_ERRORS`` names, other than ``own_task`` (type, id): e.g.
+    ``"worker 1"``; ``"a worker"`` when the message names none."""
+    for task_type, task_id in _TASK.findall(str(error)):
+        if (task_type, int(task_id)) != (own_task[0], int(own_task[1] or 0)):
+            return f"{task_type} {task_id}"
+    return "a worker"
 
 
 def is_chief(strategy):

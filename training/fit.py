@@ -9,7 +9,8 @@ uninterrupted run would have seen, in the same order and augmentation.
 
 ``fit`` raises ``training.callbacks.NonFiniteLossError`` when the loss becomes
 NaN/inf (nothing is saved after the last good checkpoint; the error says
-which checkpoint that is).
+which checkpoint that is), and ``training.distribute.WorkerLostError`` when
+another worker of a multi-worker run stops.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import warnings
 import keras
 
 from training import callbacks as callbacks_lib
-from training import files
+from training import distribute, files
 from training.report import log
 
 
@@ -98,6 +99,14 @@ def fit(config, setup):
         diverged.last_saved = checkpoint.last_saved
         diverged.checkpoint_dir = os.path.join(model_dir, files.CHECKPOINT_DIR)
         raise
+    except distribute.LOST_PEER_ERRORS as error:
+        if config.strategy != "multi_worker":
+            raise
+        saved = checkpoint.last_saved
+        raise distribute.WorkerLostError(
+            distribute.lost_worker(error, distribute.task(setup.strategy)), saved,
+            saved[0] * spe + saved[1] if saved and spe else None,
+            os.path.join(model_dir, files.CHECKPOINT_DIR)) from error
     return best
 
 

@@ -91,3 +91,14 @@ def test_write_dir(tmp_path):
         assert "worker1" in os.path.basename(other.path)
         open(os.path.join(other.path, "x"), "w").close()
     assert not os.path.exists(other.path)
+
+
+def test_lost_worker_names_the_other_task_of_the_error():
+    message = ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are "
+               "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+    error = tf.errors.UnavailableError(None, None, message)
+    assert distribute.lost_worker(error, ("worker", 0)) == "worker 1"
+    assert distribute.lost_worker(
+        tf.errors.UnavailableError(None, None, "from /job:worker/replica:0/task:0 and /job:chief/replica:0/task:0"),
+        ("worker", 0)) == "chief 0"
+    assert distribute.lost_worker(tf.errors.UnavailableError(None, None, "socket closed"), ("worker", 1)) == "a worker"
