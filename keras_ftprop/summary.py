@@ -226,7 +226,7 @@ def _macs(layer, values, input_shape, output_shape, float_bits):
 
 
 def summary(model, print_fn=print):
-    """Prints and returns a :class:`ModelSummary` of a built functional or Sequential model.
+    """Prints and returns a [ModelSummary][keras_ftprop.summary.ModelSummary] of a built functional or Sequential model.
 
     Only single-use layers are supported (each layer has one input and one output node).
     """

@@ -98,7 +98,7 @@ def get_model(name, /, activation="step", target_loss="soft_hinge",
         steps: staircase steps; None means the paper's value for this model.
         scale_by_grad: weight each unit's target loss by |upstream gradient|.
         weight_decay: coupled (PyTorch-style) L2 weight decay, see
-            :mod:`models.regularization`.
+            [models.regularization][].
         **kwargs: passed to the builder (``input_shape``, ``classes``,
             ``include_top``, ``classifier_activation``, ``name``,
             ``batch_norm_weight_decay``, ...).
