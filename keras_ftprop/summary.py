@@ -52,6 +52,8 @@ _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 @dataclasses.dataclass
 class LayerCost:
+    """One layer's row of the summary: output precision, activations, MACs by input precision, parameters."""
+
     name: str
     kind: str
     output_shape: tuple

@@ -70,7 +70,9 @@ MODELS = {
                                    momentum=0.9, batch_size=256, epochs=90, lr_decay_epochs=(30, 60))),
     "resnet34": ModelSpec(resnet34, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5),
 }
+"""`{name: ModelSpec}` of every network, in the order of the table above."""
 MODEL_NAMES = tuple(MODELS)
+"""The names `get_model` accepts."""
 
 
 def get_spec(name):
