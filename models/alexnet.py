@@ -20,7 +20,10 @@ Layer table at 224x224 (`act` is the chosen activation):
 No grouped convolutions, no dropout. Batch norm epsilon 1e-4 (PyTorch momentum
 0.1). Layers under batch norm have no bias, and, as in the reference, neither
 does conv0 (its bias follows ``batch_norm``, not the absence of a BN after
-it). Order conv -> BN -> pool -> act as in the reference. With
+it). Order conv -> BN -> pool -> act as in the reference. conv1_pool is
+PyTorch's ``MaxPool2d(3, 2, padding=1)``: ``PaddedMaxPooling2D`` pads with
+copies of the edge rows and columns, which gives the maxima of PyTorch's -inf
+padding. With
 ``batch_norm=False`` every layer has a bias and there is no BN. Weights use
 PyTorch's default initialisation.
 

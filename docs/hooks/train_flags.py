@@ -13,7 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Help text as a table cell: no Markdown or HTML read into it."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "|*_`[]":
+        text = text.replace(char, "\\" + char)
+    return text.replace("\n", " ")
 
 
 def _default(kind, default):
@@ -41,8 +45,7 @@ def flags_table():
 
     rows = ["| flag | values | default | meaning |", "|---|---|---|---|"]
     for kind, name, default, help_text, args in flag_declarations():
-        rows.append(f"| `--{name}` | {_cell(_values(kind, args))} | {_cell(_default(kind, default))} "
-                    f"| {_cell(help_text)} |")
+        rows.append(f"| `--{name}` | {_values(kind, args)} | {_default(kind, default)} | {_cell(help_text)} |")
     return "\n".join(rows)
 
 
