@@ -56,7 +56,9 @@ def pytest_runtest_teardown(item):
 
 @pytest.fixture(scope="session")
 def _demo_run(tmp_path_factory):
-    """The directory holding runs/demo, trained once per session."""
+    """The directory holding runs/demo, trained once per session by the command docs/training.md shows."""
+    with open(os.path.join(ROOT, "docs", "training.md")) as page:
+        assert " ".join(["python", *DEMO_RUN]) in page.read(), "docs/training.md no longer shows the demo run"
     directory = tmp_path_factory.mktemp("train_py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
