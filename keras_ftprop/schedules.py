@@ -1,10 +1,10 @@
 """Schedules of target-loss parameters over training steps.
 
-Any numeric parameter of a :mod:`~keras_ftprop.target_losses` class accepts a
+Any numeric parameter of a [target_losses][keras_ftprop.target_losses] class accepts a
 ``keras.optimizers.schedules.LearningRateSchedule`` (Keras's own, e.g.
-``PolynomialDecay`` or ``CosineDecay``, or :class:`Geometric` below) in place
+``PolynomialDecay`` or ``CosineDecay``, or [Geometric][keras_ftprop.schedules.Geometric] below) in place
 of a number; the loss then computes the parameter from the training step it is
-bound to (see :class:`keras_ftprop.callbacks.TargetLossSchedule`).
+bound to (see [keras_ftprop.callbacks.TargetLossSchedule][]).
 """
 
 import keras

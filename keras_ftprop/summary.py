@@ -52,6 +52,8 @@ _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 @dataclasses.dataclass
 class LayerCost:
+    """One layer's row of the summary: output precision, activations, MACs by input precision, parameters."""
+
     name: str
     kind: str
     output_shape: tuple
@@ -226,7 +228,7 @@ def _macs(layer, values, input_shape, output_shape, float_bits):
 
 
 def summary(model, print_fn=print):
-    """Prints and returns a :class:`ModelSummary` of a built functional or Sequential model.
+    """Prints and returns a [ModelSummary][keras_ftprop.summary.ModelSummary] of a built functional or Sequential model.
 
     Only single-use layers are supported (each layer has one input and one output node).
     """

@@ -16,6 +16,7 @@ import keras
 import keras_ftprop
 
 ACTIVATION_NAMES = ("step", "staircase", "relu", "saturated_relu")
+"""The names `activation_factory` and `get_model` accept, as in the table above."""
 
 
 def activation_factory(activation, target_loss="soft_hinge", steps=3,

@@ -1,12 +1,12 @@
 """AlexNet in the DoReFa-Net layout used by the paper (reference alexnet_dorefa).
 
-Layer table at 224x224 (``act`` is the chosen activation)::
+Layer table at 224x224 (`act` is the chosen activation):
 
     name                          layer                               output
     conv0 -> conv0_act            conv 96 12x12 /4 valid, no bias     54x54x96
                                   (and no batch norm)
     conv1 -> conv1_bn             conv 256 5x5 same -> BN
-      -> conv1_pool -> conv1_act  maxpool 3x3 /2, pad 1 (-inf)        27x27x256
+      -> conv1_pool -> conv1_act  maxpool 3x3 /2, pad 1 (edge)        27x27x256
     conv2 -> conv2_bn             conv 384 3x3 same -> BN
       -> conv2_pool -> conv2_act  maxpool 3x3 /2 valid                13x13x384
     conv3 -> conv3_bn -> act      conv 384 3x3 same -> BN             13x13x384
@@ -15,12 +15,15 @@ Layer table at 224x224 (``act`` is the chosen activation)::
     flatten                                                           9216
     fc0 -> fc0_bn -> fc0_act      dense 4096, no bias -> BN           4096
     fc1 -> fc1_bn -> fc1_act      dense 4096, no bias -> BN           4096
-    predictions                   dense ``classes`` (bias)
+    predictions                   dense classes (bias)
 
 No grouped convolutions, no dropout. Batch norm epsilon 1e-4 (PyTorch momentum
 0.1). Layers under batch norm have no bias, and, as in the reference, neither
 does conv0 (its bias follows ``batch_norm``, not the absence of a BN after
-it). Order conv -> BN -> pool -> act as in the reference. With
+it). Order conv -> BN -> pool -> act as in the reference. conv1_pool is
+PyTorch's ``MaxPool2d(3, 2, padding=1)``: ``PaddedMaxPooling2D`` pads with
+copies of the edge rows and columns, which gives the maxima of PyTorch's -inf
+padding. With
 ``batch_norm=False`` every layer has a bias and there is no BN. Weights use
 PyTorch's default initialisation.
 
@@ -71,27 +74,14 @@ def alexnet(include_top=True, input_shape=None, classes=1000, classifier_activat
             name="alexnet", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """AlexNet (DoReFa layout); 62,394,344 parameters at 1000 classes.
 
+    Takes the arguments of every builder (see [models][]); particular to this one:
+
     Args:
-        include_top: add the three dense layers (fc0, fc1, predictions). If
-            False the output is the 6x6x256 conv4_act feature map (at 224x224),
-            reduced by ``pooling`` ("avg", "max" or None).
-        input_shape: ``(height, width, channels)``; None means (224, 224, 3).
-            Height and width must be >= 60.
-        classes: number of classes of the classifier.
-        classifier_activation: activation of the classifier; None gives logits.
-        activation: zero-argument factory returning a fresh Keras layer for each
-            hidden activation; None is ReLU.
-        weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
-        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
-            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
-            which keeps step units behind batch norm from collapsing.
-        batch_norm: the reference's ``use_bn`` (True in the paper).
-        pooling: only with ``include_top=False``, as in keras.applications.
-        input_tensor: optional ``keras.Input`` to build the model on.
-        name: model name.
-        fuse_batch_norm: a step or staircase right after a batch norm (conv3,
-            fc0, fc1) is one ``keras_ftprop.BatchNormThreshold`` named as the
-            batch norm (see :class:`models.layers.ActivationSites`).
+        include_top: add the three dense layers (fc0, fc1, predictions); with
+            False the output is the 6x6x256 conv4_act feature map (at 224x224).
+        input_shape: height and width must be >= 60.
+        batch_norm: the reference's `use_bn` (True in the paper).
+        fuse_batch_norm: fuses the sites conv3, fc0 and fc1.
     """
     inputs, activations = builder_start(input_shape, (224, 224, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)

@@ -1,6 +1,6 @@
 """The paper's CIFAR-10 networks: the 4-layer and the 8-layer convnet.
 
-``convnet4`` (reference convnet4; 32x32 input, ``act`` = chosen activation)::
+`convnet4` (reference convnet4; 32x32 input, `act` = chosen activation):
 
     name                              layer                           output
     conv1_pad -> conv1                conv 32 5x5, pad 3 (bias)       34x34x32
@@ -9,14 +9,14 @@
     [fc1_input_bn]                    BN (only with batch_norm=True)
     flatten -> fc1 -> fc1_act         dense 1024                      1024
     [predictions_input_bn]            BN (only with batch_norm=True)
-    predictions                       dense ``classes``
+    predictions                       dense classes
 
     The reference pads conv1 by 3 (not 2), so the 32x32 input becomes 34x34
     and the second pool floors 17 to 8. Its optional batch norms sit *after*
     activations, in front of the dense layers; all layers keep their biases.
     Trainable parameters (10 classes): 4,259,274; with batch_norm 4,261,450.
 
-``convnet8`` (reference convnet8, DoReFa-Net's SVHN net; 32x32 input)::
+`convnet8` (reference convnet8, DoReFa-Net's SVHN net; 32x32 input):
 
     name                                    layer                     output
     conv0 -> conv0_pool -> conv0_act        conv 48 5x5 same (bias)   16x16x48
@@ -29,7 +29,7 @@
     conv5 -> conv5_bn -> conv5_act          conv 128 3x3 valid        4x4x128
     conv6_dropout                           channel dropout 0.5
     conv6 -> conv6_bn -> conv6_act          conv 512 4x4 valid        1x1x512
-    flatten -> predictions                  dense ``classes`` (bias)
+    flatten -> predictions                  dense classes (bias)
 
     Convolutions under batch norm have no bias; BN epsilon 1e-4. conv6's
     kernel covers the whole remaining feature map (4x4 at 32x32), so the net
@@ -55,24 +55,13 @@ def convnet4(include_top=True, input_shape=None, classes=10, classifier_activati
     """The paper's 4-layer CIFAR-10 convnet (see the module docstring).
 
     Args:
-        include_top: add fc1 and the classifier (and their batch norms). If
-            False the output is the 8x8x64 conv2_act feature map (at 32x32),
-            reduced by ``pooling`` ("avg", "max" or None).
-        input_shape: ``(height, width, channels)``; None means (32, 32, 3).
-        classes: number of classes of the classifier.
-        classifier_activation: activation of the classifier; None gives logits.
-        activation: zero-argument factory returning a fresh Keras layer for each
-            hidden activation; None is ReLU.
-        weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
-        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
-            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
-            which keeps step units behind batch norm from collapsing.
-        batch_norm: the reference's ``use_bn``; False in the paper's recipe.
-        pooling: only with ``include_top=False``, as in keras.applications.
-        input_tensor: optional ``keras.Input`` to build the model on.
-        name: model name.
+        batch_norm: the reference's `use_bn`; False in the paper's recipe.
+        include_top: with False the output is the 8x8x64 conv2_act feature
+            map (at 32x32); fc1 and the optional batch norms belong to the top.
         fuse_batch_norm: accepted for a uniform interface; no activation of
             this net follows a batch norm, so there is nothing to fuse.
+
+    The other arguments are those of every builder (see [models][]).
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)
@@ -108,27 +97,16 @@ def convnet8(include_top=True, input_shape=None, classes=10, classifier_activati
              name="convnet8", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """The paper's 8-layer CIFAR-10 convnet (see the module docstring).
 
+    Takes the arguments of every builder (see [models][]); particular to this one:
+
     Args:
-        include_top: add the classifier. If False the output is the 1x1x512
-            conv6_act feature map (at 32x32), reduced by ``pooling``.
-        input_shape: ``(height, width, channels)``; None means (32, 32, 3).
-            Height and width must be fixed and >= 20.
-        classes: number of classes of the classifier.
-        classifier_activation: activation of the classifier; None gives logits.
-        activation: zero-argument factory returning a fresh Keras layer for each
-            hidden activation; None is ReLU.
-        weight_decay: coupled L2 weight decay (see :mod:`models.regularization`).
-        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
-            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
-            which keeps step units behind batch norm from collapsing.
-        batch_norm: the reference's ``use_bn`` (True in the paper). Without it
+        include_top: with False the output is the 1x1x512 conv6_act feature
+            map (at 32x32).
+        input_shape: height and width must be fixed and >= 20.
+        batch_norm: the reference's `use_bn` (True in the paper). Without it
             every convolution has a bias.
-        pooling: only with ``include_top=False``, as in keras.applications.
-        input_tensor: optional ``keras.Input`` to build the model on.
-        name: model name.
-        fuse_batch_norm: a step or staircase right after a batch norm (conv1,
-            conv3 to conv6) is one ``keras_ftprop.BatchNormThreshold`` named
-            ``conv{i}_bn`` (see :class:`models.layers.ActivationSites`).
+        fuse_batch_norm: fuses the sites conv1 and conv3 to conv6 (into
+            `conv{i}_bn`).
     """
     inputs, activations = builder_start(input_shape, (32, 32, 3), input_tensor, include_top=include_top,
                                         classes=classes, activation=activation, fuse_batch_norm=fuse_batch_norm)

@@ -14,7 +14,7 @@ Everything here reproduces a PyTorch behaviour the reference code relies on:
 * ``conv2d`` / ``dense`` / ``batch_norm_layer``: layers with PyTorch's default
   initialisation (weights and biases uniform in +-1/sqrt(fan_in)), PyTorch's
   batch-norm momentum (0.1 in PyTorch = 0.9 in Keras) and the coupled L2 weight
-  decay of :mod:`models.regularization` attached to every trainable weight.
+  decay of [models.regularization][] attached to every trainable weight.
 * ``ActivationSites``: calls the user's zero-argument activation factory once
   per hidden activation and names the layer deterministically; a step or
   staircase right after batch norm becomes one ``BatchNormThreshold``.

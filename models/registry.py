@@ -70,7 +70,9 @@ MODELS = {
                                    momentum=0.9, batch_size=256, epochs=90, lr_decay_epochs=(30, 60))),
     "resnet34": ModelSpec(resnet34, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5),
 }
+"""`{name: ModelSpec}` of every network, in the order of the table above."""
 MODEL_NAMES = tuple(MODELS)
+"""The names `get_model` accepts."""
 
 
 def get_spec(name):
@@ -98,7 +100,7 @@ def get_model(name, /, activation="step", target_loss="soft_hinge",
         steps: staircase steps; None means the paper's value for this model.
         scale_by_grad: weight each unit's target loss by |upstream gradient|.
         weight_decay: coupled (PyTorch-style) L2 weight decay, see
-            :mod:`models.regularization`.
+            [models.regularization][].
         **kwargs: passed to the builder (``input_shape``, ``classes``,
             ``include_top``, ``classifier_activation``, ``name``,
             ``batch_norm_weight_decay``, ...).

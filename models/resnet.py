@@ -1,19 +1,19 @@
 """ResNet-18 and ResNet-34 (torchvision layout) with a pluggable activation.
 
-Layer table for ResNet-18 at 224x224 (ResNet-34: 3, 4, 6, 3 blocks per stage)::
+Layer table for ResNet-18 at 224x224 (ResNet-34: 3, 4, 6, 3 blocks per stage):
 
     name                       layer                                 output
     stem_pad, stem_conv        conv 64 7x7 /2, pad 3, no bias        112x112x64
     stem_bn, stem_act          BN -> act
-    stem_pool                  maxpool 3x3 /2, pad 1 (-inf)          56x56x64
+    stem_pool                  maxpool 3x3 /2, pad 1 (edge)          56x56x64
     stage1_block{1,2}          basic block 64                        56x56x64
     stage2_block{1,2}          basic block 128 (first one /2)        28x28x128
     stage3_block{1,2}          basic block 256 (first one /2)        14x14x256
     stage4_block{1,2}          basic block 512 (first one /2)        7x7x512
     avg_pool                   global average pool                   512
-    predictions                dense ``classes`` (bias)
+    predictions                dense classes (bias)
 
-    basic block ``stage{s}_block{b}_*`` (input x):
+    basic block stage{s}_block{b}_* (input x):
         conv1 3x3 (/2 in the first block of stages 2-4, pad 1) -> bn1 -> act1
         conv2 3x3 -> bn2;  shortcut = x, or shortcut_conv 1x1 /2 -> shortcut_bn
         add (conv path + shortcut) -> act2
@@ -136,30 +136,15 @@ def resnet18(include_top=True, input_shape=None, classes=1000, classifier_activa
              name="resnet18", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """ResNet-18 (2, 2, 2, 2 basic blocks); 11,689,512 parameters at 1000 classes.
 
+    Takes the arguments of every builder (see [models][]); particular to this one:
+
     Args:
-        include_top: add global average pooling and the ``classes``-way dense
-            classifier. If False the output is the 7x7x512 feature map (at
-            224x224), reduced by ``pooling`` ("avg", "max" or None).
-        input_shape: ``(height, width, channels)``; None means (224, 224, 3).
-            Spatial dimensions may be None (the network is fully convolutional
-            up to the global pool).
-        classes: number of classes of the classifier.
-        classifier_activation: activation of the classifier; None gives logits
-            (the reference trains on logits with cross-entropy).
-        activation: zero-argument factory returning a fresh Keras layer for each
-            hidden activation (e.g. ``lambda: HardThreshold()``); None is ReLU.
-        weight_decay: coupled L2 weight decay ``wd`` (PyTorch semantics, see
-            :mod:`models.regularization`); 0 adds no regulariser.
-        batch_norm_weight_decay: coupled L2 decay of batch norm's gamma and
-            beta alone; None means ``weight_decay`` (the paper). 0 exempts them,
-            which keeps step units behind batch norm from collapsing.
-        pooling: only with ``include_top=False``, as in keras.applications.
-        input_tensor: optional ``keras.Input`` to build the model on.
-        name: model name.
-        fuse_batch_norm: with a step or staircase activation, each batch norm
-            before an activation and that activation (with the residual sum
-            between them after bn2) are one ``keras_ftprop.BatchNormThreshold``
-            named as the batch norm; the ``*_add`` layers then do not exist.
+        include_top: add global average pooling and the classifier; with
+            False the output is the 7x7x512 feature map (at 224x224).
+        input_shape: spatial dimensions may be None (the network is fully
+            convolutional up to the global pool).
+        fuse_batch_norm: fuses every site; after bn2 the residual sum is
+            inside the fused layer, so the `*_add` layers do not exist.
     """
     return build_resnet(
         RESNET18_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
@@ -172,7 +157,7 @@ def resnet34(include_top=True, input_shape=None, classes=1000, classifier_activa
              activation=None, weight_decay=0.0, pooling=None, input_tensor=None,
              name="resnet34", fuse_batch_norm=True, batch_norm_weight_decay=None):
     """ResNet-34 (3, 4, 6, 3 basic blocks); 21,797,672 parameters at 1000
-    classes. Not used in the paper; arguments as :func:`resnet18`."""
+    classes. Not used in the paper; arguments as [resnet18][models.resnet.resnet18]."""
     return build_resnet(
         RESNET34_BLOCKS, include_top=include_top, input_shape=input_shape, classes=classes,
         classifier_activation=classifier_activation, activation=activation,

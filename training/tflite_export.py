@@ -2,7 +2,7 @@
 
 ``export(model, mode, train_ds, eval_ds, model_dir)`` writes
 ``export/model_int8.tflite`` and/or ``export/model_float.tflite`` with
-:func:`keras_ftprop.deploy.to_tflite` (int8 calibrated on the first
+[keras_ftprop.deploy.to_tflite][] (int8 calibrated on the first
 ``REPRESENTATIVE_EXAMPLES`` training images), runs each with the TFLite
 interpreter on the evaluation split and reports top-1 agreement with the Keras
 model and the accuracy of both.

@@ -68,7 +68,7 @@ def _keras_history_names(node):
 def chain_before(graph, layer_name, length):
     """The ``length`` layer names feeding ``layer_name`` along first inputs,
     nearest last, e.g. ``["conv1", "conv1_bn", "conv1_pool"]`` for
-    ``"conv1_act"``; ``graph`` comes from :func:`inbound_graph`."""
+    ``"conv1_act"``; ``graph`` comes from `inbound_graph`."""
     names = []
     current = layer_name
     for _ in range(length):
