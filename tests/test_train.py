@@ -140,6 +140,19 @@ def test_batch_norm_weight_decay_zero_exempts_gamma_and_beta_only(tmp_path, caps
                for layer in convolutions)
 
 
+def test_convnet8_step_prints_its_deviation_and_an_explicit_decay_on_batch_norm_warns(tmp_path, capsys):
+    args = ["--model=convnet8", "--activation=step", "--epochs=1", *QUICK]
+    status, out, err = run_main(capsys, *args, f"--model_dir={tmp_path / 'default'}")
+    assert status == 0, err
+    assert re.search(r"^ *batch_norm_weight_decay +0.0 +\(deviation from the paper: .*weight-decay.md\)\)$", out,
+                     re.M), out
+    assert "warning:" not in out
+    status, out, err = run_main(capsys, *args, "--batch_norm_weight_decay=5e-4", f"--model_dir={tmp_path / 'told'}")
+    assert status == 0, err
+    (line,) = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert "0.0005 on batch norm in front of step units" in line
+
+
 def test_export_tflite_of_fused_batch_norm_thresholds_predicts_like_keras(tmp_path, capsys):
     # convnet8 trains with BatchNormThreshold layers; to_tflite converts them directly.
     model_dir = str(tmp_path / "run")

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 import models
+from keras_ftprop import BatchNormThreshold
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import distribute, files, recipes
@@ -180,6 +181,10 @@ def setup(config):
     except BaseException:
         write_dir.cleanup()
         raise
+    warning = recipes.batch_norm_decay_warning(resolved, config.activation, any(
+        isinstance(layer, (keras.layers.BatchNormalization, BatchNormThreshold)) for layer in model.layers))
+    if warning:
+        log(warning)
     return Setup(strategy, strategy_text, resolved, info, train_ds, eval_ds, steps_per_epoch,
                  model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings, train_from)
 

@@ -35,21 +35,76 @@ def test_paper_table(model, activation):
 def test_resolve_paper_on_a_real_dataset_is_the_table(model, activation):
     resolved = recipes.resolve("paper", model, activation, "cifar10", {})
     paper = recipes.paper_recipe(model, activation)
-    # The paper decays batch norm's gamma and beta like every other weight.
-    assert resolved.recipe == dataclasses.replace(paper, batch_norm_weight_decay=paper.weight_decay)
     sources = dict(resolved.sources)
-    assert sources.pop("batch_norm_weight_decay") == "as weight_decay"
+    if (model, activation) == ("convnet8", "step"):  # the one deviation: no decay on batch norm
+        assert resolved.recipe == dataclasses.replace(paper, batch_norm_weight_decay=0.0)
+        assert sources.pop("batch_norm_weight_decay").startswith("deviation from the paper: ")
+    else:  # the paper decays batch norm's gamma and beta like every other weight
+        assert resolved.recipe == dataclasses.replace(paper, batch_norm_weight_decay=paper.weight_decay)
+        assert sources.pop("batch_norm_weight_decay") == "as weight_decay"
     assert set(sources.values()) == {f"paper recipe for {model}/{activation}"}
 
 
 def test_batch_norm_weight_decay_follows_weight_decay_unless_given():
-    follows = recipes.resolve("paper", "convnet8", "step", "cifar10", {"weight_decay": 1e-5}).recipe
+    follows = recipes.resolve("paper", "convnet8", "staircase", "cifar10", {"weight_decay": 1e-5}).recipe
     assert follows.batch_norm_weight_decay == 1e-5
-    resolved = recipes.resolve("paper", "convnet8", "step", "cifar10", {"batch_norm_weight_decay": 0.0})
+    resolved = recipes.resolve("paper", "convnet8", "staircase", "cifar10", {"batch_norm_weight_decay": 0.0})
     assert (resolved.recipe.weight_decay, resolved.recipe.batch_norm_weight_decay) == (5e-4, 0.0)
     assert resolved.sources["batch_norm_weight_decay"] == "--batch_norm_weight_decay"
     assert resolved.as_dict()["batch_norm_weight_decay"] == 0.0
     assert any(line.startswith("batch_norm_weight_decay 0.0 ") for line in resolved.lines())
+
+
+def test_convnet8_step_exempts_batch_norm_from_decay_and_says_why_unless_told_otherwise():
+    resolved = recipes.resolve("paper", "convnet8", "step", "cifar10", {})
+    assert (resolved.recipe.weight_decay, resolved.recipe.batch_norm_weight_decay) == (5e-4, 0.0)
+    (line,) = [line for line in resolved.lines() if line.startswith("batch_norm_weight_decay")]
+    assert "deviation from the paper" in line and "docs/notes/weight-decay.md" in line
+    told = recipes.resolve("paper", "convnet8", "step", "cifar10", {"batch_norm_weight_decay": 5e-4})
+    assert told.recipe.batch_norm_weight_decay == 5e-4
+    assert recipes.resolve("none", "convnet8", "step", "cifar10", {}).recipe.batch_norm_weight_decay == 0.0
+
+
+@pytest.mark.parametrize("model, activation, overrides, warns", [
+    ("convnet8", "step", {}, False),  # the deviation: no decay on batch norm
+    ("convnet8", "step", {"batch_norm_weight_decay": 5e-4}, True),
+    ("convnet8", "step", {"batch_norm_weight_decay": 1e-4}, True),  # the threshold itself
+    ("convnet8", "step", {"batch_norm_weight_decay": 5e-5}, False),
+    ("convnet8", "step", {"weight_decay": 1e-3}, False),  # batch norm keeps the deviation's 0
+    ("alexnet", "step", {"weight_decay": 5e-4}, True),  # batch norm takes the weight decay given
+    ("alexnet", "step", {}, False),  # the paper's 5e-6
+    ("convnet8", "staircase", {"batch_norm_weight_decay": 5e-4}, False),
+    ("convnet8", "relu", {"weight_decay": 5e-4}, False),
+])
+def test_explicit_decay_on_batch_norm_in_front_of_steps_warns(model, activation, overrides, warns):
+    resolved = recipes.resolve("paper", model, activation, "cifar10", overrides)
+    warning = recipes.batch_norm_decay_warning(resolved, activation, has_batch_norm=True)
+    assert (warning is not None) == warns
+    if warns:
+        assert warning.startswith("warning: ") and "\n" not in warning and "--batch_norm_weight_decay=0" in warning
+    assert recipes.batch_norm_decay_warning(resolved, activation, has_batch_norm=False) is None
+
+
+@pytest.mark.parametrize("model, epochs, expected", [
+    ("convnet4", 12, (9, 11)),  # 200, 250 of 300
+    ("resnet18", 15, (6, 11)),  # 30, 60 of 90
+    ("resnet18", 45, (16, 31)),
+    ("alexnet", 10, (8, 9)),  # 56, 64 of 80
+    ("convnet4", 2, (2,)),  # both after 2/3 and 5/6 of 2 epochs: from epoch 2
+    ("convnet4", 1, ()),  # both after the one epoch
+])
+def test_a_shortened_paper_schedule_keeps_its_decays_at_the_same_fractions(model, epochs, expected):
+    resolved = recipes.resolve("paper", model, "relu", "cifar10", {"epochs": epochs})
+    assert resolved.recipe.lr_decay_epochs == expected
+    assert "same fractions" in resolved.sources["lr_decay_epochs"]
+
+
+def test_given_decay_epochs_or_a_longer_run_keep_the_decays_as_they_are():
+    given = recipes.resolve("paper", "convnet4", "relu", "cifar10", {"epochs": 12, "lr_decay_epochs": [5]})
+    assert given.recipe.lr_decay_epochs == (5,) and given.sources["lr_decay_epochs"] == "--lr_decay_epochs"
+    longer = recipes.resolve("paper", "resnet18", "relu", "cifar10", {"epochs": 120})
+    assert longer.recipe.lr_decay_epochs == (30, 60)
+    assert recipes.resolve("paper", "convnet4", "relu", "digits", {"epochs": 3}).recipe.lr_decay_epochs == ()
 
 
 def test_digits_adaptation_replaces_optimisation_but_keeps_weight_decay():
