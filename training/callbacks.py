@@ -114,21 +114,20 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         optimizer = model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        self._checkpoint = tf.train.Checkpoint(
-            model=model,
-            optimizer=optimizer,
-            epochs_done=self._epochs_done,
-            batches_done=self._batches_done,
-            metric_state=self._metric_state,
-        )
+        state = dict(model=model, optimizer=optimizer, epochs_done=self._epochs_done,
+                     batches_done=self._batches_done)
+        self._checkpoint = tf.train.Checkpoint(**state, metric_state=self._metric_state)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self.write_dir, max_to_keep=self.max_to_keep
         )
         path = tf.train.latest_checkpoint(self.read_dir)
         if path is None:
             return 0, 0
+        # Checkpoints of earlier versions have no metric sums: restore them without.
+        has_metrics = any(name.startswith("metric_state/") for name, _ in tf.train.list_variables(path))
+        restorer = self._checkpoint if has_metrics else tf.train.Checkpoint(**state)
         try:
-            self._checkpoint.restore(path).assert_existing_objects_matched()
+            restorer.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(

@@ -86,6 +86,41 @@ def test_restore_continues_from_mid_epoch_state(tmp_path):
     assert int(fresh.optimizer.iterations.numpy()) == 2 * STEPS
 
 
+def test_a_mid_epoch_save_keeps_the_metric_sums_and_the_resumed_epoch_adds_them(tmp_path):
+    """Saved after 2 of 5 batches, resumed for the other 3: the epoch's loss is the mean over all 5."""
+    directory = str(tmp_path / "checkpoints")
+    model = tiny_model()
+    initial = model.get_weights()
+    whole = model.fit(dataset(), epochs=1, steps_per_epoch=STEPS, verbose=0).history
+    model = tiny_model()  # the same start again, with fresh optimizer slots
+    model.set_weights(initial)
+    saver = callbacks.TrainingCheckpoint(directory, directory, every_steps=2)
+    saver.restore(model)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(dataset(), epochs=1, steps_per_epoch=STEPS, verbose=0, callbacks=[saver, Interrupt(0, 3)])
+    fresh = tiny_model()
+    resumed = callbacks.TrainingCheckpoint(directory, directory, every_steps=2)
+    assert resumed.restore(fresh) == (0, 2)
+    resumed.batch_offset = 2
+    rest = fresh.fit(dataset().skip(2), epochs=1, steps_per_epoch=STEPS - 2, verbose=0, callbacks=[resumed]).history
+    for key in ("loss", "top1"):
+        assert rest[key][0] == pytest.approx(whole[key][0], rel=1e-6), key
+
+
+def test_a_checkpoint_without_metric_sums_still_restores(tmp_path):
+    """Checkpoints written before the metric sums were kept resume as before."""
+    directory = str(tmp_path / "checkpoints")
+    model = tiny_model()
+    model.fit(dataset(), epochs=1, steps_per_epoch=2, verbose=0)
+    older = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                epochs_done=tf.Variable(0, dtype=tf.int64), batches_done=tf.Variable(2, dtype=tf.int64))
+    tf.train.CheckpointManager(older, directory, max_to_keep=2).save(checkpoint_number=2)
+    fresh = tiny_model()
+    assert callbacks.TrainingCheckpoint(directory, directory).restore(fresh) == (0, 2)
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_epoch_end_saves_only_and_weights_round_trip(tmp_path):
     directory = str(tmp_path / "ckpt")
     model = tiny_model()
