@@ -30,7 +30,7 @@ def _every_layer_model(seed=0):
             keras.layers.Conv2D(6, 3, padding="same"),
             Staircase(steps=5, target_loss=target_losses.SoftHinge(xscale=2.0), low=-1.0, high=2.0),
             keras.layers.Conv2D(6, 3, padding="same", use_bias=False),
-            BatchNormThreshold(HardThreshold(target_loss="lecun_tanh", name="bn_act"), momentum=0.5, name="bn"),
+            BatchNormThreshold(HardThreshold(target_loss="lecun_tanh", name="bn_act"), momentum=0.99, name="bn"),
             keras.layers.Flatten(),
             keras.layers.Dense(8),
             SaturatedReLU(),
@@ -69,7 +69,7 @@ def _run_python(code, tmp_path):
         Staircase(steps=5, target_loss="sste", low=-1.0, high=3.0),
         Staircase(target_loss=Cubic()),
         SaturatedReLU(),
-        BatchNormThreshold(Staircase(steps=5, target_loss=Cubic(), name="act"), momentum=0.5, epsilon=1e-4),
+        BatchNormThreshold(Staircase(steps=5, target_loss=Cubic(), name="act"), momentum=0.9, epsilon=1e-4),
     ],
 )
 def test_config_round_trip(layer):
@@ -289,7 +289,7 @@ def _bn_data(seed=0, shape=(8, 4, 4, 3)):
     return z, residual, g, gamma, beta
 
 
-def _plain_and_fused(kind, loss, scale_by_grad=True, momentum=0.5, epsilon=1e-3, **bn_kwargs):
+def _plain_and_fused(kind, loss, scale_by_grad=True, momentum=0.9, epsilon=1e-3, **bn_kwargs):
     """Plain BatchNormalization and threshold layers, and a BatchNormThreshold of the same configuration."""
     plain_bn = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, **bn_kwargs)
     plain_act = _THRESHOLDS[kind](loss, scale_by_grad)
