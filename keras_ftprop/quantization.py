@@ -13,6 +13,8 @@ export uses (so the export and the copy agree by construction, up to requantizat
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
     threshold  forward h(x_q), x_q on the export's pinned input range (``deploy``): the int8 compare;
                backward the threshold's own (FTPROP) at the unrounded x
+    sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
+               on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
     output     the logits on the 256-code grid of their calibrated range
 
 The ranges are fixed when the copy is made (calibrated on ``representative_data``) and saved with it.
@@ -186,7 +188,14 @@ def quantization_aware(model, representative_data, calibration_samples=500):
     pinned = [layer for layer in model.layers if isinstance(layer, _threshold_types())
               and deploy._only_input(layer) is not None and consumers[id(deploy._only_input(layer))] == 1]
     batches = list(deploy._representative_batches(representative_data, calibration_samples))
-    max_abs, (input_low, input_high), (output_low, output_high) = _calibrate(model, pinned, batches)
+    # Operands of a sum that the int8 model requantizes before adding (a threshold's output is exact).
+    summed = {layer.name: [i for i, t in enumerate(layer.input) if not isinstance(producers[id(t)], _threshold_types())]
+              for layer in model.layers if isinstance(layer, keras.layers.Add)}
+    operands = [(name, i) for name, indices in summed.items() for i in indices]
+    max_abs, (input_low, input_high), (output_low, output_high), operand_ranges = _calibrate(
+        model, pinned, [model.get_layer(name).input[i] for name, i in operands], batches)
+    operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
+                     for key, bounds in zip(operands, operand_ranges)}
 
     def clone(layer):
         if type(layer) in QUANTIZED:
@@ -210,7 +219,11 @@ def quantization_aware(model, representative_data, calibration_samples=500):
                 rounded.append(input_quant(inputs))
             return rounded[0]
 
-        return layer(*keras.tree.map_structure(round_input, args), **kwargs)
+        args = keras.tree.map_structure(round_input, args)
+        if isinstance(layer, keras.layers.Add):
+            args = ([operand_quant[(layer.name, i)](t) if (layer.name, i) in operand_quant else t
+                     for i, t in enumerate(args[0])], *args[1:])
+        return layer(*args, **kwargs)
 
     body = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, call_function=call)
     logits = FakeQuant(*nudged_range(output_low, output_high), name="output_quant")(body.outputs[0])
@@ -221,19 +234,22 @@ def quantization_aware(model, representative_data, calibration_samples=500):
     return copy
 
 
-def _calibrate(model, pinned, batches):
-    """({threshold: max|input|}, (min, max) of the input, (min, max) of the output) over ``batches``."""
-    probe = keras.Model(model.inputs[0], [model.outputs[0]] + [layer.input for layer in pinned])
+def _calibrate(model, pinned, tensors, batches):
+    """({threshold: max|input|}, (min, max) of the input, of the output, [(min, max) of each of ``tensors``])."""
+    watched = [model.outputs[0]] + list(tensors)
+    probe = keras.Model(model.inputs[0], watched + [layer.input for layer in pinned])
     maxima = np.zeros(len(pinned))
-    low = high = out_low = out_high = 0.0
+    low = high = 0.0
+    lows, highs = np.zeros(len(watched)), np.zeros(len(watched))
     for batch in batches:
         outputs = probe(batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         low, high = min(low, float(batch.min())), max(high, float(batch.max()))
-        out_low, out_high = min(out_low, float(tf.reduce_min(outputs[0]))), max(out_high,
-                                                                                 float(tf.reduce_max(outputs[0])))
-        maxima = np.maximum(maxima, [float(tf.reduce_max(tf.abs(o))) for o in outputs[1:]])
-    return dict(zip((layer.name for layer in pinned), maxima)), (low, high), (out_low, out_high)
+        lows = np.minimum(lows, [float(tf.reduce_min(o)) for o in outputs[:len(watched)]])
+        highs = np.maximum(highs, [float(tf.reduce_max(o)) for o in outputs[:len(watched)]])
+        maxima = np.maximum(maxima, [float(tf.reduce_max(tf.abs(o))) for o in outputs[len(watched):]])
+    ranges = list(zip(lows, highs))
+    return dict(zip((layer.name for layer in pinned), maxima)), (low, high), ranges[0], ranges[1:]
 
 
 def plain_model(model):

@@ -241,3 +241,25 @@ def test_layer_that_cannot_be_made_quantization_aware_is_named():
         deploy.quantization_aware(model, np.zeros((4, 8, 8, 2), np.float32))
     with pytest.raises(ValueError, match="needs representative_data"):
         deploy.quantization_aware(model, None)
+
+
+def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
+    from tests.keras_ftprop.test_deploy import fused_network
+
+    model = fused_network(fuse=True)  # conv2_bn is a BatchNormThreshold on [z, act1's output]
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    images = rng.normal(size=(200, 10, 10, 3)).astype(np.float32)
+    qat = deploy.quantization_aware(model, calibration)
+    # The batch norm's output is rounded before the sum; act1's output (exact codes) is not.
+    assert [layer.name for layer in qat.layers if isinstance(layer, quantization.FakeQuant)] == [
+        "input_quant", "conv2_bn_add_in0", "output_quant"]
+    flatbuffer = deploy.to_tflite(qat, calibration)
+    logits, units = tflite_outputs(flatbuffer, images, ["act1", "act2"])
+    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in ("act1", "act2")] + qat.outputs)
+    *keras_units, keras_logits = probe.predict(images, verbose=0)
+    for name, expected in zip(("act1", "act2"), keras_units):
+        assert np.mean(np.isclose(units[name], expected, rtol=0, atol=1e-6)) >= 0.9999, name
+    scale = (qat.get_layer("output_quant").maximum - qat.get_layer("output_quant").minimum) / 255
+    assert np.mean(np.abs(logits - keras_logits) < scale / 2) >= 0.999  # the same logit codes
+    assert np.mean(logits.argmax(1) == keras_logits.argmax(1)) == 1.0
