@@ -570,8 +570,13 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         mine = [op for op in graph["ops"] if _layer_of(op["outputs"][0]["name"], [name]) == name]
         compares = [op for op in mine if op["op"] == "GREATER"]
         selects = [op for op in mine if op["op"] == "SELECT_V2"]
-        if compares and selects:
-            activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
+        if not (compares and selects):
+            # The converter names each op's output after the TensorFlow name scope of its Keras layer; the
+            # report's tensors and the error messages rely on it, so a converter that stops doing so is an error.
+            raise RuntimeError(f"no GREATER + SELECT_V2 op of the TFLite model has a name of layer {name!r}: the "
+                               "converter's tensor names no longer follow the Keras layer names, which "
+                               "to_tflite needs to find each threshold's tensors")
+        activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
     report = ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops),
                           rewritten={**split, **rewritten},
                           folded=folded, activation_tensors=activation_tensors)
