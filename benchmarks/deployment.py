@@ -16,6 +16,7 @@ of its ``settings.json``), or each ``--models`` name built untrained:
 Run from the repository root::
 
     python benchmarks/deployment.py --runs runs/convnet4-step,runs/convnet8-step [--threads 1,2]
+    python benchmarks/deployment.py --runs runs/convnet4-step --model_files final.keras,qat.keras --threads 1
     python benchmarks/deployment.py --models convnet8,resnet18 --activation step   # speed and size only
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
     python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
@@ -69,6 +70,9 @@ def parse_args(argv=None):
     parser.add_argument("--calibration", type=int, default=500)
     parser.add_argument("--eval_examples", type=int, default=10000)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--model_files", default="final.keras",
+                        help="comma-separated models of each run to measure, e.g. final.keras,qat.keras "
+                             "(the quantization-aware copy of train.py --qat_epochs)")
     parser.add_argument("--flips", type=int, default=0,
                         help="instead: per-layer flips of the runs' int8 models on this many eval images, "
                              "threshold inputs pinned vs calibrated")
@@ -78,14 +82,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_run(run_dir, calibration, eval_examples):
+def load_run(run_dir, calibration, eval_examples, model_file="final.keras"):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
     import models  # noqa: F401 (registers the models' own layers for load_model)
     from training import config, data, setup
 
     with open(os.path.join(run_dir, "settings.json")) as f:
         settings = config.upgrade_settings(json.load(f))
-    model = keras.models.load_model(os.path.join(run_dir, "final.keras"))
+    model = keras.models.load_model(os.path.join(run_dir, model_file))
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
                                      min_image_size=setup.min_image_side(settings["model"]))
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
@@ -94,6 +98,8 @@ def load_run(run_dir, calibration, eval_examples):
         xs.append(x.numpy())
         ys.append(y.numpy())
     name = f"{settings['model']} {settings['activation']} ({settings['dataset'].split('/')[-1]})"
+    if model_file != "final.keras":
+        name += f" {model_file}"
     return name, model, calib, np.concatenate(xs)[:eval_examples], np.concatenate(ys)[:eval_examples]
 
 
@@ -340,9 +346,11 @@ def main(argv=None):
         for _, source in sources:
             print(flips(*load_run(source, args.calibration, args.flips), args.flips), flush=True)
         return None
-    for kind, source in sources:
+    jobs = [(kind, source, model_file) for kind, source in sources
+            for model_file in (args.model_files.split(",") if kind == "run" else [None])]
+    for kind, source, model_file in jobs:
         if kind == "run":
-            loaded = load_run(source, args.calibration, args.eval_examples)
+            loaded = load_run(source, args.calibration, args.eval_examples, model_file)
         else:
             loaded = build_untrained(source, args.activation, args.image_size, args.calibration)
         try:

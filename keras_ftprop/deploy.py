@@ -54,9 +54,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
+from keras_ftprop import quantization
 
-__all__ = ["to_tflite", "inspect_tflite", "exact_output_range", "ExportReport", "TFLiteExport", "REWRITES",
-           "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]
+__all__ = ["to_tflite", "quantization_aware", "inspect_tflite", "exact_output_range", "ExportReport",
+           "TFLiteExport", "REWRITES", "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]
 
 STEP_INPUT_BITS = 7  # a step's input range is 2**7 times finer than the calibrated one
 # TFLite's int8 GREATER rescales both sides to (q - z) * scale * 2**8, rounded: a scale below
@@ -147,6 +148,27 @@ class _ExportThreshold(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def pinned_input_range(threshold, max_abs, scaled):
+    """[min, max] the export pins the input of ``threshold`` (a HardThreshold or Staircase) to.
+
+    ``scaled``: a step whose input the export multiplies by k = 2**STEP_INPUT_BITS / max_abs through the
+    producer's weights, pinned there to [-128/127, 1]; in the unscaled input's units that is
+    [-128/127, 1] / k. Otherwise ``_input_range`` of the calibrated ``max_abs``.
+    """
+    thresholds = _thresholds_of(threshold)
+    if scaled:
+        low, high = _input_range(thresholds, 2.0**STEP_INPUT_BITS)
+        return low * max_abs / 2.0**STEP_INPUT_BITS, high * max_abs / 2.0**STEP_INPUT_BITS
+    return _input_range(thresholds, max_abs)
+
+
+def export_threshold(threshold, input_range):
+    """The int8 export's forward of ``threshold`` with its input pinned to ``input_range``."""
+    export = REWRITES[type(threshold)](threshold, True, None)
+    return _ExportThreshold(export.thresholds, export.levels, export.output_range, input_range,
+                            name=f"{threshold.name}_int8")
 
 
 def _thresholds_of(layer):
@@ -475,6 +497,9 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
     _check_model(model)
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # its layers, as a functional graph
+    recorded = {}  # a quantization-aware model's thresholds: {name: (max_abs, scaled)} fixed in the copy
+    if quantization.is_quantization_aware(model):
+        model, recorded = quantization.plain_model(model)
     # Everything below works on this copy, whose layers are each called once.
     model, split = _unfused(model)
 
@@ -487,6 +512,10 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         pinnable = [layer for layer in targets
                     if _only_input(layer) is not None and consumers[id(_only_input(layer))] == 1]
         max_abs = _threshold_input_max(model, pinnable, batches)
+        missing = set(recorded) - set(max_abs)
+        if missing:
+            raise ValueError(f"quantization-aware threshold(s) {sorted(missing)} cannot be pinned in the export")
+        max_abs.update({name: value for name, (value, _) in recorded.items()})
 
     # A step's sign survives a positive scale of its input: where the producer's weights can
     # carry it, the input is scaled to max |x| = 2**STEP_INPUT_BITS and pinned to [-128/127, 1]
@@ -495,7 +524,12 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
     for layer in targets:
         if layer.name in max_abs and _thresholds_of(layer) == [0.0]:
             producer = _scalable_producer(layer, producers, consumers)
-            if producer is not None and max_abs[layer.name] > 0:
+            scaled = producer is not None and max_abs[layer.name] > 0
+            if layer.name in recorded and recorded[layer.name][1] != scaled:
+                raise ValueError(f"quantization-aware threshold {layer.name!r} was made for an input "
+                                 f"{'' if recorded[layer.name][1] else 'not '}scaled through its producer's "
+                                 "weights, and the export finds otherwise")
+            if scaled:
                 factor = 2.0**STEP_INPUT_BITS / max_abs[layer.name]
                 scale_producers[producer.name] = factor
                 max_abs[layer.name] *= factor
@@ -536,8 +570,13 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         mine = [op for op in graph["ops"] if _layer_of(op["outputs"][0]["name"], [name]) == name]
         compares = [op for op in mine if op["op"] == "GREATER"]
         selects = [op for op in mine if op["op"] == "SELECT_V2"]
-        if compares and selects:
-            activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
+        if not (compares and selects):
+            # The converter names each op's output after the TensorFlow name scope of its Keras layer; the
+            # report's tensors and the error messages rely on it, so a converter that stops doing so is an error.
+            raise RuntimeError(f"no GREATER + SELECT_V2 op of the TFLite model has a name of layer {name!r}: the "
+                               "converter's tensor names no longer follow the Keras layer names, which "
+                               "to_tflite needs to find each threshold's tensors")
+        activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
     report = ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops),
                           rewritten={**split, **rewritten},
                           folded=folded, activation_tensors=activation_tensors)
@@ -598,3 +637,7 @@ def _fmt(values):
         return f"{{{values[0]:.4g}, {values[1]:.4g}, ..., {values[-1]:.4g}}}"
     return "{" + ", ".join(f"{v:.4g}" for v in values) + "}"
 
+
+def quantization_aware(model, representative_data, calibration_samples=500):
+    """A trainable copy of ``model`` whose forward pass is its int8 model's (:mod:`keras_ftprop.quantization`)."""
+    return quantization.quantization_aware(model, representative_data, calibration_samples)

@@ -103,6 +103,12 @@ class Config:
         "enum", "After training, also write export/model_int8.tflite (full-integer, calibrated on "
         "500 training images) and/or export/model_float.tflite, and print their top-1 agreement "
         "with Keras on the evaluation split.", "none", enum_values=["none", "int8", "float", "both"])
+    qat_epochs: int = option(
+        "integer", "After training, fine-tune the quantization-aware copy of the network (kernels, input, "
+        "threshold inputs rounded as in its int8 TFLite model) for this many epochs at the final learning "
+        "rate, save it as qat.keras and, with --export_tflite=int8 or both, export it to "
+        "export/model_qat_int8.tflite; prints int8 agreement and accuracy before and after. 0: off.",
+        0, lower_bound=0)
     diagnostics: int = option(
         "integer", "Log target statistics of every step/staircase layer (no-target, satisfied and "
         "active fractions, target loss, output flips, pre-activation histograms) every this many "

@@ -25,11 +25,13 @@ Layout of the run directory (``model_dir``)::
     export/final/        SavedModel of final.keras (``model.export``)
     export/best/         SavedModel of best.keras
     export/model_int8.tflite, export/model_float.tflite   with --export_tflite
+    qat.keras, qat/      with --qat_epochs: the fine-tuned quantization-aware copy, its resume state and
+                         metrics (``training.qat``); export/model_qat_int8.tflite with --export_tflite=int8
 """
 
 import time
 
-from training import fit, report
+from training import fit, qat, report
 from training import setup as setup_lib
 
 
@@ -41,6 +43,8 @@ def train(config):
         report.print_header(config, setup)
         best = fit.fit(config, setup)
         outputs = report.save_outputs(config, setup, best)
+        if config.qat_epochs:
+            outputs.update(qat.fine_tune(config, setup, log=report.log))
         return report.summarize(setup, outputs, elapsed=time.time() - start)
     finally:
         setup.write_dir.cleanup()

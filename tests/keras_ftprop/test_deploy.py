@@ -412,3 +412,19 @@ def test_int8_relu_network_with_pytorch_padded_pool_runs_and_agrees():
     got = np.concatenate([next(iter(runner(**{input_name: images[i:i + 1]}).values())) for i in range(32)])
     expected = model.predict(images, verbose=0)
     np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_converter_tensor_names_that_no_longer_name_layers_fail_loudly(monkeypatch):
+    inspect = deploy.inspect_tflite
+
+    def renamed(flatbuffer):  # as if the converter named its tensors t0, t1, ...
+        graph = inspect(flatbuffer)
+        for op in graph["ops"]:
+            for tensor in op["inputs"] + op["outputs"]:
+                tensor["name"] = f"t{tensor['index']}"
+        return graph
+
+    monkeypatch.setattr(deploy, "inspect_tflite", renamed)
+    model = threshold_network()
+    with pytest.raises(RuntimeError, match="no GREATER \\+ SELECT_V2 op of the TFLite model has a name of layer"):
+        deploy.to_tflite(model, np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype(np.float32))

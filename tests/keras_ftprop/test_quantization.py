@@ -1,0 +1,265 @@
+"""keras_ftprop.quantization: quantization-aware copies whose int8 TFLite export computes the same codes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ftprop import HardThreshold, Staircase, deploy, quantization
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # pragma: no cover
+    Interpreter = tf.lite.Interpreter
+
+
+def numpy_kernel_codes(kernel):
+    """The converter's rule: per output channel s = max|w| / 127, code = round(w / s) (ties away from 0)."""
+    flat = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
+    scale = np.abs(flat).max(axis=0) / 127
+    codes = np.sign(flat) * np.floor(np.abs(flat) / scale + 0.5)
+    return codes.reshape(kernel.shape).astype(np.int32), scale
+
+
+def test_quantized_kernel_is_the_converters_rounding_with_a_straight_through_gradient():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 5, 7)).astype(np.float32)
+    kernel[..., 2] *= 40.0  # per-channel scales, not one per tensor
+    kernel[..., 4] *= 1e-3
+    codes, scale = numpy_kernel_codes(kernel)
+    assert codes.min() == -127 or codes.max() == 127
+    quantized = np.asarray(quantization.quantized_kernel(kernel))
+    np.testing.assert_allclose(quantized, codes * scale.astype(np.float32), rtol=1e-6, atol=0)
+    got_codes, got_scale = quantization.kernel_codes(kernel)
+    np.testing.assert_array_equal(got_codes, codes)
+    np.testing.assert_allclose(got_scale, scale, rtol=1e-6)
+    variable = tf.Variable(kernel)
+    upstream = np.random.default_rng(1).normal(size=kernel.shape).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(upstream * quantization.quantized_kernel(variable))
+    np.testing.assert_allclose(tape.gradient(loss, variable), upstream, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threshold", [HardThreshold(), Staircase(steps=3), Staircase(steps=5)])
+def test_quantized_threshold_compares_the_rounded_input_and_keeps_its_own_gradient(threshold):
+    wrapped = quantization.QuantizedThreshold(threshold, max_abs=3.0, scaled=False)
+    x = tf.constant(np.random.default_rng(0).uniform(-0.2, 1.2, size=(64, 50)).astype(np.float32))
+    low, high = wrapped.input_range
+    scale = (high - low) / 255
+    # The int8 compare: codes of x (on the input grid) > codes of the thresholds, ties included.
+    codes = np.round((np.clip(x.numpy().astype(np.float64), low, high) - low) / scale)
+    if isinstance(threshold, HardThreshold):
+        thresholds, levels = [0.0], np.array([-1.0, 1.0])
+    else:
+        n = threshold.steps
+        thresholds, levels = [k / (n - 1) for k in range(n)], np.arange(n + 1) / n
+    threshold_codes = [(t - low) / scale for t in thresholds]
+    assert all(abs(c - round(c)) < 1e-6 for c in threshold_codes)  # thresholds are codes
+    assert (codes[..., None] == np.round(threshold_codes)).any()  # ties occur
+    want = levels[(codes[..., None] > np.round(threshold_codes)).sum(-1)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = wrapped(x)
+        plain = threshold(x)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.mean(got.numpy() != plain.numpy()) > 0  # rounding moved some units (else the test is vacuous)
+    np.testing.assert_array_equal(tape.gradient(got, x), tape.gradient(plain, x))
+
+
+def digits(scale=240 / 255):
+    """scikit-learn's digits, 8x8x1 in [0, 15 * 16 / 255]: the 17 grey levels are codes of the input grid."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data / 16.0 * scale).astype(np.float32).reshape(-1, 8, 8, 1), data.target
+
+
+def step_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
+    x = HardThreshold(name="act1")(x)
+    x = keras.layers.Conv2D(32, 3, use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="conv2_bn")(x)
+    x = Staircase(steps=3, name="act2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, name="fc")(x)
+    x = HardThreshold(name="act3")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+def compile_model(model, learning_rate):
+    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def negate_channels(model, conv, bn, channels):
+    """The same function with gamma < 0 on ``channels``: w -> -w, mean -> -mean, gamma -> -gamma."""
+    kernel, (gamma, beta, mean, var) = model.get_layer(conv).kernel, model.get_layer(bn).get_weights()
+    sign = np.ones(gamma.shape, np.float32)
+    sign[channels] = -1
+    kernel.assign(kernel * sign)
+    model.get_layer(bn).set_weights([gamma * sign, beta, mean * sign, var])
+
+
+def tflite_outputs(flatbuffer, images, names):
+    """Logits and the decoded outputs of threshold layers ``names``, image by image."""
+    interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    logits, units = [], {name: [] for name in names}
+    for i in range(len(images)):
+        interpreter.set_tensor(inp["index"], images[i:i + 1])
+        interpreter.invoke()
+        logits.append(interpreter.get_tensor(out["index"]))
+        for name in names:
+            detail = by_name[flatbuffer.report.activation_tensors[name][1]]
+            scale, zero_point = detail["quantization"]
+            units[name].append((interpreter.get_tensor(detail["index"]).astype(np.float64) - zero_point) * scale)
+    return np.concatenate(logits), {name: np.concatenate(v) for name, v in units.items()}
+
+
+def conv_and_dense_kernels(flatbuffer):
+    """[(int8 codes with the output channel last, per-channel scales)] of the CONV_2D / FULLY_CONNECTED ops."""
+    interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    kernels = []
+    for op in deploy.inspect_tflite(flatbuffer)["ops"]:
+        if op["op"] in ("CONV_2D", "FULLY_CONNECTED"):
+            index = op["inputs"][1]["index"]
+            codes = interpreter.get_tensor(index)  # (out, h, w, in) or (out, in)
+            kernels.append((np.moveaxis(codes, 0, -1).astype(np.int32),
+                            details[index]["quantization_parameters"]["scales"]))
+    return kernels
+
+
+@pytest.mark.slow
+def test_fine_tuned_copy_is_its_int8_model(tmp_path):
+    x, y = digits()
+    model = compile_model(step_network(), 3e-3)
+    model.fit(x[:1400], y[:1400], batch_size=32, epochs=6, verbose=0)
+    negate_channels(model, "conv1", "conv1_bn", [0, 3, 5])  # batch norm folding with gamma < 0
+    qat = compile_model(deploy.quantization_aware(model, x[:500]), 3e-4)
+    float_accuracy = np.mean(model.predict(x[1400:], verbose=0).argmax(1) == y[1400:])
+    qat.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0)
+    qat_accuracy = np.mean(qat.predict(x[1400:], verbose=0).argmax(1) == y[1400:])
+    assert qat_accuracy > float_accuracy - 0.02 and qat_accuracy > 0.85
+
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
+
+    flatbuffer = deploy.to_tflite(loaded, x[:500])
+    names = ["act1", "act2", "act3"]
+    logits, units = tflite_outputs(flatbuffer, x, names)
+    expected = qat.predict(x, verbose=0)
+    assert np.mean(logits.argmax(1) == expected.argmax(1)) >= 0.999  # all 1,797 digits but at most one
+    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in names])
+    for name, keras_units in zip(names, probe.predict(x, verbose=0)):
+        # Measured: act1 all 3.7M units equal, act2 all but 135 of 2.1M (float32 rounding of the folded
+        # batch norm and requantization ties within ~1e-5 of a half code next to a staircase threshold).
+        assert np.mean(np.isclose(units[name], keras_units, rtol=0, atol=1e-6)) >= 0.9999, name
+
+    # The integer codes: those of the copy's kernels, the sign of a negative batch-norm factor applied.
+    gamma = qat.get_layer("conv1_bn").gamma.numpy()
+    factors = {"conv1": np.sign(gamma), "conv2": np.sign(qat.get_layer("conv2_bn").gamma.numpy())}
+    kernels = conv_and_dense_kernels(flatbuffer)
+    assert len(kernels) == 4
+    for (codes, scales), name in zip(kernels, ["conv1", "conv2", "fc", "logits"]):
+        want, want_scale = numpy_kernel_codes(quantization.quantized_kernel(qat.get_layer(name).kernel).numpy())
+        want = want * np.asarray(factors.get(name, 1)).astype(np.int32)
+        np.testing.assert_array_equal(codes, want, err_msg=name)
+        # Folded layers' scales include |gamma| / sqrt(var + eps); fc's output is scaled by 2**7 / max|x| for act3.
+        if name == "fc":
+            np.testing.assert_allclose(scales, want_scale * 128 / qat.get_layer("act3").max_abs, rtol=1e-5)
+        elif name == "logits":
+            np.testing.assert_allclose(scales, want_scale, rtol=1e-6)
+
+
+def test_saved_and_loaded_copy_predicts_the_same(tmp_path):
+    x, _ = digits()
+    qat = deploy.quantization_aware(step_network(), x[:64])
+    types = {layer.name: type(layer).__name__ for layer in qat.layers}
+    assert types["conv1"] == "QuantizedConv2D" and types["fc"] == "QuantizedDense"
+    assert types["act1"] == types["act2"] == "QuantizedThreshold"
+    assert types["input_quant"] == types["output_quant"] == "FakeQuant"
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    assert {layer.name: type(layer).__name__ for layer in loaded.layers} == types
+    np.testing.assert_array_equal(loaded.predict(x[:100], verbose=0), qat.predict(x[:100], verbose=0))
+    assert loaded.get_layer("act1").max_abs == qat.get_layer("act1").max_abs > 0
+
+
+def test_copy_keeps_the_weights_and_the_original_is_untouched():
+    x, _ = digits()
+    model = step_network()
+    before = [w.copy() for w in model.get_weights()]
+    qat = deploy.quantization_aware(model, x[:64])
+    for name in ("conv1", "conv1_bn", "fc", "logits"):
+        for a, b in zip(model.get_layer(name).get_weights(), qat.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_trains_under_mirrored_strategy_as_on_one_device():
+    """One SGD step on 2 logical CPUs (conftest) gives the single-device weights."""
+    x, y = digits()
+    x, y = x[:64].reshape(64, -1), y[:64]
+
+    def build():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((64,))
+        h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+        qat = deploy.quantization_aware(model, x)
+        qat.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return qat
+
+    single = build()
+    single.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = build()
+    mirrored.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    build_weights = build().get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(single.get_weights(), build_weights))  # it trained
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_that_cannot_be_made_quantization_aware_is_named():
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(inputs)
+    x = HardThreshold(name="act")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"layer 'depthwise' \(DepthwiseConv2D\) cannot be made quantization-aware"):
+        deploy.quantization_aware(model, np.zeros((4, 8, 8, 2), np.float32))
+    with pytest.raises(ValueError, match="needs representative_data"):
+        deploy.quantization_aware(model, None)
+
+
+def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
+    from tests.keras_ftprop.test_deploy import fused_network
+
+    model = fused_network(fuse=True)  # conv2_bn is a BatchNormThreshold on [z, act1's output]
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
+    images = rng.normal(size=(200, 10, 10, 3)).astype(np.float32)
+    qat = deploy.quantization_aware(model, calibration)
+    # The batch norm's output is rounded before the sum; act1's output (exact codes) is not.
+    assert [layer.name for layer in qat.layers if isinstance(layer, quantization.FakeQuant)] == [
+        "input_quant", "conv2_bn_add_in0", "output_quant"]
+    flatbuffer = deploy.to_tflite(qat, calibration)
+    logits, units = tflite_outputs(flatbuffer, images, ["act1", "act2"])
+    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in ("act1", "act2")] + qat.outputs)
+    *keras_units, keras_logits = probe.predict(images, verbose=0)
+    for name, expected in zip(("act1", "act2"), keras_units):
+        assert np.mean(np.isclose(units[name], expected, rtol=0, atol=1e-6)) >= 0.9999, name
+    scale = (qat.get_layer("output_quant").maximum - qat.get_layer("output_quant").minimum) / 255
+    assert np.mean(np.abs(logits - keras_logits) < scale / 2) >= 0.999  # the same logit codes
+    assert np.mean(logits.argmax(1) == keras_logits.argmax(1)) == 1.0
