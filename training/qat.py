@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_ftprop import deploy
 from training import files, recipes, tflite_export
+from training import fit as fit_lib
 
 QAT_DIR = "qat"
 QAT_MODEL = "qat.keras"
@@ -100,10 +101,12 @@ def fine_tune(config, setup, log=print):
         os.makedirs(qat_dir, exist_ok=True)
         callbacks = [keras.callbacks.CSVLogger(os.path.join(qat_dir, files.METRICS_FILE), append=bool(done)),
                      _SaveEachEpoch(resume_path, state_path)]
-        verbose = config.verbose if config.verbose == "auto" else int(config.verbose)
-        qat.fit(setup.train_ds, initial_epoch=done, epochs=config.qat_epochs,
+        spe = setup.steps_per_epoch
+        # The data stream goes on after the main schedule's last batch, as further epochs would.
+        data = setup.train_ds if setup.train_from is None else setup.train_from((recipe.epochs + done) * spe)
+        qat.fit(data, initial_epoch=done, epochs=config.qat_epochs,
                 steps_per_epoch=setup.steps_per_epoch, validation_data=setup.eval_ds, callbacks=callbacks,
-                verbose=verbose, shuffle=False)
+                verbose=fit_lib.fit_verbosity(config.verbose), shuffle=False)
     files.atomic_save_model(qat, os.path.join(write_path, QAT_MODEL))
     out = {"QAT model": os.path.join(model_dir, QAT_MODEL)}
     if chief:
