@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ftprop import target_losses
-from keras_ftprop.diagnostics import TargetProbe
 from keras_ftprop.layers import BatchNormThreshold, HardThreshold, Staircase, leaf_layers
 
 __all__ = ["TargetDiagnostics", "TargetLossSchedule", "bind_target_losses"]
@@ -20,8 +19,7 @@ class TargetDiagnostics(keras.callbacks.Callback):
     the schedule); the first step of each ``fit`` is logged too, so that every
     epoch's logs hold statistics of that training run.
 
-    A threshold inside a ``BatchNormThreshold`` is logged under its own name; on
-    the logged steps that layer keeps its pre-activation for the statistics.
+    A threshold inside a ``BatchNormThreshold`` is logged under its own name.
 
     Per layer, from the training step's backward pass (summed over replicas):
 
@@ -38,6 +36,13 @@ class TargetDiagnostics(keras.callbacks.Callback):
     Values go to TensorBoard under ``log_dir/diagnostics`` (if ``log_dir``), to
     ``self.history`` (a list of ``(step, {name: value})``) and, latest values, to
     the epoch ``logs`` as ``"<layer>/<statistic>"``.
+
+    The statistics are summed by the layers' own backward pass into their
+    :class:`~keras_ftprop.diagnostics.TargetStatistics` while its ``recording``
+    variable is on: the callback turns it on before a logged step and reads the
+    sums at the start of the next one; the training step is the model's own,
+    traced once (see :mod:`keras_ftprop.diagnostics`). With
+    ``steps_per_execution > 1`` a logged step sums over its whole execution.
     """
 
     def __init__(self, every=100, log_dir=None, probe_data=None):
@@ -48,23 +53,21 @@ class TargetDiagnostics(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.probe_data = probe_data
         self.history = []
-        self._probes = {}
+        self._statistics = {}
         self._writer = None
         self._previous_outputs = None
         self._latest = {}
         self._step = 0
-        self._train_functions = {}
+        self._recording = False
         self._pending = None  # the logged step whose statistics are still to be read
         self._first = False  # the next step is a fit's first
 
     def set_model(self, model):
         super().set_model(model)
-        # (host, threshold): the layer that carries the probe and the threshold whose targets it logs.
+        # (host, threshold): the layer the model calls and the threshold whose targets are logged.
         sites = [(layer, layer.activation if isinstance(layer, BatchNormThreshold) else layer)
                  for layer in leaf_layers(model) if isinstance(layer, (HardThreshold, Staircase, BatchNormThreshold))]
-        with model.distribute_strategy.scope():
-            self._probes = {threshold.name: TargetProbe(threshold) for _, threshold in sites}
-        self._hosts = {threshold.name: host for host, threshold in sites}
+        self._thresholds = [threshold for _, threshold in sites]
         self._probe_model = None
         if self.probe_data is not None and sites:
             inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
@@ -80,19 +83,22 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
             self._probe_fn = probe_fn
 
-    def _attach(self, attached):
-        """Probes on or off the layers, with the training step traced for that state."""
-        for name, probe in self._probes.items():
-            self._hosts[name].target_probe = probe if attached else None
-        self.model.train_function = self._train_functions[attached]
+    def _record(self, on):
+        """Statistics on or off in the layers' backward pass, from the next step."""
+        if on != self._recording:
+            for statistics in self._statistics.values():
+                statistics.record(on)
+            self._recording = on
 
     def on_train_begin(self, logs=None):
         self._step = int(self.model.optimizer.iterations.numpy())
         self._first = True
-        plain = self.model.make_train_function()
-        self.model.make_train_function(force=True)  # traced, on first call, with the probes attached
-        self._train_functions = {False: plain, True: self.model.train_function}
-        self._attach(False)
+        # The layers are built by now (fit builds the model before calling back).
+        self._statistics = {layer.name: layer.target_statistics for layer in self._thresholds}
+        self._recording = True
+        self._record(False)
+        for statistics in self._statistics.values():
+            statistics.reset()
         if self.log_dir:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "diagnostics"))
 
@@ -100,9 +106,9 @@ class TargetDiagnostics(keras.callbacks.Callback):
     # A logged step is read at the start of the next one (or at the end of the epoch).
     def on_train_batch_begin(self, batch, logs=None):
         self._flush()
-        record = (self._step % self.every == 0 or self._first) and bool(self._probes)
+        record = (self._step % self.every == 0 or self._first) and bool(self._statistics)
         self._first = False
-        self._attach(record)
+        self._record(record)
         if record:
             self._pending = self._step
         self._step += 1
@@ -114,7 +120,7 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._flush()
-        self._attach(False)
+        self._record(False)
         if self._writer is not None:
             self._writer.close()
 
@@ -125,23 +131,23 @@ class TargetDiagnostics(keras.callbacks.Callback):
 
     def _log(self, step):
         values = {}
-        for name, probe in self._probes.items():
-            sums = probe.read()
-            probe.reset()
+        for name, statistics in self._statistics.items():
+            sums = statistics.read()
+            statistics.reset()
             targeted = max(sums["targeted"], 1.0)
             values[f"{name}/target_none"] = sums["none"] / max(sums["units"], 1.0)
             values[f"{name}/target_satisfied"] = sums["satisfied"] / targeted
             values[f"{name}/target_active"] = sums["active"] / targeted
-            if probe.has_loss:
+            if statistics.has_loss:
                 values[f"{name}/target_loss"] = sums["loss"] / targeted
         histograms = {}
         if self._probe_model is not None:
             pre_activations, outputs = self._probe_fn(self.probe_data)
             outputs = [np.asarray(y) for y in outputs]
-            for name, x in zip(self._probes, pre_activations):
+            for name, x in zip(self._statistics, pre_activations):
                 histograms[f"{name}/pre_activation"] = x
             if self._previous_outputs is not None:
-                for name, new, old in zip(self._probes, outputs, self._previous_outputs):
+                for name, new, old in zip(self._statistics, outputs, self._previous_outputs):
                     values[f"{name}/flipped"] = float(np.mean(new != old))
             self._previous_outputs = outputs
         self.history.append((step, values))

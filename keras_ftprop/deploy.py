@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import os
 import re
 import tempfile
@@ -548,7 +549,9 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
     for name, factor in scale_producers.items():
         _scale_output(export_model.get_layer(name), factor)
     with tempfile.TemporaryDirectory() as saved_model:
-        export_model.export(saved_model, format="tf_saved_model", verbose=False)
+        # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6).
+        quiet = {"verbose": False} if "verbose" in inspect.signature(export_model.export).parameters else {}
+        export_model.export(saved_model, format="tf_saved_model", **quiet)
         flatbuffer = _convert(tf.lite.TFLiteConverter.from_saved_model(saved_model), model, quantize,
                               io_dtype, batches)
     graph = inspect_tflite(flatbuffer)

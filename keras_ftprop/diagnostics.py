@@ -1,7 +1,9 @@
 """Target statistics gathered in the backward pass of hard-threshold layers.
 
-A :class:`TargetProbe` is an identity on the layer's output whose backward
-sees the upstream gradient ``g`` and, on the steps it is asked to record,
+Every ``HardThreshold``/``Staircase`` layer owns a :class:`TargetStatistics`
+(created in ``build``). In training (``training=True``) the layer's output
+passes through :meth:`TargetStatistics.observe`, an identity whose backward
+sees the upstream gradient ``g`` and, while the ``recording`` variable is on,
 adds to per-replica sums (``tf.VariableSynchronization.ON_READ``, aggregated
 by ``SUM``, so a read under ``tf.distribute`` totals all replicas). With the
 layer's centred unit ``u`` (x for a step, 2x' - 1 for a staircase) and
@@ -13,77 +15,97 @@ layer's centred unit ``u`` (x for a step, 2x' - 1 for a staircase) and
     active     = #[t != 0 and grad_u != 0]          inside the loss's active region
     units      = #units,  targeted = #[t != 0]
 
-A layer without a probe adds nothing to the graph: the callback keeps two
-compiled training steps, one traced with the probes attached, used on the
-logged steps only, and the plain one.
+The sums sit behind ``tf.cond(recording, ...)`` in the compiled training step
+itself: the step is traced once, with or without a
+:class:`~keras_ftprop.callbacks.TargetDiagnostics`, and while ``recording`` is
+off the backward adds one branch that does nothing. Inference graphs (and so
+``model.export``) do not contain it. The variables are neither weights of the
+layer nor part of its checkpoints.
 """
 
 import tensorflow as tf
 
 from keras_ftprop import target_losses
 
-__all__ = ["TargetProbe", "STATISTICS"]
+__all__ = ["TargetStatistics", "STATISTICS"]
 
 STATISTICS = ("units", "targeted", "none", "satisfied", "active", "loss")
 
 
-class TargetProbe:
-    """Per-layer sums of target statistics; created under the model's distribution strategy."""
+class TargetStatistics:
+    """Sums of target statistics of one threshold layer, added to by its backward pass while recording."""
 
     def __init__(self, layer):
         self.layer = layer
-        on_read = dict(
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.SUM,
-        )
-        self.sums = {name: tf.Variable(0.0, name=f"{layer.name}_{name}", **on_read) for name in STATISTICS}
-        loss = layer.target_loss
-        self.has_loss = not isinstance(loss, target_losses.DirectEstimator)
+        with tf.init_scope():  # outside any function being traced; under the current distribution strategy
+            self.recording = tf.Variable(
+                False,
+                trainable=False,
+                name=f"{layer.name}_recording",
+                synchronization=tf.VariableSynchronization.ON_WRITE,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self.sums = tf.Variable(
+                tf.zeros([len(STATISTICS)]),
+                trainable=False,
+                name=f"{layer.name}_target_statistics",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.SUM,
+            )
+
+    @property
+    def has_loss(self):
+        """Whether the layer's target loss defines L (direct estimators do not)."""
+        return not isinstance(self.layer.target_loss, target_losses.DirectEstimator)
+
+    def record(self, on):
+        """Turns the accumulation in the backward pass on or off (takes effect from the next step)."""
+        self.recording.assign(bool(on))
 
     def reset(self):
-        for variable in self.sums.values():
-            variable.assign(0.0)
+        self.sums.assign(tf.zeros_like(self.sums))
 
     def read(self):
         """Totals over replicas since the last reset, as Python floats."""
-        return {name: float(variable.read_value()) for name, variable in self.sums.items()}
+        return dict(zip(STATISTICS, (float(v) for v in self.sums.read_value().numpy())))
 
-    def __call__(self, unit, y):
-        """Identity on ``y``; adds the statistics of ``unit`` against the gradient of ``y`` to the sums."""
+    def observe(self, inputs, outputs):
+        """Identity on ``outputs``; while recording, its backward adds the statistics of the layer's unit
+        (``layer.target_unit(inputs)``) against the gradient of ``outputs`` to the sums."""
 
         @tf.custom_gradient
         def _observe(y):
             def grad(g):
-                # The sums are side effects, kept by automatic control dependencies.
-                self._accumulate(unit, g)
+                # A side effect, kept by automatic control dependencies; nothing reads it in the step.
+                tf.cond(self.recording, lambda: self._accumulate(inputs, g), lambda: None)
                 return g
 
             return tf.identity(y), grad
 
-        return _observe(y)
+        return _observe(outputs)
 
-    def _accumulate(self, unit, g):
-        unit = tf.cast(unit, tf.float32)
+    def _accumulate(self, inputs, g):
+        layer = self.layer
+        unit = tf.cast(layer.target_unit(inputs), tf.float32)
         g = tf.cast(g, tf.float32)
         t = -tf.sign(g)
         targeted = tf.not_equal(t, 0.0)
         sign = tf.where(unit > 0, 1.0, -1.0)
-        layer = self.layer
         loss = layer.target_loss.for_output_range(getattr(layer, "zero_one", False))
         grad_unit = loss.input_gradient(
             unit, g, scale_by_grad=layer.scale_by_grad, batch_size=tf.shape(g)[0] if g.shape.rank else 1
         )
         count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.float32))  # noqa: E731
+        if self.has_loss:
+            loss_sum = tf.reduce_sum(tf.where(targeted, tf.cast(layer.target_loss(unit, t), tf.float32), 0.0))
+        else:
+            loss_sum = tf.constant(0.0)
         updates = {
             "units": tf.cast(tf.size(g), tf.float32),
             "targeted": count(targeted),
             "none": count(tf.logical_not(targeted)),
             "satisfied": count(tf.logical_and(targeted, tf.equal(sign, t))),
             "active": count(tf.logical_and(targeted, tf.not_equal(grad_unit, 0.0))),
+            "loss": loss_sum,
         }
-        if self.has_loss:
-            per_unit = layer.target_loss(unit, t)
-            updates["loss"] = tf.reduce_sum(tf.where(targeted, per_unit, 0.0))
-        for name, value in updates.items():
-            self.sums[name].assign_add(value)
+        self.sums.assign_add(tf.stack([updates[name] for name in STATISTICS]))

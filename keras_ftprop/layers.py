@@ -1,8 +1,11 @@
 """Keras layers around :mod:`keras_ftprop.ops`: thin, serializable, usable as ``activation=``."""
 
+import functools
+
 import keras
 
 from keras_ftprop import ops, target_losses
+from keras_ftprop.diagnostics import TargetStatistics
 from keras_ftprop.recompute import threshold_of
 
 __all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "BatchNormThreshold", "leaf_layers"]
@@ -16,7 +19,6 @@ class _Activation(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        self.target_probe = None  # a keras_ftprop.diagnostics.TargetProbe while diagnostics are on
 
     def _floating(self, inputs):
         if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(inputs.dtype)):
@@ -27,8 +29,20 @@ class _Activation(keras.layers.Layer):
         return input_shape
 
 
+class _Threshold(_Activation):
+    """A step or staircase: in training its output passes through its :class:`TargetStatistics`."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.target_statistics = TargetStatistics(self)
+
+    def _observed(self, inputs, outputs, training):
+        """``outputs``, with the target statistics in their backward pass when training."""
+        return self.target_statistics.observe(inputs, outputs) if training else outputs
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HardThreshold(_Activation):
+class HardThreshold(_Threshold):
     """Step activation h = +1 if x > 0 else -1 (``zero_one``: h = 1[x > 0]), trained by FTPROP-MB.
 
     Backward: grad_x = w * dL/dz(x, t), t = sign(-g), w = |g| (``scale_by_grad``)
@@ -41,14 +55,12 @@ class HardThreshold(_Activation):
         self.scale_by_grad = bool(scale_by_grad)
         self.zero_one = bool(zero_one)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         inputs = self._floating(inputs)
         outputs = ops.hard_threshold(
             inputs, target_loss=self.target_loss, scale_by_grad=self.scale_by_grad, zero_one=self.zero_one
         )
-        if self.target_probe is None:
-            return outputs
-        return self.target_probe(self.target_unit(inputs), outputs)
+        return self._observed(inputs, outputs, training)
 
     def target_unit(self, inputs):
         """The unit the target loss sees: u = x."""
@@ -64,7 +76,7 @@ class HardThreshold(_Activation):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Staircase(_Activation):
+class Staircase(_Threshold):
     """Quantized ReLU with ``steps + 1`` levels on [low, high], trained by FTPROP-MB.
 
     y = (clip(ceil(x' (n - 1)), 0, n) / n) (b - a) + a,  x' = (x - a) / (b - a);
@@ -78,7 +90,7 @@ class Staircase(_Activation):
         self.target_loss = target_losses.get(target_loss)
         self.scale_by_grad = bool(scale_by_grad)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         inputs = self._floating(inputs)
         outputs = ops.staircase(
             inputs,
@@ -88,9 +100,7 @@ class Staircase(_Activation):
             low=self.low,
             high=self.high,
         )
-        if self.target_probe is None:
-            return outputs
-        return self.target_probe(self.target_unit(inputs), outputs)
+        return self._observed(inputs, outputs, training)
 
     def target_unit(self, inputs):
         """The unit the target loss sees: u = 2 x' - 1, x' = (x - a) / (b - a)."""
@@ -152,7 +162,6 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
                 "Other activations keep nothing extra: use BatchNormalization followed by the activation."
             )
         self.activation = activation
-        self.target_probe = None  # a keras_ftprop.diagnostics.TargetProbe while diagnostics are on
 
     @property
     def target_loss(self):
@@ -224,21 +233,19 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
             return x, (mean, variance)
 
         tensors = [t for t in (gamma, beta, residual) if t is not None]
-        probe = self.target_probe
-        result = threshold_of(pre_activation, self._threshold, [z, *tensors], return_pre_activation=probe is not None)
-        outputs, (mean, variance) = result[0], result[1]
+        # The threshold's target statistics come from the backward's recomputed x.
+        threshold = functools.partial(self._threshold, training=True)
+        outputs, (mean, variance) = threshold_of(pre_activation, threshold, [z, *tensors])
         momentum = self.momentum
         self.moving_mean.assign(keras.ops.cast(self.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(
             keras.ops.cast(self.moving_variance, dtype) * momentum + variance * (1.0 - momentum)
         )
-        if probe is None:
-            return outputs
-        return probe(self.activation.target_unit(result[2]), outputs)
+        return outputs
 
-    def _threshold(self, x):
-        """The activation's forward and FTPROP backward (``call``: no probe of its own, no Keras wrapping)."""
-        return self.activation.call(x)
+    def _threshold(self, x, training=False):
+        """The activation's forward and FTPROP backward (``call``: no Keras wrapping)."""
+        return self.activation.call(x, training=training)
 
     def get_config(self):
         return {**super().get_config(), "activation": keras.saving.serialize_keras_object(self.activation)}

@@ -35,7 +35,7 @@ def test_tflite_predicts_like_keras(name, activation, tmp_path):
     expected = model.predict(images, verbose=0)
 
     export_dir = str(tmp_path / "export")
-    model.export(export_dir, verbose=False)
+    model.export(export_dir)
     flatbuffer = tf.lite.TFLiteConverter.from_saved_model(export_dir).convert()
     interpreter = Interpreter(model_content=flatbuffer)
     runner = interpreter.get_signature_runner("serving_default")

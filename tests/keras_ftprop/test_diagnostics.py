@@ -71,9 +71,9 @@ def test_statistics_match_numpy(mode, tmp_path):
 
     def compile_(model):
         model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=mode == "jit", run_eagerly=mode == "eager")
+                      jit_compile=mode.endswith("jit"), run_eagerly=mode == "eager")
 
-    if mode == "mirrored":
+    if mode.startswith("mirrored"):
         strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
         with strategy.scope():
             model = _model()
@@ -117,15 +117,42 @@ def test_flips_are_counted_on_the_probe_batch():
     assert diagnostics.history[1][1]["h1/flipped"] == pytest.approx(expected)
 
 
-def test_probes_are_removed_after_training():
+def _recording(model):
+    return [bool(layer.target_statistics.recording.numpy())
+            for layer in model.layers if hasattr(layer, "target_statistics")]
+
+
+def test_the_training_step_is_traced_once_and_records_only_under_the_callback():
     x, y = _data()
+    expected = _expected(_model(), x, y)
     model = _model()
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[TargetDiagnostics(every=1)])
-    assert all(getattr(layer, "target_probe", None) is None for layer in model.layers)
-    plain = model.train_function
-    model.fit(x, y, epochs=1, verbose=0)  # no callback: the plain step, not retraced
-    assert model.train_function is plain
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)  # traced without any diagnostics
+    step = model.train_function
+    sums = [layer.target_statistics.sums for layer in (model.get_layer("h1"), model.get_layer("s1"))]
+    assert all(not np.any(v.numpy()) for v in sums), "not recording: the backward adds nothing"
+
+    diagnostics = TargetDiagnostics(every=1)
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[diagnostics])
+    assert model.train_function is step  # the model's own step, not retraced or replaced
+    assert [s for s, _ in diagnostics.history] == [2, 3]
+    for _, values in diagnostics.history:
+        for key, value in expected.items():
+            assert values[key] == pytest.approx(value, rel=1e-5), key
+    assert _recording(model) == [False, False]
+
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    assert all(not np.any(v.numpy()) for v in sums), "recording stops with the callback's fit"
+
+
+def test_the_statistics_are_neither_weights_nor_checkpointed(tmp_path):
+    model = _model()
+    names = [v.name for v in model.weights]
+    assert not any("target_statistics" in n or "recording" in n for n in names), names
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    keys = [key for key, _ in tf.train.list_variables(path)]
+    assert not any("target_statistics" in k or "recording" in k for k in keys), keys
+    assert len([k for k in keys if "/.ATTRIBUTES/VARIABLE_VALUE" in k]) == len(model.weights)
 
 
 def test_every_must_be_positive():
@@ -158,7 +185,8 @@ def test_a_threshold_inside_batch_norm_threshold_is_logged_like_the_plain_pair(j
         diagnostics = TargetDiagnostics(every=2, probe_data=x)
         model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0, callbacks=[diagnostics])
         histories.append(diagnostics.history)
-        assert all(getattr(layer, "target_probe", None) is None for layer in model.layers)
+        threshold = model.get_layer("bn").activation if fused else model.get_layer("h1")
+        assert not threshold.target_statistics.recording.numpy()
     plain, fused = histories
     assert [step for step, _ in fused] == [step for step, _ in plain] == [0, 2]
     for (_, got), (_, expected) in zip(fused, plain):

@@ -148,7 +148,7 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
 def test_export_serves_without_the_library(tmp_path):
     model = _every_layer_model()
     x, _ = _data()
-    model.export(str(tmp_path / "exported"), verbose=False)
+    model.export(str(tmp_path / "exported"))
     np.save(tmp_path / "x.npy", x)
     _run_python(
         f"""

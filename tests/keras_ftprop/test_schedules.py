@@ -269,9 +269,9 @@ def test_export_before_and_after_fit(tmp_path):
     """A SavedModel keeps the gradient functions: an unbound loss traces, a fitted one holds its values."""
     model = _xor_model("ede")
     x, _ = _xor()
-    model.export(str(tmp_path / "untrained"), verbose=False)
+    model.export(str(tmp_path / "untrained"))
     model.fit(*_xor(), batch_size=32, epochs=1, verbose=0, callbacks=[TargetLossSchedule()])
-    model.export(str(tmp_path / "trained"), verbose=False)
+    model.export(str(tmp_path / "trained"))
     loaded = tf.saved_model.load(str(tmp_path / "trained"))
     served = loaded.serve(tf.constant(x)).numpy()
     np.testing.assert_allclose(served, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
