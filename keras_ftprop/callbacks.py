@@ -1,5 +1,6 @@
 """Keras callbacks for training hard-threshold networks."""
 
+import importlib.util
 import os
 
 import keras
@@ -49,6 +50,9 @@ class TargetDiagnostics(keras.callbacks.Callback):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"every must be a positive number of steps; got {every!r}.")
+        if log_dir and importlib.util.find_spec("tensorboard") is None:
+            raise ImportError("TargetDiagnostics(log_dir=...) writes TensorBoard summaries, which need the "
+                              "tensorboard package: pip install tensorboard, or pass log_dir=None")
         self.every = int(every)
         self.log_dir = log_dir
         self.probe_data = probe_data
