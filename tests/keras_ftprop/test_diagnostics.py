@@ -75,7 +75,8 @@ def test_statistics_match_numpy(mode, tmp_path):
                       jit_compile=mode.endswith("jit"), run_eagerly=mode == "eager")
 
     if mode.startswith("mirrored"):
-        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]],
+                                                  cross_device_ops=tf.distribute.ReductionToOneDevice())
         with strategy.scope():
             model = _model()
             compile_(model)

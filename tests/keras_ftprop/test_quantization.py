@@ -222,7 +222,8 @@ def test_trains_under_mirrored_strategy_as_on_one_device():
 
     single = build()
     single.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         mirrored = build()
     mirrored.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
