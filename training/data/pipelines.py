@@ -19,6 +19,9 @@ def seed_stream(seed):
         seed=None if seed is None else derive_seed(seed, 1), rerandomize_each_iteration=True)
 
 
+PASS_GRAPH_SEED = 1
+
+
 def pass_seed(seed, k, index):
     """An int64 seed that is a function of (seed, k, index) alone; ``index`` may be a tensor."""
     return tf.constant(derive_seed(0 if seed is None else seed, k), tf.int64) + tf.cast(index, tf.int64)
@@ -36,10 +39,15 @@ def seekable_stream(one_pass, start_batch, batches_per_pass):
     if batches_per_pass < 1:
         raise ValueError("a pass over the training split holds no whole batch")
     first, offset = divmod(int(start_batch), batches_per_pass)
-    passes = tf.data.Dataset.range(first, 2**62)
-    return passes.flat_map(
-        lambda p: one_pass(p, tf.where(tf.equal(p, first), tf.constant(offset, tf.int64),
-                                       tf.constant(0, tf.int64))))
+
+    def pass_from(p):
+        # Seeds tensors of p below; TensorFlow pairs an op seed with the graph's seed and tests
+        # the pair against (0, 0) in Python, which a global seed of 0 (--seed=0) would turn into
+        # the truth value of a tensor. This function's graph gets a seed of its own, never 0.
+        tf.random.set_seed(PASS_GRAPH_SEED)
+        return one_pass(p, tf.where(tf.equal(p, first), tf.constant(offset, tf.int64), tf.constant(0, tf.int64)))
+
+    return tf.data.Dataset.range(first, 2**62).flat_map(pass_from)
 
 
 def pipeline_options(deterministic):

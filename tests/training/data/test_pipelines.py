@@ -1,6 +1,7 @@
 """training.data.pipelines: seeded shuffling, reshuffled every epoch."""
 
 
+import keras
 import numpy as np
 
 from training import data
@@ -39,3 +40,11 @@ def test_the_training_stream_from_batch_g_is_the_stream_from_0_without_its_first
     assert not np.array_equal(labels[0], labels[14])  # each pass reshuffled
     _, _, other = data.load("digits", batch_size=100, seed=8)
     assert not np.array_equal(next(iter(other.train_from(0)))[1].numpy(), labels[0])
+
+
+def test_the_training_stream_works_with_a_global_seed_of_0():
+    keras.utils.set_random_seed(0)
+    _, _, info = data.load("digits", batch_size=100, seed=0)
+    first = [y.numpy() for _, y in info.train_from(0).take(3)]
+    again = [y.numpy() for _, y in info.train_from(1).take(2)]
+    np.testing.assert_array_equal(first[1], again[0])
