@@ -55,7 +55,7 @@ def test_settings_hold_the_saved_fields_and_what_the_run_resolved():
     settings = config.settings(cfg, resolved, info, "default strategy, 1 replica(s)", 12)
     assert set(settings) == {
         "model", "activation", "target_loss", "staircase_steps", "scale_by_grad", "recipe",
-        "dataset", "eval_steps", "seed", "mixed_precision", "jit_compile", "save_every_steps",
+        "dataset", "eval_steps", "seed", "mixed_precision", "jit_compile", "deterministic", "save_every_steps",
         "optimizer", "resolved", "sources", "image_shape", "num_classes", "train_examples",
         "eval_examples", "skipped_files", "steps_per_epoch", "strategy"}
     assert (settings["staircase_steps"], settings["seed"], settings["steps_per_epoch"]) == (3, 7, 12)
