@@ -3,7 +3,7 @@
 import keras
 
 from keras_ftprop import ops, target_losses
-from keras_ftprop.recompute import threshold_of
+from keras_ftprop.recompute import batch_norm_threshold, threshold_of
 
 __all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "BatchNormThreshold", "leaf_layers"]
 
@@ -225,7 +225,11 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
 
         tensors = [t for t in (gamma, beta, residual) if t is not None]
         probe = self.target_probe
-        result = threshold_of(pre_activation, self._threshold, [z, *tensors], return_pre_activation=probe is not None)
+        keep_x = probe is not None
+        if self.synchronized:  # moments over all replicas: recomputed, all-reduce included, in the backward
+            result = threshold_of(pre_activation, self._threshold, [z, *tensors], return_pre_activation=keep_x)
+        else:  # the forward's moments reused by batch norm's backward in closed form
+            result = self._threshold_of_moments(z, dtype, gamma, beta, residual, return_pre_activation=keep_x)
         outputs, (mean, variance) = result[0], result[1]
         momentum = self.momentum
         self.moving_mean.assign(keras.ops.cast(self.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
@@ -235,6 +239,16 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
         if probe is None:
             return outputs
         return probe(self.activation.target_unit(result[2]), outputs)
+
+    def _threshold_of_moments(self, z, dtype, gamma, beta, residual, return_pre_activation):
+        """(h, (mean, variance)[, x]) with the batch moments computed once (see ``recompute.batch_norm_threshold``)."""
+        z_float = keras.ops.cast(z, dtype)
+        axes = self._axes(z_float)
+        mean, variance = keras.ops.moments(z_float, axes=axes)
+        result = batch_norm_threshold(self._threshold, self._normalize, z, mean, variance, axes=axes,
+                                      epsilon=self.epsilon, gamma=gamma, beta=beta, residual=residual,
+                                      return_pre_activation=return_pre_activation)
+        return (result[0], (mean, variance), result[1]) if return_pre_activation else (result, (mean, variance))
 
     def _threshold(self, x):
         """The activation's forward and FTPROP backward (``call``: no probe of its own, no Keras wrapping)."""
