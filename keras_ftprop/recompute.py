@@ -118,7 +118,8 @@ def batch_norm_threshold(threshold, normalize, z, mean, variance, *, axes, epsil
             dx_z = tf.cast(dx, dtype)
             inv = tf.math.rsqrt(variance + tf.cast(epsilon, dtype))
             count = tf.cast(tf.size(z, out_type=tf.int64) // tf.size(inv, out_type=tf.int64), dtype)
-            centred = z - tf.reshape(mean, channel_shape)
+            with tf.control_dependencies([dx]):  # else z - mean is computed, and kept, in the forward pass
+                centred = z - tf.reshape(mean, channel_shape)
             dbeta = tf.reduce_sum(dx_z, axes)
             dgamma = tf.reduce_sum(dx_z * centred, axes) * inv  # sum dx x^
             scale = inv if "gamma" not in params else params["gamma"] * inv
