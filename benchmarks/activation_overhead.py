@@ -18,14 +18,23 @@ step time over rounds and its ratio to ReLU (target: <= 1.10). With
 instead of the wall clock: on a core shared with other processes it leaves
 out the time the step waited for the core.
 
+With ``--profile`` it then traces ``--steps`` steps of every configuration
+with ``tf.profiler`` and prints where the time goes: the time of each
+TensorFlow (or, with ``--jit``, XLA) op type per step, summed over the
+trace, for the op types whose time differs most from ReLU's.
+
     python benchmarks/activation_overhead.py [--models convnet8,resnet18] [--rounds 9] [--steps 5] [--jit]
-                                             [--cpu-time]
+                                             [--cpu-time] [--profile]
 """
 
 import argparse
+import collections
+import glob
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from models import get_model  # noqa: E402
 
@@ -65,9 +76,8 @@ def build(model_name, image_size, classes, jit, **activation):
     return model
 
 
-def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, steps=5, warmup=2,
-                 jit=False, configs=tuple(CONFIGS), clock=time.perf_counter):
-    """{config: [seconds per step, one per round]} of interleaved training steps, timed by ``clock``."""
+def warm_models(model_name, *, image_size, batch_size, classes=10, warmup=2, jit=False, configs=tuple(CONFIGS)):
+    """({config: compiled model, trained ``1 + warmup`` steps}, images, labels) on one fixed batch."""
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch_size, image_size, image_size, 3)).astype("float32")
     labels = rng.integers(0, classes, size=batch_size)
@@ -76,6 +86,17 @@ def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, st
         models[config] = build(model_name, image_size, classes, jit, **CONFIGS[config])
         for _ in range(1 + warmup):  # the first call traces and compiles
             models[config].train_on_batch(images, labels)
+    return models, images, labels
+
+
+def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, steps=5, warmup=2,
+                 jit=False, configs=tuple(CONFIGS), clock=time.perf_counter, models=None):
+    """{config: [seconds per step, one per round]} of interleaved training steps, timed by ``clock``.
+
+    ``models``: the result of :func:`warm_models`, to reuse; built here when None.
+    """
+    models, images, labels = models or warm_models(model_name, image_size=image_size, batch_size=batch_size,
+                                                   classes=classes, warmup=warmup, jit=jit, configs=configs)
     times = {config: [] for config in configs}
     for _ in range(rounds):
         for config, model in models.items():
@@ -85,6 +106,66 @@ def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, st
             float(np.asarray(loss))  # the last step has finished
             times[config].append((clock() - start) / steps)
     return times
+
+
+def op_times(model, images, labels, steps=5):
+    """{op type: milliseconds per step}: the op events of a ``tf.profiler`` trace of ``steps`` training steps.
+
+    A TensorFlow op event is named ``"<op name>:<op type>"``; under XLA each HLO instruction (a fusion, a
+    convolution) is an event ``"<instruction>.<number>"``, grouped by its name without the number. Times
+    are summed over the trace and divided by ``steps``; ops on parallel threads add up.
+    """
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(steps):
+                loss = model.train_on_batch(images, labels)
+            float(np.asarray(loss))
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name == "python":  # the caller's scopes, which contain the ops
+                continue
+            for event in line.events:
+                kind = _op_type(plane.event_metadata[event.metadata_id].name)
+                if kind:
+                    totals[kind] += event.duration_ps / 1e9 / steps
+    return dict(totals)
+
+
+def _op_type(event_name):
+    """``Conv2D`` of a TensorFlow op event ``"<name>:Conv2D"``, ``fusion`` of an XLA one ``"fusion.12"``;
+    None for the others (runtime scopes, the compiled function as a whole)."""
+    if "::" in event_name or "__inference" in event_name:
+        return None
+    if ":" in event_name:
+        return event_name.rsplit(":", 1)[1].strip()
+    if re.fullmatch(r"[\w-]+\.\d+", event_name):
+        return event_name.rsplit(".", 1)[0]
+    return None
+
+
+def profile_table(profiles, baseline="relu", top=12):
+    """Markdown rows per configuration: the ``top`` op types by |ms/step - the baseline's|."""
+    base = profiles[baseline]
+    rows = []
+    for config, ops in profiles.items():
+        if config == baseline:
+            continue
+        total, base_total = sum(ops.values()), sum(base.values())
+        rows += [f"\n{config} vs {baseline}: all ops {total:.1f} vs {base_total:.1f} ms/step "
+                 f"({total - base_total:+.1f})\n",
+                 f"| op type | {baseline} ms/step | {config} ms/step | difference |", "|---|---:|---:|---:|"]
+        kinds = sorted(set(ops) | set(base), key=lambda k: -abs(ops.get(k, 0.0) - base.get(k, 0.0)))
+        for kind in kinds[:top]:
+            a, b = base.get(kind, 0.0), ops.get(kind, 0.0)
+            rows.append(f"| {kind} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    return "\n".join(rows)
 
 
 def table(times, baseline="relu"):
@@ -108,6 +189,8 @@ def main(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock")
+    parser.add_argument("--profile", action="store_true",
+                        help="then trace --steps steps of each configuration: time per op type against ReLU")
     args = parser.parse_args(argv)
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
     if "relu" not in configs:
@@ -116,15 +199,20 @@ def main(argv=None):
     for model_name in (m.strip() for m in args.models.split(",") if m.strip()):
         side, batch = DEFAULT_SHAPES[model_name]
         side, batch = args.image_size or side, args.batch_size or batch
+        models = warm_models(model_name, image_size=side, batch_size=batch, jit=args.jit, configs=configs)
         times = time_configs(model_name, image_size=side, batch_size=batch, rounds=args.rounds,
                              steps=args.steps, jit=args.jit, configs=configs,
-                             clock=time.process_time if args.cpu_time else time.perf_counter)
+                             clock=time.process_time if args.cpu_time else time.perf_counter, models=models)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\n{model_name}, {side}x{side}x3, batch {batch}, jit_compile={args.jit}, "
               f"{'CPU' if args.cpu_time else 'wall-clock'} time, median of "
               f"{args.rounds} interleaved rounds x {args.steps} steps, {os.cpu_count()} CPUs, "
               f"load average {load:.2f}\n")
         print(table(times), flush=True)
+        if args.profile:
+            profiles = {config: op_times(model, *models[1:], steps=args.steps)
+                        for config, model in models[0].items()}
+            print(profile_table(profiles), flush=True)
         results[model_name] = times
     return results
 

@@ -6,7 +6,7 @@ import keras
 
 from keras_ftprop import ops, target_losses
 from keras_ftprop.diagnostics import TargetStatistics
-from keras_ftprop.recompute import threshold_of
+from keras_ftprop.recompute import batch_norm_threshold, threshold_of
 
 __all__ = ["HardThreshold", "Staircase", "SaturatedReLU", "BatchNormThreshold", "leaf_layers"]
 
@@ -235,13 +235,25 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
         tensors = [t for t in (gamma, beta, residual) if t is not None]
         # The threshold's target statistics come from the backward's recomputed x.
         threshold = functools.partial(self._threshold, training=True)
-        outputs, (mean, variance) = threshold_of(pre_activation, threshold, [z, *tensors])
+        if self.synchronized:  # moments over all replicas: recomputed, all-reduce included, in the backward
+            outputs, (mean, variance) = threshold_of(pre_activation, threshold, [z, *tensors])
+        else:  # the forward's moments reused by batch norm's backward in closed form
+            outputs, (mean, variance) = self._threshold_of_moments(threshold, z, dtype, gamma, beta, residual)
         momentum = self.momentum
         self.moving_mean.assign(keras.ops.cast(self.moving_mean, dtype) * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(
             keras.ops.cast(self.moving_variance, dtype) * momentum + variance * (1.0 - momentum)
         )
         return outputs
+
+    def _threshold_of_moments(self, threshold, z, dtype, gamma, beta, residual):
+        """(h, (mean, variance)) with the batch moments computed once (see ``recompute.batch_norm_threshold``)."""
+        z_float = keras.ops.cast(z, dtype)
+        axes = self._axes(z_float)
+        mean, variance = keras.ops.moments(z_float, axes=axes)
+        h = batch_norm_threshold(threshold, self._normalize, z, mean, variance, axes=axes, epsilon=self.epsilon,
+                                 gamma=gamma, beta=beta, residual=residual)
+        return h, (mean, variance)
 
     def _threshold(self, x, training=False):
         """The activation's forward and FTPROP backward (``call``: no Keras wrapping)."""

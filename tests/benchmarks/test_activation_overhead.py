@@ -41,3 +41,28 @@ def test_each_configuration_builds_its_activation():
     assert activations("step-sste") == [("HardThreshold", "sste")] * 3  # convnet4: 3 activation sites
     assert activations("staircase-ftp_sh") == [("Staircase", "soft_hinge")] * 3
     assert activations("relu") == []
+
+
+def test_op_times_sum_the_traced_ops_by_type():
+    models, images, labels = activation_overhead.warm_models("convnet4", image_size=32, batch_size=2,
+                                                             warmup=0, configs=("relu", "step-ftp_sh"))
+    relu = activation_overhead.op_times(models["relu"], images, labels, steps=1)
+    step = activation_overhead.op_times(models["step-ftp_sh"], images, labels, steps=1)
+    assert any("Conv2D" in kind for kind in relu) and all(ms >= 0 for ms in relu.values())
+    assert "ReluGrad" in relu and "ReluGrad" not in step  # every ReLU of convnet4 is a step in the other
+    assert "TanhGrad" in step and "Tanh" in step and "TanhGrad" not in relu
+
+
+def test_profile_table_orders_op_types_by_their_difference_from_relu():
+    profiles = {"relu": {"Conv2D": 10.0, "ReluGrad": 1.0}, "step-ftp_sh": {"Conv2D": 10.5, "TanhGrad": 2.0}}
+    rows = activation_overhead.profile_table(profiles).splitlines()
+    assert rows[1] == "step-ftp_sh vs relu: all ops 12.5 vs 11.0 ms/step (+1.5)"
+    assert rows[5:] == ["| TanhGrad | 0.00 | 2.00 | +2.00 |", "| ReluGrad | 1.00 | 0.00 | -1.00 |",
+                        "| Conv2D | 10.00 | 10.50 | +0.50 |"]
+
+
+def test_op_type_of_tensorflow_and_xla_events():
+    assert activation_overhead._op_type("model/conv/Conv2D:_MklNativeConv2D") == "_MklNativeConv2D"
+    assert activation_overhead._op_type("multiply_subtract_fusion.3") == "multiply_subtract_fusion"
+    for scope in ("ExecutorState::Process", "__inference_one_step_on_data_820", "EagerLocalExecute: __inference_f_1"):
+        assert activation_overhead._op_type(scope) is None
