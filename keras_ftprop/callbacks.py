@@ -39,10 +39,10 @@ class TargetDiagnostics(keras.callbacks.Callback):
     the epoch ``logs`` as ``"<layer>/<statistic>"``.
 
     The statistics are summed by the layers' own backward pass into their
-    :class:`~keras_ftprop.diagnostics.TargetStatistics` while its ``recording``
+    [`TargetStatistics`][keras_ftprop.diagnostics.TargetStatistics] while its ``recording``
     variable is on: the callback turns it on before a logged step and reads the
     sums at the start of the next one; the training step is the model's own,
-    traced once (see :mod:`keras_ftprop.diagnostics`). With
+    traced once (see [`keras_ftprop.diagnostics`][keras_ftprop.diagnostics]). With
     ``steps_per_execution > 1`` a logged step sums over its whole execution.
     """
 

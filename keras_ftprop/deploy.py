@@ -236,7 +236,8 @@ class ExportReport:
 
 
 class TFLiteExport(bytes):
-    """The TFLite flatbuffer (``bytes``), with its ``report`` (an :class:`ExportReport`)."""
+    """The TFLite flatbuffer (``bytes``), with its ``report``
+    (an [`ExportReport`][keras_ftprop.deploy.ExportReport])."""
 
     report: ExportReport
 
@@ -471,7 +472,8 @@ def _folded_batch_norms(model, producers, consumers):
 
 def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dtype="float32",
               threshold_input="pinned", calibration_samples=500):
-    """Convert ``model`` to TFLite; returns the flatbuffer (:class:`TFLiteExport`, ``bytes`` with ``.report``).
+    """Convert ``model`` to TFLite; returns the flatbuffer
+    ([`TFLiteExport`][keras_ftprop.deploy.TFLiteExport], ``bytes`` with ``.report``).
 
     Args:
       model: functional or Sequential Keras model (threshold layers applied as layers).
@@ -642,5 +644,6 @@ def _fmt(values):
 
 
 def quantization_aware(model, representative_data, calibration_samples=500):
-    """A trainable copy of ``model`` whose forward pass is its int8 model's (:mod:`keras_ftprop.quantization`)."""
+    """A trainable copy of ``model`` whose forward pass is its int8 model's
+    ([`keras_ftprop.quantization`][keras_ftprop.quantization])."""
     return quantization.quantization_aware(model, representative_data, calibration_samples)

@@ -1,9 +1,9 @@
 """Target statistics gathered in the backward pass of hard-threshold layers.
 
-Every ``HardThreshold``/``Staircase`` layer owns a :class:`TargetStatistics`
+Every ``HardThreshold``/``Staircase`` layer owns a [`TargetStatistics`][keras_ftprop.diagnostics.TargetStatistics]
 (created in ``build``). In training (``training=True``) the layer's output
-passes through :meth:`TargetStatistics.observe`, an identity whose backward
-sees the upstream gradient ``g`` and, while the ``recording`` variable is on,
+passes through [`TargetStatistics.observe`][keras_ftprop.diagnostics.TargetStatistics.observe], an identity
+whose backward sees the upstream gradient ``g`` and, while the ``recording`` variable is on,
 adds to per-replica sums (``tf.VariableSynchronization.ON_READ``, aggregated
 by ``SUM``, so a read under ``tf.distribute`` totals all replicas). With the
 layer's centred unit ``u`` (x for a step, 2x' - 1 for a staircase) and
@@ -17,7 +17,7 @@ layer's centred unit ``u`` (x for a step, 2x' - 1 for a staircase) and
 
 The sums sit behind ``tf.cond(recording, ...)`` in the compiled training step
 itself: the step is traced once, with or without a
-:class:`~keras_ftprop.callbacks.TargetDiagnostics`, and while ``recording`` is
+[`TargetDiagnostics`][keras_ftprop.callbacks.TargetDiagnostics], and while ``recording`` is
 off the backward adds one branch that does nothing. Inference graphs (and so
 ``model.export``) do not contain it. The variables are neither weights of the
 layer nor part of its checkpoints.

@@ -1,4 +1,4 @@
-"""Keras layers around :mod:`keras_ftprop.ops`: thin, serializable, usable as ``activation=``."""
+"""Keras layers around [`keras_ftprop.ops`][keras_ftprop.ops]: thin, serializable, usable as ``activation=``."""
 
 import functools
 
@@ -30,7 +30,8 @@ class _Activation(keras.layers.Layer):
 
 
 class _Threshold(_Activation):
-    """A step or staircase: in training its output passes through its :class:`TargetStatistics`."""
+    """A step or staircase: in training its output passes through its
+    [`TargetStatistics`][keras_ftprop.diagnostics.TargetStatistics]."""
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -80,7 +81,8 @@ class Staircase(_Threshold):
     """Quantized ReLU with ``steps + 1`` levels on [low, high], trained by FTPROP-MB.
 
     y = (clip(ceil(x' (n - 1)), 0, n) / n) (b - a) + a,  x' = (x - a) / (b - a);
-    backward: the target loss on the centred unit u = 2 x' - 1 (see :func:`keras_ftprop.ops.staircase`).
+    backward: the target loss on the centred unit u = 2 x' - 1
+    (see [`keras_ftprop.ops.staircase`][keras_ftprop.ops.staircase]).
     ``steps=3`` gives the paper's 2-bit {0, 1/3, 2/3, 1}.
     """
 
@@ -139,7 +141,7 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
     of ``keras.layers.BatchNormalization``, and so are the forward pass and the
     gradients: those of the plain ``BatchNormalization`` -> (``Add``) ->
     ``activation``. In training the backward pass recomputes x from z and the
-    batch statistics (see :mod:`keras_ftprop.recompute`) instead of keeping it, so
+    batch statistics (see [`keras_ftprop.recompute`][keras_ftprop.recompute]) instead of keeping it, so
     the pair keeps what batch norm alone keeps (z, and r if given), like batch
     norm followed by ReLU. Inference uses the moving statistics, as
     ``BatchNormalization`` does.

@@ -1,7 +1,7 @@
 """Hard-threshold activations as plain functions with an FTPROP-MB backward.
 
 Each op is a ``tf.custom_gradient`` whose backward is the target loss's
-``input_gradient`` (see :mod:`keras_ftprop.target_losses`)::
+``input_gradient`` (see [`keras_ftprop.target_losses`][keras_ftprop.target_losses])::
 
     grad_x = w * dL/dz(x, t),  t = sign(-g),  w = |g|  or  1[g != 0] / batch_size
 
@@ -45,7 +45,7 @@ def hard_threshold(x, target_loss="soft_hinge", scale_by_grad=True, zero_one=Fal
 
     Args:
       x: floating-point tensor of pre-activations.
-      target_loss: name, :class:`~keras_ftprop.target_losses.TargetLoss` or config.
+      target_loss: name, [`TargetLoss`][keras_ftprop.target_losses.TargetLoss] or config.
       scale_by_grad: w = |g| when True, else 1[g != 0] / batch_size.
       zero_one: outputs in {0, 1} instead of {-1, +1}.
     """

@@ -11,7 +11,7 @@ can recompute x instead:
 
 The backward differentiates the same ops as the plain composition, so the
 gradients are those of ``threshold(f(inputs))``; it costs one more evaluation of
-f. For batch norm, :func:`batch_norm_threshold` keeps the forward's batch
+f. For batch norm, [`batch_norm_threshold`][keras_ftprop.recompute.batch_norm_threshold] keeps the forward's batch
 moments (one number per channel) and gives batch norm's backward in closed
 form, so the recomputation is one affine map, not the moments again.
 """
@@ -77,10 +77,13 @@ def batch_norm_threshold(threshold, normalize, z, mean, variance, *, axes, epsil
       normalize: ``(z, mean, variance, gamma, beta, residual) -> x``, elementwise given the statistics.
       z: the batch-norm input, kept as given (e.g. float16): ``normalize`` and the backward see it cast
         to the moments' dtype.
-      mean, variance: batch moments of z over ``axes``, with the shape of gamma (one per channel).
+      mean: the batch mean of z over ``axes``, with the shape of gamma (one per channel).
+      variance: the batch variance of z over ``axes``, the same shape.
       axes: the reduced axes of z (all but the channel axis).
       epsilon: batch norm's variance epsilon.
-      gamma, beta, residual: tensors or None (absent).
+      gamma: batch norm's scale, or None (absent).
+      beta: batch norm's offset, or None.
+      residual: a tensor added after batch norm, or None.
 
     Returns:
       h.

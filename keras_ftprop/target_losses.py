@@ -50,11 +50,11 @@ Built-in losses, by name (with ``w = |g|`` the backward simplifies because
 
 Every numeric parameter of a loss class may be a schedule over training steps
 (a ``keras.optimizers.schedules.LearningRateSchedule``, e.g.
-:class:`keras_ftprop.schedules.Geometric`); such a loss reads the step it is
-:meth:`~TargetLoss.bind`-ed to, which :class:`keras_ftprop.callbacks.TargetLossSchedule`
-does for ``model.fit``.
+[`keras_ftprop.schedules.Geometric`][keras_ftprop.schedules.Geometric]); such a loss reads the step it is
+[`bind`][keras_ftprop.target_losses.TargetLoss.bind]-ed to, which
+[`keras_ftprop.callbacks.TargetLossSchedule`][keras_ftprop.callbacks.TargetLossSchedule] does for ``model.fit``.
 
-A loss of your own subclasses :class:`TargetLoss`, defines ``__call__`` and
+A loss of your own subclasses [`TargetLoss`][keras_ftprop.target_losses.TargetLoss], defines ``__call__`` and
 ``get_config`` and is registered with
 ``keras.saving.register_keras_serializable`` like any Keras custom object.
 """
@@ -178,7 +178,8 @@ class TargetLoss:
 
     @property
     def scheduled(self):
-        """Whether a parameter follows a schedule (the loss then needs :meth:`bind`)."""
+        """Whether a parameter follows a schedule (the loss then needs
+        [`bind`][keras_ftprop.target_losses.TargetLoss.bind])."""
         return bool(self._schedules())
 
     def scheduled_values(self):
@@ -294,7 +295,7 @@ class EDE(SoftHinge):
         T = t_min 10^(p log10(t_max / t_min)),  k = max(1 / T, 1),  p = min(step / total_steps, 1)
 
     the fraction of training done. ``total_steps`` defaults to the length of
-    training the loss is bound to (:meth:`bind`; ``TargetLossSchedule`` passes
+    training the loss is bound to ([`bind`][keras_ftprop.target_losses.TargetLoss.bind]; ``TargetLossSchedule`` passes
     the length of the fit).
     """
 
@@ -731,7 +732,7 @@ _BUILTINS = {  # name: the factory of its default instance
 
 
 def names():
-    """The names of the built-in target losses, as accepted by :func:`get`."""
+    """The names of the built-in target losses, as accepted by [`get`][keras_ftprop.target_losses.get]."""
     return tuple(_BUILTINS)
 
 
