@@ -20,12 +20,18 @@ DEMO_RUN = ["train.py", "--model=convnet4", "--epochs=1", "--steps_per_epoch=2",
             "--model_dir=runs/demo"]
 
 PAGE_SETUP = {
-    # deployment.md continues from "a trained model and its training images".
+    # deployment.md continues from "a trained model, its training data, loss and final learning rate".
     "deployment.md": """
 from models import get_model
+import keras
 import numpy as np
+import tensorflow as tf
 model = get_model("convnet4", activation="step", input_shape=(16, 16, 1))
 x_train = np.random.default_rng(0).uniform(-1, 1, (500, 16, 16, 1)).astype("float32")
+y_train = np.random.default_rng(1).integers(0, 10, 500)
+train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(100)
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+final_learning_rate = 2.5e-6
 """,
 }
 SLOW_PAGES = {"training.md"}
