@@ -54,8 +54,12 @@ def quantized_kernel(kernel):
     kernel = tf.convert_to_tensor(kernel)
     axes = list(range(len(kernel.shape) - 1))
     bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes), 1e-30))
-    return keras.quantizers.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=8,
-                                                         narrow_range=True, axis=-1)
+    # TensorFlow's per-channel fake quant (what keras.quantizers.fake_quant_with_min_max_vars, Keras >= 3.7,
+    # calls on this backend): the converter recognises it, and it is in every TensorFlow we support.
+    quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.cast(kernel, tf.float32), tf.cast(-bound, tf.float32), tf.cast(bound, tf.float32), num_bits=8,
+        narrow_range=True)
+    return tf.cast(quantized, kernel.dtype)
 
 
 def kernel_codes(kernel):

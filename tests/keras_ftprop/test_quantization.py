@@ -206,20 +206,7 @@ def test_copy_keeps_the_weights_and_the_original_is_untouched():
         np.testing.assert_array_equal(a, b)
 
 
-def test_trains_under_mirrored_strategy_as_on_one_device():
-    """One SGD step on 2 logical CPUs (conftest) gives the single-device weights."""
-    x, y = digits()
-    x, y = x[:64].reshape(64, -1), y[:64]
-
-    def build():
-        keras.utils.set_random_seed(3)
-        inputs = keras.Input((64,))
-        h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(inputs))
-        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
-        qat = deploy.quantization_aware(model, x)
-        qat.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return qat
-
+def _one_step_single_and_mirrored(build, x, y):
     single = build()
     single.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
@@ -227,6 +214,29 @@ def test_trains_under_mirrored_strategy_as_on_one_device():
     with strategy.scope():
         mirrored = build()
     mirrored.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    return single, mirrored
+
+
+def test_trains_under_mirrored_strategy_as_on_one_device():
+    """One SGD step on 2 logical CPUs (conftest) gives the single-device weights."""
+    x, y = digits()
+    x, y = x[:64].reshape(64, -1), y[:64]
+
+    def build(quantization_aware=True):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((64,))
+        h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+        model = deploy.quantization_aware(model, x) if quantization_aware else model
+        model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    plain = _one_step_single_and_mirrored(lambda: build(quantization_aware=False), x, y)
+    if any(not np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*(m.get_weights() for m in plain))):
+        # Seen with Keras 3.5 and 3.6 on TensorFlow 2.16 (max weight difference 0.059), not with Keras 3.15.
+        pytest.skip(f"Keras {keras.__version__}'s fit under MirroredStrategy differs from one device for a "
+                    "plain model too: nothing to compare the quantization-aware copy against")
+    single, mirrored = _one_step_single_and_mirrored(build, x, y)
     build_weights = build().get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(single.get_weights(), build_weights))  # it trained
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
