@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ftprop import HardThreshold, Staircase, deploy, quantization
+from tests.keras_ftprop.test_deploy import decoded_outputs, fused_network
 
 try:
     from ai_edge_litert.interpreter import Interpreter
@@ -103,24 +104,6 @@ def negate_channels(model, conv, bn, channels):
     model.get_layer(bn).set_weights([gamma * sign, beta, mean * sign, var])
 
 
-def tflite_outputs(flatbuffer, images, names):
-    """Logits and the decoded outputs of threshold layers ``names``, image by image."""
-    interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    logits, units = [], {name: [] for name in names}
-    for i in range(len(images)):
-        interpreter.set_tensor(inp["index"], images[i:i + 1])
-        interpreter.invoke()
-        logits.append(interpreter.get_tensor(out["index"]))
-        for name in names:
-            detail = by_name[flatbuffer.report.activation_tensors[name][1]]
-            scale, zero_point = detail["quantization"]
-            units[name].append((interpreter.get_tensor(detail["index"]).astype(np.float64) - zero_point) * scale)
-    return np.concatenate(logits), {name: np.concatenate(v) for name, v in units.items()}
-
-
 def conv_and_dense_kernels(flatbuffer):
     """[(int8 codes with the output channel last, per-channel scales)] of the CONV_2D / FULLY_CONNECTED ops."""
     interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True)
@@ -155,7 +138,7 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
 
     flatbuffer = deploy.to_tflite(loaded, x[:500])
     names = ["act1", "act2", "act3"]
-    logits, units = tflite_outputs(flatbuffer, x, names)
+    units, logits = decoded_outputs(flatbuffer, names, x)
     expected = qat.predict(x, verbose=0)
     assert np.mean(logits.argmax(1) == expected.argmax(1)) >= 0.999  # all 1,797 digits but at most one
     probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in names])
@@ -255,8 +238,6 @@ def test_layer_that_cannot_be_made_quantization_aware_is_named():
 
 
 def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
-    from tests.keras_ftprop.test_deploy import fused_network
-
     model = fused_network(fuse=True)  # conv2_bn is a BatchNormThreshold on [z, act1's output]
     rng = np.random.default_rng(1)
     calibration = rng.normal(size=(64, 10, 10, 3)).astype(np.float32)
@@ -266,7 +247,7 @@ def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
     assert [layer.name for layer in qat.layers if isinstance(layer, quantization.FakeQuant)] == [
         "input_quant", "conv2_bn_add_in0", "output_quant"]
     flatbuffer = deploy.to_tflite(qat, calibration)
-    logits, units = tflite_outputs(flatbuffer, images, ["act1", "act2"])
+    units, logits = decoded_outputs(flatbuffer, ["act1", "act2"], images)
     probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in ("act1", "act2")] + qat.outputs)
     *keras_units, keras_logits = probe.predict(images, verbose=0)
     for name, expected in zip(("act1", "act2"), keras_units):
