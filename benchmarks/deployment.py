@@ -20,6 +20,7 @@ Run from the repository root::
     python benchmarks/deployment.py --models convnet8,resnet18 --activation step   # speed and size only
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
     python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
+    python benchmarks/deployment.py --models convnet8 --no_fuse   # every threshold as GREATER + SELECT_V2
 
 ``--flips N``: for each run, the fraction of units of every threshold layer
 whose int8 output differs from Keras's (decoded from the interpreter's
@@ -76,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--flips", type=int, default=0,
                         help="instead: per-layer flips of the runs' int8 models on this many eval images, "
                              "threshold inputs pinned vs calibrated")
+    parser.add_argument("--no_fuse", action="store_true",
+                        help="int8 with GREATER + SELECT_V2 at every threshold (to_tflite(fuse_thresholds=False))")
     parser.add_argument("--profile", choices=QUANTIZATIONS, default=None,
                         help="instead: per-layer batch-1 time of the --models' int8 or float TFLite model "
                              "(unfused, 1 thread) by differencing the times of prefix models")
@@ -158,7 +161,7 @@ def measure(name, model, calib, images, labels, args):
     flatbuffers = {}
     for q in QUANTIZATIONS:
         start = time.perf_counter()
-        flatbuffers[q] = deploy.to_tflite(model, calib, quantize=q)
+        flatbuffers[q] = deploy.to_tflite(model, calib, quantize=q, fuse_thresholds=not args.no_fuse)
         row[f"convert_s_{q}"] = time.perf_counter() - start
         row[f"size_{q}"] = len(flatbuffers[q])
     row["ops_int8"] = {f"{op} {dtype}": n for (op, dtype), n in flatbuffers["int8"].report.ops.items()}
@@ -293,7 +296,8 @@ def profile(name, args):
                              input_shape=(args.image_size, args.image_size, 3))
     calib = np.random.default_rng(0).normal(size=(64, args.image_size, args.image_size, 3)).astype(np.float32)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    prefixes = {layer.name: deploy.to_tflite(keras.Model(model.input, layer.output), calib, quantize=args.profile)
+    prefixes = {layer.name: deploy.to_tflite(keras.Model(model.input, layer.output), calib, quantize=args.profile,
+                                             fuse_thresholds=not args.no_fuse)
                 for layer in layers}
     times = time_interleaved(prefixes, 1, 1, args.rounds, args.invokes, calib[0])
     lines = [f"{name} {args.activation} {args.profile} ({args.image_size}x{args.image_size}, batch 1, 1 thread): "

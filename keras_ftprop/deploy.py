@@ -39,6 +39,26 @@ except at the thresholds, whose ranges are pinned with fake-quant nodes:
   beyond each end. The thresholds are codes of their input's grid, so every
   GREATER compares integers exactly. ``threshold_input="calibrated"`` keeps
   the converter's ranges (for comparison).
+
+Fused steps (``fuse_thresholds=True``, the default for int8): a step whose
+input is a Conv2D or Dense (with its batch norm; max pooling, flatten and
+dropout may lie between, as they commute with a monotone step) fed by
+another threshold's output becomes that layer's own requantization. Its
+input codes (minus the zero point) are then multiples of m (127 for a
+{-1, +1} input), so its int32 accumulator is acc = m j for an integer j, and
+with the exact threshold t = -b / (s_in s_w) per channel
+
+    h = 1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),
+
+where acc + B is never within m//2 of 0. The export sets the bias to B and
+scales each output channel so that the requantization multiplier is
+M = 256 / (m//2 - m//4) (codes unchanged): every unit lands beyond the output
+range and the clamp (a fused RELU_N1_TO_1 for {-1, +1}, RELU and the int8
+range for {0, 1}) puts it exactly on the code of a level. No GREATER or SELECT_V2 is
+left, and the compare is exact (the bias may round by up to m//4). Sites that
+cannot be fused keep GREATER + SELECT_V2 and are listed, with the reason, in
+``report.unfused``: the first layer (its input is the image), a residual sum,
+a batch norm with a negative scale behind a max pool, a staircase.
 """
 
 from __future__ import annotations
@@ -57,8 +77,8 @@ import tensorflow as tf
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop import quantization
 
-__all__ = ["to_tflite", "quantization_aware", "inspect_tflite", "exact_output_range", "ExportReport",
-           "TFLiteExport", "REWRITES", "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]
+__all__ = ["to_tflite", "quantization_aware", "inspect_tflite", "exact_output_range", "fused_thresholds",
+           "ExportReport", "TFLiteExport", "REWRITES", "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]
 
 STEP_INPUT_BITS = 7  # a step's input range is 2**7 times finer than the calibrated one
 # TFLite's int8 GREATER rescales both sides to (q - z) * scale * 2**8, rounded: a scale below
@@ -223,6 +243,8 @@ class ExportReport:
     rewritten: dict  # {layer name: description}
     folded: dict  # {batch-norm layer name: layer it folds into}
     activation_tensors: dict = dataclasses.field(default_factory=dict)  # {layer: (input, output) tensor names}
+    fused: dict = dataclasses.field(default_factory=dict)  # {step: producer whose requantization computes it}
+    unfused: dict = dataclasses.field(default_factory=dict)  # {threshold: why it stays GREATER + SELECT_V2}
 
     def __str__(self):
         lines = [f"TFLite {self.quantize} model: {self.size_bytes:,} bytes"]
@@ -232,6 +254,8 @@ class ExportReport:
             lines.append(f"rewritten {name}: {what}")
         for name, into in self.folded.items():
             lines.append(f"folded {name} into {into}")
+        for name, why in self.unfused.items():
+            lines.append(f"not fused {name}: {why}")
         return "\n".join(lines)
 
 
@@ -470,8 +494,169 @@ def _folded_batch_norms(model, producers, consumers):
     return folded
 
 
+# ----------------------------------------------------------------------------- fused steps
+
+# Layers that commute with a monotone threshold, h(f(x)) = f(h(x)): they may lie between a fused step and its
+# producer (a max pool before a batch norm only if the batch norm's scale is positive).
+_COMMUTE_WITH_STEP = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
+                      keras.layers.SpatialDropout2D)
+# Layers that keep a threshold's output on its grid of codes (0, a padding value, is a code of every grid).
+_KEEP_GRID = (keras.layers.ZeroPadding2D, keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape,
+              keras.layers.Dropout, keras.layers.SpatialDropout2D)
+_PER_CHANNEL = (keras.layers.MaxPooling2D, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+_MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedStep:
+    """A step computed by the requantization of ``producer`` (see the module docstring)."""
+
+    threshold: str  # the HardThreshold layer
+    producer: str  # the Conv2D or Dense layer
+    batch_norm: str | None  # folded into the producer by the export
+    between: tuple  # names of the other layers from the producer to the threshold, in order
+    input_scale: float  # s_in of the producer's input grid
+    input_step: int  # m: the producer's input codes minus the zero point are multiples of m
+    input_bound: int  # max |input code - zero point|
+
+
+def _grid_of(layer):
+    """(scale, m, max |code - zero point|) of the int8 grid of a threshold layer's exported output."""
+    if isinstance(layer, ftprop_layers.HardThreshold):
+        levels, steps = ([0.0, 1.0] if layer.zero_one else [-1.0, 1.0]), 1
+    else:
+        levels, steps = _staircase_levels(layer.steps, layer.low, layer.high), layer.steps
+    _, _, scale, _ = exact_output_range(levels[0], levels[-1], steps)
+    codes = [round(level / scale) for level in levels]
+    return scale, int(np.gcd.reduce(codes)), max(abs(code) for code in codes)
+
+
+def _batch_norm_factor(layer):
+    """(f, c) per channel: the inference batch norm is f z + c."""
+    gamma = layer.gamma.numpy() if layer.scale else 1.0
+    beta = layer.beta.numpy() if layer.center else 0.0
+    f = gamma / np.sqrt(layer.moving_variance.numpy().astype(np.float64) + layer.epsilon)
+    return f * np.ones(layer.moving_mean.shape), beta - layer.moving_mean.numpy() * f
+
+
+def _fusion_of(layer, producers, consumers):
+    """(FusedStep, None) if the step ``layer`` can be its producer's requantization, else (None, the reason)."""
+    if not isinstance(layer, ftprop_layers.HardThreshold):
+        return None, "a staircase"
+    after_norm, before_norm, batch_norm, current = [], [], None, layer
+    while True:
+        tensor = _only_input(current)
+        if tensor is None:
+            return None, f"{current.name!r} takes several inputs (a sum)"
+        if consumers[id(tensor)] != 1:
+            return None, "its input is also read by another layer"
+        producer = producers[id(tensor)]
+        if isinstance(producer, keras.layers.InputLayer):
+            return None, "it reads the model's input"
+        if type(producer) in (keras.layers.Conv2D, keras.layers.Dense):
+            if getattr(producer, "activation", None) not in (None, keras.activations.linear):
+                return None, f"{producer.name!r} has an activation"
+            break
+        if isinstance(producer, keras.layers.BatchNormalization) and batch_norm is None:
+            if producer.axis not in (-1, len(producer.input.shape) - 1, [len(producer.input.shape) - 1]) or any(
+                    not isinstance(b, _PER_CHANNEL) for b in after_norm):
+                return None, f"batch norm {producer.name!r} is not per output channel"
+            batch_norm = producer
+        elif isinstance(producer, _COMMUTE_WITH_STEP):
+            (before_norm if batch_norm is not None else after_norm).insert(0, producer)
+        else:
+            return None, f"{producer.name!r} ({type(producer).__name__}) lies between it and its convolution"
+        current = producer
+    if batch_norm is not None and before_norm:
+        if not all(isinstance(b, _PER_CHANNEL) for b in before_norm):
+            return None, f"batch norm {batch_norm.name!r} is not per output channel"
+        if np.any(_batch_norm_factor(batch_norm)[0] <= 0):
+            return None, f"batch norm {batch_norm.name!r} follows a max pool and has a non-positive scale"
+    source = producer  # the producer's input must lie on a threshold's output grid
+    while True:
+        tensor = _only_input(source)
+        source = producers.get(id(tensor)) if tensor is not None else None
+        if source is None or isinstance(source, keras.layers.InputLayer):
+            return None, f"{producer.name!r} reads the model's input, not a threshold's output"
+        if type(source) in REWRITES:
+            break
+        if not isinstance(source, _KEEP_GRID):
+            return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
+    scale, step, bound = _grid_of(source)
+    if step < _MIN_FUSED_INPUT_STEP:
+        return None, f"the input grid of {producer.name!r} is too fine (codes {step} apart)"
+    between = tuple(b.name for b in before_norm) + tuple(b.name for b in after_norm)
+    return FusedStep(layer.name, producer.name, None if batch_norm is None else batch_norm.name, between,
+                     scale, step, bound), None
+
+
+def fused_thresholds(model):
+    """({step name: FusedStep}, {threshold name: why it is not fused}) of the int8 export of ``model``.
+
+    ``model``: a functional model as ``to_tflite`` converts it (each layer called once, BatchNormThreshold
+    split into its layers).
+    """
+    producers, consumers = _graph(model)
+    fused, unfused = {}, {}
+    for layer in model.layers:
+        if type(layer) in REWRITES:
+            site, reason = _fusion_of(layer, producers, consumers)
+            if site is None:
+                unfused[layer.name] = reason
+            else:
+                fused[layer.name] = site
+    return fused, unfused
+
+
+def _fused_weights(model, site):
+    """(kernel, bias) of the producer that computes ``site``'s step as its requantization (module docstring)."""
+    producer = model.get_layer(site.producer)
+    kernel = producer.kernel.numpy().astype(np.float64)
+    bias = producer.bias.numpy().astype(np.float64) if producer.use_bias else np.zeros(kernel.shape[-1])
+    if site.batch_norm is not None:
+        f, c = _batch_norm_factor(model.get_layer(site.batch_norm))
+        kernel, bias = kernel * f, bias * f + c
+    threshold = model.get_layer(site.threshold)
+    out_scale = _grid_of(threshold)[0]
+    m, margin = site.input_step, site.input_step // 4
+    multiplier = 256.0 / (m // 2 - margin)  # output codes per accumulator unit
+    fan_in = int(np.prod(kernel.shape[:-1]))
+    bound = 127 * site.input_bound * fan_in + m  # > max |acc|
+    new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+    new_weight_scale = multiplier * out_scale / site.input_scale  # s_w' = M s_out / s_in
+    for c in range(kernel.shape[-1]):
+        w = kernel[..., c]
+        top = np.abs(w).max()
+        if top == 0:  # a dead channel: the unit is h(bias), any constant beyond the output range
+            new_bias[c] = 2.0 if bias[c] > 0 else -2.0
+            continue
+        weight_scale = top / 127  # the converter's per-channel scale
+        t = np.clip(-bias[c] / (site.input_scale * weight_scale), -bound, bound)
+        code = m // 2 - m * (np.floor(t / m) + 1)
+        new_kernel[..., c] = w * (new_weight_scale / weight_scale)
+        new_bias[c] = code * site.input_scale * new_weight_scale
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+class _ExportFusedStep(keras.layers.Layer):
+    """The output side of a fused step: the levels' clamp (-1..1) and the exact output range."""
+
+    def __init__(self, low, output_range, **kwargs):
+        super().__init__(**kwargs)
+        self.low, self.output_range = float(low), output_range
+
+    def call(self, x):
+        x = tf.cast(x, tf.float32)
+        # fused into the convolution: RELU_N1_TO_1 for {-1, 1}; RELU for {0, 1}, whose 1 saturates the range
+        x = tf.clip_by_value(x, -1.0, 1.0) if self.low == -1.0 else tf.nn.relu(x)
+        return tf.quantization.fake_quant_with_min_max_args(x, *self.output_range, num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dtype="float32",
-              threshold_input="pinned", calibration_samples=500):
+              threshold_input="pinned", calibration_samples=500, fuse_thresholds=True):
     """Convert ``model`` to TFLite; returns the flatbuffer
     ([`TFLiteExport`][keras_ftprop.deploy.TFLiteExport], ``bytes`` with ``.report``).
 
@@ -484,6 +669,8 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
       io_dtype: "float32" or "int8" input and output of the int8 model.
       threshold_input: "pinned" (threshold inputs on the thresholds' own range) or "calibrated".
       calibration_samples: at most this many examples of ``representative_data`` are used.
+      fuse_thresholds: int8 only: compute each step that can be fused as its convolution's (dense layer's)
+        requantization (see the module docstring); False keeps GREATER + SELECT_V2 everywhere.
 
     Raises:
       ValueError: unknown option; a layer that does not convert to int8 builtins (named).
@@ -497,28 +684,73 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
     int8 = quantize == "int8"
     if int8 and representative_data is None:
         raise ValueError("quantize='int8' needs representative_data (a slice of the training inputs)")
+    model, recorded, split = _prepared(model)
+    batches = list(_representative_batches(representative_data, calibration_samples)) if int8 else []
+    plan = _plan(model, recorded, batches, int8, threshold_input == "pinned", fuse_thresholds and int8)
+    export_model, rewritten = _export_model(model, plan, int8)
+    flatbuffer = _converted(export_model, model, quantize, io_dtype, batches)
+    graph = inspect_tflite(flatbuffer)
+    if int8:
+        _check_integer(graph, model)
+    result = TFLiteExport(flatbuffer)
+    result.report = _report(graph, flatbuffer, quantize, plan, rewritten, split)
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+    return result
+
+
+def _prepared(model):
+    """(the functional copy the export converts, QAT records {threshold: (max_abs, scaled, fused)}, split)."""
     _check_model(model)
     if isinstance(model, keras.Sequential):
         model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)  # its layers, as a functional graph
-    recorded = {}  # a quantization-aware model's thresholds: {name: (max_abs, scaled)} fixed in the copy
+    recorded = {}  # a quantization-aware model's thresholds, fixed in the copy
     if quantization.is_quantization_aware(model):
         model, recorded = quantization.plain_model(model)
-    # Everything below works on this copy, whose layers are each called once.
-    model, split = _unfused(model)
+    model, split = _unfused(model)  # each layer called once from here on
+    return model, recorded, split
 
-    targets = [layer for layer in model.layers if type(layer) in REWRITES]
-    batches = list(_representative_batches(representative_data, calibration_samples)) if int8 else []
+
+@dataclasses.dataclass
+class _Plan:
+    """What the export changes: threshold input ranges, producers to scale, fused steps, folded batch norms."""
+
+    max_abs: dict  # {threshold: max |input| it is pinned by}
+    scale_producers: dict  # {producer: factor}
+    fused: dict  # {step: FusedStep}
+    unfused: dict  # {threshold: reason}
+    folded: dict  # {batch norm: producer}
+
+
+def _plan(model, recorded, batches, int8, pinned, fuse):
     producers, consumers = _graph(model)
+    targets = [layer for layer in model.layers if type(layer) in REWRITES]
+    fused, unfused = fused_thresholds(model) if int8 else ({}, {})
+    for name, (_, _, was_fused) in recorded.items():
+        if was_fused and name not in fused:
+            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
+                             f"requantization, and the export cannot fuse it ({unfused.get(name)})")
+        if name in fused and not (was_fused and fuse):  # follow the copy (and fuse=False)
+            if was_fused:
+                raise ValueError(f"quantization-aware threshold {name!r} was made to be fused: export it with "
+                                 "fuse_thresholds=True")
+            unfused[name] = "the quantization-aware model compares it with GREATER"
+            del fused[name]
+    if not fuse:
+        unfused.update({name: "fuse_thresholds=False" for name in fused})
+        fused = {}
     max_abs = {}
-    if int8 and threshold_input == "pinned" and targets:
+    if int8 and pinned and targets:
         # Pin only inputs no other layer reads: pinning saturates the tensor.
-        pinnable = [layer for layer in targets
-                    if _only_input(layer) is not None and consumers[id(_only_input(layer))] == 1]
+        pinnable = [layer for layer in targets if layer.name not in fused
+                    and _only_input(layer) is not None and consumers[id(_only_input(layer))] == 1]
         max_abs = _threshold_input_max(model, pinnable, batches)
-        missing = set(recorded) - set(max_abs)
+        missing = {name for name, (_, _, was_fused) in recorded.items() if not was_fused} - set(max_abs)
         if missing:
             raise ValueError(f"quantization-aware threshold(s) {sorted(missing)} cannot be pinned in the export")
-        max_abs.update({name: value for name, (value, _) in recorded.items()})
+        max_abs.update({name: value for name, (value, _, _) in recorded.items() if name in max_abs})
 
     # A step's sign survives a positive scale of its input: where the producer's weights can
     # carry it, the input is scaled to max |x| = 2**STEP_INPUT_BITS and pinned to [-128/127, 1]
@@ -536,62 +768,104 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
                 factor = 2.0**STEP_INPUT_BITS / max_abs[layer.name]
                 scale_producers[producer.name] = factor
                 max_abs[layer.name] *= factor
+    folded = _folded_batch_norms(model, producers, consumers)
+    for site in fused.values():  # the export folds these itself
+        if site.batch_norm is not None:
+            folded[site.batch_norm] = site.producer
+    return _Plan(max_abs, scale_producers, fused, unfused, folded)
 
-    rewritten, folded = {}, _folded_batch_norms(model, producers, consumers)
+
+def _export_model(model, plan, int8):
+    """(the forward-only model the converter sees, {threshold: what it became})."""
+    rewritten = {}
+    by_producer = {site.producer: site for site in plan.fused.values()}
+    identities = {name for site in plan.fused.values() for name in (site.threshold, site.batch_norm) if name}
 
     def clone(layer):
+        if layer.name in by_producer:  # the step as this layer's requantization
+            site = by_producer[layer.name]
+            threshold = model.get_layer(site.threshold)
+            new = type(layer).from_config({**layer.get_config(), "use_bias": True, "activation": None})
+            low = 0.0 if getattr(threshold, "zero_one", False) else -1.0
+            output_range = exact_output_range(low, 1.0, 1)[:2]
+            clamp = _ExportFusedStep(low, output_range, name=f"{site.threshold}_fused")
+            rewritten[site.threshold] = (
+                f"fused into the requantization of {site.producer!r}"
+                + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
+                + f", levels {_fmt([low, 1.0])}, clamped by " + ("RELU_N1_TO_1" if low == -1.0 else "RELU")
+                + f"; output range pinned to [{output_range[0]:.6g}, {output_range[1]:.6g}]")
+            return lambda *args, **kwargs: clamp(new(*args, **kwargs))
+        if layer.name in identities:
+            identity = keras.layers.Identity(name=layer.name)
+            return lambda inputs, **kwargs: identity(inputs)
         rewrite = REWRITES.get(type(layer))
         if rewrite is None:  # the copy's own layer (the copy is not used after the export)
             return layer
-        new = rewrite(layer, int8, max_abs.get(layer.name))
+        new = rewrite(layer, int8, plan.max_abs.get(layer.name))
         rewritten[layer.name] = _describe(new)
         return new
 
     export_model = keras.models.clone_model(model, clone_function=clone)
-    for name, factor in scale_producers.items():
+    for name, factor in plan.scale_producers.items():
         _scale_output(export_model.get_layer(name), factor)
+    for site in plan.fused.values():
+        export_model.get_layer(site.producer).set_weights(list(_fused_weights(model, site)))
+    return export_model, rewritten
+
+
+def _converted(export_model, model, quantize, io_dtype, batches):
     with tempfile.TemporaryDirectory() as saved_model:
         # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6).
         quiet = {"verbose": False} if "verbose" in inspect.signature(export_model.export).parameters else {}
         export_model.export(saved_model, format="tf_saved_model", **quiet)
-        flatbuffer = _convert(tf.lite.TFLiteConverter.from_saved_model(saved_model), model, quantize,
-                              io_dtype, batches)
-    graph = inspect_tflite(flatbuffer)
-    layer_names = _layer_names(model)
-    if int8:
-        bad = _non_integer_ops(graph)
-        if bad:
-            op = bad[0]
-            tensor = (op["outputs"] or op["inputs"])[0]
-            name = _layer_of(tensor["name"], layer_names)
-            where = f"layer {name!r} ({type(_find(model, name)).__name__})" if name else "a layer"
-            raise ValueError(f"{where} does not convert to integer TFLite builtins: its {op['op']} op "
-                             f"computes in {tensor['dtype'].lower()} (tensor {tensor['name']!r})")
+        return _convert(tf.lite.TFLiteConverter.from_saved_model(saved_model), model, quantize, io_dtype, batches)
+
+
+def _check_integer(graph, model):
+    """A ValueError naming the layer of the first op of an int8 model that does not compute in integers."""
+    bad = _non_integer_ops(graph)
+    if bad:
+        op = bad[0]
+        tensor = (op["outputs"] or op["inputs"])[0]
+        name = _layer_of(tensor["name"], _layer_names(model))
+        where = f"layer {name!r} ({type(_find(model, name)).__name__})" if name else "a layer"
+        raise ValueError(f"{where} does not convert to integer TFLite builtins: its {op['op']} op "
+                         f"computes in {tensor['dtype'].lower()} (tensor {tensor['name']!r})")
+
+
+def _report(graph, flatbuffer, quantize, plan, rewritten, split):
     ops = collections.Counter()
     for op in graph["ops"]:
         ops[(op["op"], op["outputs"][0]["dtype"] if op["outputs"] else "-")] += 1
+
+    def ops_of(name):
+        return [op for op in graph["ops"] if _layer_of(op["outputs"][0]["name"], [name]) == name]
+
     activation_tensors = {}
     for name in rewritten:
-        mine = [op for op in graph["ops"] if _layer_of(op["outputs"][0]["name"], [name]) == name]
-        compares = [op for op in mine if op["op"] == "GREATER"]
-        selects = [op for op in mine if op["op"] == "SELECT_V2"]
-        if not (compares and selects):
-            # The converter names each op's output after the TensorFlow name scope of its Keras layer; the
-            # report's tensors and the error messages rely on it, so a converter that stops doing so is an error.
-            raise RuntimeError(f"no GREATER + SELECT_V2 op of the TFLite model has a name of layer {name!r}: the "
-                               "converter's tensor names no longer follow the Keras layer names, which "
-                               "to_tflite needs to find each threshold's tensors")
-        activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
-    report = ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops),
-                          rewritten={**split, **rewritten},
-                          folded=folded, activation_tensors=activation_tensors)
-    result = TFLiteExport(flatbuffer)
-    result.report = report
-    if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(flatbuffer)
-    return result
+        if name in plan.fused:  # the output of the last op from the producer to the threshold
+            site = plan.fused[name]
+            candidates = [site.producer, f"{name}_fused", *site.between]
+            found = [ops_of(layer)[-1] for layer in candidates if ops_of(layer)]
+            if found:
+                activation_tensors[name] = (None, found[-1]["outputs"][0]["name"])
+                continue
+        else:
+            mine = ops_of(name)
+            compares = [op for op in mine if op["op"] == "GREATER"]
+            selects = [op for op in mine if op["op"] == "SELECT_V2"]
+            if compares and selects:
+                activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
+                continue
+        # The converter names each op's output after the TensorFlow name scope of its Keras layer; the
+        # report's tensors and the error messages rely on it, so a converter that stops doing so is an error.
+        raise RuntimeError(f"no op of the TFLite model has a name of layer {name!r}: the converter's tensor "
+                           "names no longer follow the Keras layer names, which to_tflite needs to find each "
+                           "threshold's tensors")
+    return ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten={**split, **rewritten},
+                        folded=plan.folded, activation_tensors=activation_tensors,
+                        fused={name: site.producer for name, site in plan.fused.items()},
+                        unfused=dict(plan.unfused))
 
 
 def _convert(converter, model, quantize, io_dtype, batches):

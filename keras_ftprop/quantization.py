@@ -12,7 +12,8 @@ export uses (so the export and the copy agree by construction, up to requantizat
                gradient straight through, d w_q / d w = 1
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
     threshold  forward h(x_q), x_q on the export's pinned input range (``deploy``): the int8 compare;
-               backward the threshold's own (FTPROP) at the unrounded x
+               a step that the export fuses into its producer's requantization compares x itself
+               (the int8 accumulator is exact); backward the threshold's own (FTPROP) at the unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
     output     the logits on the 256-code grid of their calibrated range
@@ -116,20 +117,22 @@ class QuantizedThreshold(keras.layers.Layer):
     backward dy/dx = the threshold's own gradient at x (x_q only decides the side)
 
     ``max_abs``: the calibrated max|x| that fixes the step's pinned input range;
-    ``scaled``: the export scales the input through the producer's weights (see ``deploy``).
+    ``scaled``: the export scales the input through the producer's weights (see ``deploy``);
+    ``fused``: the export computes the step as its producer's requantization, on the exact accumulator:
+    the forward is h(x), unrounded.
     """
 
-    def __init__(self, threshold, max_abs, scaled, **kwargs):
+    def __init__(self, threshold, max_abs, scaled, fused=False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(threshold, dict):
             threshold = keras.saving.deserialize_keras_object(threshold)
         if not isinstance(threshold, tuple(_threshold_types())):
             raise ValueError(f"QuantizedThreshold needs a HardThreshold or Staircase; got {threshold!r}")
         self.threshold = threshold
-        self.max_abs, self.scaled = float(max_abs), bool(scaled)
+        self.max_abs, self.scaled, self.fused = float(max_abs), bool(scaled), bool(fused)
         from keras_ftprop import deploy
 
-        self.input_range = deploy.pinned_input_range(threshold, self.max_abs, self.scaled)
+        self.input_range = None if self.fused else deploy.pinned_input_range(threshold, self.max_abs, self.scaled)
         self._compare = deploy.export_threshold(threshold, self.input_range)
 
     def build(self, input_shape):
@@ -145,7 +148,7 @@ class QuantizedThreshold(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "threshold": keras.saving.serialize_keras_object(self.threshold),
-                "max_abs": self.max_abs, "scaled": self.scaled}
+                "max_abs": self.max_abs, "scaled": self.scaled, "fused": self.fused}
 
 
 def _threshold_types():
@@ -189,6 +192,7 @@ def quantization_aware(model, representative_data, calibration_samples=500):
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError("quantization_aware needs a model with one input and one output")
     producers, consumers = deploy._graph(model)
+    fused, _ = deploy.fused_thresholds(model)
     pinned = [layer for layer in model.layers if isinstance(layer, _threshold_types())
               and deploy._only_input(layer) is not None and consumers[id(deploy._only_input(layer))] == 1]
     batches = list(deploy._representative_batches(representative_data, calibration_samples))
@@ -205,10 +209,11 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         if type(layer) in QUANTIZED:
             return QUANTIZED[type(layer)].from_config(layer.get_config())
         if layer in pinned:
-            scaled = (deploy._thresholds_of(layer) == [0.0] and max_abs[layer.name] > 0
+            is_fused = layer.name in fused
+            scaled = (not is_fused and deploy._thresholds_of(layer) == [0.0] and max_abs[layer.name] > 0
                       and deploy._scalable_producer(layer, producers, consumers) is not None)
             threshold = layer.__class__.from_config({**layer.get_config(), "name": f"{layer.name}_unit"})
-            return QuantizedThreshold(threshold, max_abs[layer.name], scaled, name=layer.name)
+            return QuantizedThreshold(threshold, max_abs[layer.name], scaled, is_fused, name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
     inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name.split(":")[0])
@@ -257,7 +262,8 @@ def _calibrate(model, pinned, tensors, batches):
 
 
 def plain_model(model):
-    """(the model the export converts, {threshold name: (max_abs, scaled)}) of a quantization-aware ``model``.
+    """(the model the export converts, {threshold name: (max_abs, scaled, fused)}) of a quantization-aware
+    ``model``.
 
     Quantized layers become their plain layer with the kernel w_q (on the int8 grid, so the converter
     rounds it to the same codes); each QuantizedThreshold becomes its threshold under the wrapper's name;
@@ -267,7 +273,7 @@ def plain_model(model):
 
     def clone(layer):
         if isinstance(layer, QuantizedThreshold):
-            recorded[layer.name] = (layer.max_abs, layer.scaled)
+            recorded[layer.name] = (layer.max_abs, layer.scaled, layer.fused)
             return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
         for plain, quantized in QUANTIZED.items():
             if type(layer) is quantized:

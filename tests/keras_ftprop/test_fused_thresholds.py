@@ -1,0 +1,144 @@
+"""Steps fused into their producer's int8 requantization: exact at every accumulator value and at ties.
+
+The networks use dyadic weights (scales 2**-k, batch norm with var + epsilon = 1), so that float32
+computes every pre-activation exactly and a tie (pre-activation exactly 0) is a tie for Keras, for
+numpy's integer formula and for the export alike.
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ftprop import deploy
+from keras_ftprop.layers import HardThreshold
+from tests.keras_ftprop.test_deploy import decoded_outputs
+
+BN = dict(epsilon=0.25)  # with moving variance 0.75: f = gamma exactly
+
+
+def dense_network(units_per_case=6, inputs=5, seed=0):
+    """x -> step -> fc -> BN -> step (fused) -> fc2 -> step 0/1 (fused) -> logits, and {unit: its case}."""
+    rng = np.random.default_rng(seed)
+    x = keras.Input((inputs,), name="x")
+    h0 = HardThreshold(name="act0")(x)
+    z1 = keras.layers.Dense(4 * units_per_case + 2, name="fc")(h0)
+    h1 = HardThreshold(name="act1")(keras.layers.BatchNormalization(name="fc_bn", **BN)(z1))
+    h2 = HardThreshold(zero_one=True, name="act2")(keras.layers.Dense(7, name="fc2")(h1))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h2))
+
+    patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=inputs)))
+    units = 4 * units_per_case + 2
+    codes = rng.integers(-127, 128, size=(inputs, units))
+    codes[rng.integers(0, inputs, units), np.arange(units)] = rng.choice([-127, 127], units)  # max |code| = 127
+    codes[:, -1] = 0  # a dead channel (and the one before it, below)
+    codes[:, -2] = 0
+    scale = 2.0 ** -rng.integers(5, 9, size=units)  # per-channel scale: w = scale * code exactly
+    gamma = rng.choice([-1.0, 1.0], units) * 2.0 ** rng.integers(-1, 2, size=units)
+    mean = rng.integers(-8, 9, size=units) / 16
+    beta = rng.integers(-8, 9, size=units) / 16
+    acc = 127 * patterns @ codes  # the int8 accumulator of each pattern (input codes +-127), without bias
+    # Bias per unit: a tie exactly at one pattern's accumulator, half an input code off it either way,
+    # then always on and always off; the dead channels on and off.
+    case = np.repeat(["tie", "above", "below", "beyond"], units_per_case).tolist() + ["dead", "dead"]
+    target = acc[rng.integers(0, len(patterns), units), np.arange(units)].astype(np.float64)
+    offset = {"tie": 0.0, "above": 0.5, "below": -0.5, "beyond": 0.0, "dead": 0.0}
+    target += [offset[c] for c in case]
+    beyond = np.arange(3 * units_per_case, 4 * units_per_case)
+    target[beyond] = np.where(beyond % 2 == 0, 1e9, -1e9)  # h = -1 and +1 everywhere (beyond any acc)
+    # z = f (scale acc / 127 + b - mean) + beta = 0 at acc = target (exact: dyadic values, |target| < 2**24)
+    bias = -scale * target / 127 + mean - beta / gamma
+    bias[-2:] = [0.25, -0.25]
+    model.get_layer("fc").set_weights([(codes * scale).astype(np.float32), bias.astype(np.float32)])
+    model.get_layer("fc_bn").set_weights([gamma.astype(np.float32), beta.astype(np.float32),
+                                          mean.astype(np.float32), np.full(units, 0.75, np.float32)])
+    fc2 = model.get_layer("fc2")
+    fc2_codes = rng.integers(-127, 128, size=(units, 7))
+    fc2_codes[0] = 127
+    fc2.set_weights([(fc2_codes / 64).astype(np.float32), (rng.integers(-40, 41, size=7) / 64).astype(np.float32)])
+    bias32 = bias.astype(np.float32).astype(np.float64)
+    expected = {"acc": acc, "threshold": (mean - beta / gamma - bias32) * 127 / scale, "gamma": gamma,
+                "case": case, "dead": gamma[-2:] * (bias32[-2:] - mean[-2:]) + beta[-2:]}
+    return model, patterns.astype(np.float32), expected
+
+
+def test_fused_step_is_exact_at_every_accumulator_value_and_at_ties():
+    model, patterns, expected = dense_network()
+    flatbuffer = deploy.to_tflite(model, patterns, quantize="int8")
+    report = flatbuffer.report
+    assert report.fused == {"act1": "fc", "act2": "fc2"}
+    assert set(report.unfused) == {"act0"} and "model's input" in report.unfused["act0"]
+    assert sum(count for (op, _), count in report.ops.items() if op in ("GREATER", "SELECT_V2")) == 2  # act0's
+    got, _ = decoded_outputs(flatbuffer, ["act1", "act2"], patterns)
+
+    # numpy, in integers: z = f s_in s_w (acc - t) with t = -bias / (s_in s_w), so h = 1[sign(f) (acc - t) > 0]
+    acc, t, gamma = expected["acc"], expected["threshold"], expected["gamma"]
+    h1 = np.where(np.sign(gamma) * (acc - t) > 0, 1.0, -1.0)
+    h1[:, -2:] = np.where(expected["dead"] > 0, 1.0, -1.0)  # dead channels: h(f (b - mean) + beta)
+    ties = acc[:, :-2] == t[:-2]
+    assert ties.sum() >= 6 and np.all(h1[:, :-2][ties] == -1.0)  # step(0) = -1, whatever the sign of f
+    exact = dict(rtol=0, atol=1e-6)  # decoded codes: (q - z) s with s the float32 1/127
+    np.testing.assert_allclose(got["act1"], h1, **exact)
+    cases = np.array(expected["case"])
+    for case in ("tie", "above", "below", "beyond"):  # every case exercised on both sides
+        values = h1[:, cases == case]
+        assert (values == 1).any() and (values == -1).any(), case
+    keras_h1, keras_h2 = keras.Model(model.inputs, [model.get_layer("act1").output,
+                                                    model.get_layer("act2").output])(patterns)
+    np.testing.assert_allclose(got["act1"], keras_h1, **exact)
+    # act2 takes act1's codes (+-127, m = 127): 0/1 by saturation of the int8 range
+    assert np.isclose(got["act2"][..., None], [0.0, 1.0], **exact).any(-1).all()
+    np.testing.assert_allclose(got["act2"], keras_h2, **exact)
+
+
+def conv_network(gamma_sign):
+    """x -> step -> conv -> max pool -> BN -> step: the batch norm behind the pool is folded only if f > 0.
+
+    The batch norm's mean is a pooled value of each channel, so every channel has ties (z = 0).
+    """
+    rng = np.random.default_rng(3)
+    x = keras.Input((6, 6, 2), name="x")
+    h = HardThreshold(name="act0")(x)
+    z = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(h)
+    z = keras.layers.MaxPooling2D(2, name="pool")(z)
+    h = HardThreshold(name="act1")(keras.layers.BatchNormalization(name="bn", **BN)(z))
+    model = keras.Model(x, keras.layers.Dense(2, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    codes = rng.integers(-127, 128, size=(3, 3, 2, 8))
+    codes[0, 0, 0] = 127
+    model.get_layer("conv").set_weights([(codes / 128).astype(np.float32)])
+    images = rng.choice([-1.0, 1.0], size=(40, 6, 6, 2)).astype(np.float32)
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)(images).numpy().reshape(-1, 8)
+    mean = np.sort(pooled, axis=0)[len(pooled) // 2]  # a value that occurs: ties (z = 0) in every channel
+    gamma = gamma_sign * 2.0 ** rng.integers(-1, 2, size=8)
+    model.get_layer("bn").set_weights([gamma, np.zeros(8), mean, np.full(8, 0.75)])
+    return model, images
+
+
+@pytest.mark.parametrize("gamma_sign", [1.0, np.array([1, -1, 1, 1, -1, 1, 1, 1.0])])
+def test_step_behind_a_max_pool_is_fused_when_its_batch_norm_scale_is_positive(gamma_sign):
+    model, images = conv_network(gamma_sign)
+    flatbuffer = deploy.to_tflite(model, images, quantize="int8")
+    report = flatbuffer.report
+    keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(images).numpy()
+    z = keras.Model(model.inputs, model.get_layer("bn").output)(images).numpy()
+    assert (z == 0).sum() > 0  # ties
+    got, _ = decoded_outputs(flatbuffer, ["act1"], images)
+    differ = ~np.isclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    if np.all(np.asarray(gamma_sign) > 0):
+        assert report.fused == {"act1": "conv"} and report.folded == {"bn": "conv"}
+        assert not differ.any()  # ties included: step(0) = -1
+    else:  # the batch norm is an int8 MUL and ADD after the pool: its rounding decides near 0
+        assert report.fused == {} and "non-positive scale" in report.unfused["act1"]
+        assert differ.any() and np.abs(z[differ]).max() < 0.1
+
+
+def test_fusion_can_be_switched_off_and_every_site_says_why():
+    model, patterns, _ = dense_network(units_per_case=2)
+    flatbuffer = deploy.to_tflite(model, patterns, quantize="int8", fuse_thresholds=False)
+    assert flatbuffer.report.fused == {}
+    assert flatbuffer.report.unfused["act1"] == flatbuffer.report.unfused["act2"] == "fuse_thresholds=False"
+    assert sum(count for (op, _), count in flatbuffer.report.ops.items() if op == "GREATER") == 3
+    assert "not fused act0:" in str(flatbuffer.report)
+    fused, unfused = deploy.fused_thresholds(model)
+    assert set(fused) == {"act1", "act2"} and fused["act1"].input_step == 127 and fused["act1"].batch_norm == "fc_bn"
