@@ -156,9 +156,13 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
         want, want_scale = numpy_kernel_codes(quantization.quantized_kernel(qat.get_layer(name).kernel).numpy())
         want = want * np.asarray(factors.get(name, 1)).astype(np.int32)
         np.testing.assert_array_equal(codes, want, err_msg=name)
-        # Folded layers' scales include |gamma| / sqrt(var + eps); fc's output is scaled by 2**7 / max|x| for act3.
+        # Folded layers' scales include |gamma| / sqrt(var + eps). act3 is fused into fc's requantization:
+        # every channel of fc has s_w = M s_out / s_in, M = 256 / (m//2 - m//4), m the codes between act2's levels.
         if name == "fc":
-            np.testing.assert_allclose(scales, want_scale * 128 / qat.get_layer("act3").max_abs, rtol=1e-5)
+            assert flatbuffer.report.fused.get("act3") == "fc" and qat.get_layer("act3").fused
+            s_in, m, _ = deploy._grid_of(qat.get_layer("act2").threshold)
+            s_out = deploy._grid_of(qat.get_layer("act3").threshold)[0]
+            np.testing.assert_allclose(scales, 256 / (m // 2 - m // 4) * s_out / s_in, rtol=1e-5)
         elif name == "logits":
             np.testing.assert_allclose(scales, want_scale, rtol=1e-6)
 
