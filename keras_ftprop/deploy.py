@@ -200,15 +200,20 @@ def _thresholds_of(layer):
     return None
 
 
+def _levels_of(layer):
+    """(levels, steps) of a HardThreshold's or Staircase's output."""
+    if isinstance(layer, ftprop_layers.HardThreshold):
+        return ([0.0, 1.0] if layer.zero_one else [-1.0, 1.0]), 1
+    return _staircase_levels(layer.steps, layer.low, layer.high), layer.steps
+
+
 def _rewrite_hard_threshold(layer, int8, max_abs):
-    low = 0.0 if layer.zero_one else -1.0
-    return _threshold_layer(layer, [0.0], [low, 1.0], 1, int8, max_abs)
+    return _threshold_layer(layer, [0.0], *_levels_of(layer), int8, max_abs)
 
 
 def _rewrite_staircase(layer, int8, max_abs):
     thresholds = _staircase_thresholds(layer.steps, layer.low, layer.high)
-    levels = _staircase_levels(layer.steps, layer.low, layer.high)
-    return _threshold_layer(layer, thresholds, levels, layer.steps, int8, max_abs)
+    return _threshold_layer(layer, thresholds, *_levels_of(layer), int8, max_abs)
 
 
 def _threshold_layer(layer, thresholds, levels, steps, int8, max_abs):
@@ -522,10 +527,7 @@ class FusedStep:
 
 def _grid_of(layer):
     """(scale, m, max |code - zero point|) of the int8 grid of a threshold layer's exported output."""
-    if isinstance(layer, ftprop_layers.HardThreshold):
-        levels, steps = ([0.0, 1.0] if layer.zero_one else [-1.0, 1.0]), 1
-    else:
-        levels, steps = _staircase_levels(layer.steps, layer.low, layer.high), layer.steps
+    levels, steps = _levels_of(layer)
     _, _, scale, _ = exact_output_range(levels[0], levels[-1], steps)
     codes = [round(level / scale) for level in levels]
     return scale, int(np.gcd.reduce(codes)), max(abs(code) for code in codes)
@@ -558,8 +560,7 @@ def _fusion_of(layer, producers, consumers):
                 return None, f"{producer.name!r} has an activation"
             break
         if isinstance(producer, keras.layers.BatchNormalization) and batch_norm is None:
-            if producer.axis not in (-1, len(producer.input.shape) - 1, [len(producer.input.shape) - 1]) or any(
-                    not isinstance(b, _PER_CHANNEL) for b in after_norm):
+            if producer.axis not in (-1, len(producer.input.shape) - 1):
                 return None, f"batch norm {producer.name!r} is not per output channel"
             batch_norm = producer
         elif isinstance(producer, _COMMUTE_WITH_STEP):
@@ -728,19 +729,16 @@ def _plan(model, recorded, batches, int8, pinned, fuse):
     producers, consumers = _graph(model)
     targets = [layer for layer in model.layers if type(layer) in REWRITES]
     fused, unfused = fused_thresholds(model) if int8 else ({}, {})
-    for name, (_, _, was_fused) in recorded.items():
-        if was_fused and name not in fused:
-            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
-                             f"requantization, and the export cannot fuse it ({unfused.get(name)})")
-        if name in fused and not (was_fused and fuse):  # follow the copy (and fuse=False)
-            if was_fused:
-                raise ValueError(f"quantization-aware threshold {name!r} was made to be fused: export it with "
-                                 "fuse_thresholds=True")
-            unfused[name] = "the quantization-aware model compares it with GREATER"
-            del fused[name]
     if not fuse:
         unfused.update({name: "fuse_thresholds=False" for name in fused})
         fused = {}
+    for name, (_, _, was_fused) in (recorded.items() if int8 else ()):  # the export follows the copy
+        if was_fused and name not in fused:
+            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
+                             f"requantization, and the export does not fuse it ({unfused.get(name)})")
+        if not was_fused and name in fused:
+            unfused[name] = "the quantization-aware model compares it with GREATER"
+            del fused[name]
     max_abs = {}
     if int8 and pinned and targets:
         # Pin only inputs no other layer reads: pinning saturates the tensor.
@@ -784,15 +782,15 @@ def _export_model(model, plan, int8):
     def clone(layer):
         if layer.name in by_producer:  # the step as this layer's requantization
             site = by_producer[layer.name]
-            threshold = model.get_layer(site.threshold)
             new = type(layer).from_config({**layer.get_config(), "use_bias": True, "activation": None})
-            low = 0.0 if getattr(threshold, "zero_one", False) else -1.0
-            output_range = exact_output_range(low, 1.0, 1)[:2]
+            levels, steps = _levels_of(model.get_layer(site.threshold))
+            low = levels[0]
+            output_range = exact_output_range(low, levels[-1], steps)[:2]
             clamp = _ExportFusedStep(low, output_range, name=f"{site.threshold}_fused")
             rewritten[site.threshold] = (
                 f"fused into the requantization of {site.producer!r}"
                 + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
-                + f", levels {_fmt([low, 1.0])}, clamped by " + ("RELU_N1_TO_1" if low == -1.0 else "RELU")
+                + f", levels {_fmt(levels)}, clamped by " + ("RELU_N1_TO_1" if low == -1.0 else "RELU")
                 + f"; output range pinned to [{output_range[0]:.6g}, {output_range[1]:.6g}]")
             return lambda *args, **kwargs: clamp(new(*args, **kwargs))
         if layer.name in identities:
@@ -846,7 +844,7 @@ def _report(graph, flatbuffer, quantize, plan, rewritten, split):
         if name in plan.fused:  # the output of the last op from the producer to the threshold
             site = plan.fused[name]
             candidates = [site.producer, f"{name}_fused", *site.between]
-            found = [ops_of(layer)[-1] for layer in candidates if ops_of(layer)]
+            found = [layer_ops[-1] for layer_ops in map(ops_of, candidates) if layer_ops]
             if found:
                 activation_tensors[name] = (None, found[-1]["outputs"][0]["name"])
                 continue

