@@ -40,25 +40,33 @@ except at the thresholds, whose ranges are pinned with fake-quant nodes:
   GREATER compares integers exactly. ``threshold_input="calibrated"`` keeps
   the converter's ranges (for comparison).
 
-Fused steps (``fuse_thresholds=True``, the default for int8): a step whose
-input is a Conv2D or Dense (with its batch norm; max pooling, flatten and
-dropout may lie between, as they commute with a monotone step) fed by
-another threshold's output becomes that layer's own requantization. Its
-input codes (minus the zero point) are then multiples of m (127 for a
-{-1, +1} input), so its int32 accumulator is acc = m j for an integer j, and
-with the exact threshold t = -b / (s_in s_w) per channel
+Fused thresholds (``fuse_thresholds=True``, the default for int8): a step or a staircase on [0, b] whose
+input is a Conv2D or Dense (with its batch norm; max pooling, flatten and dropout may lie between, as they
+commute with a monotone threshold) fed by another threshold's output becomes that layer's own
+requantization. Its input codes (minus the zero point) are then multiples of m (127 for a {-1, +1} input,
+255/n for an n-step staircase on [0, 1]), so its int32 accumulator is acc = m j for an integer j.
 
-    h = 1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),
+* Step, with the exact threshold t = -b / (s_in s_w) per channel:
 
-where acc + B is never within m//2 of 0. The export sets the bias to B and
-scales each output channel so that the requantization multiplier is
-M = 256 / (m//2 - m//4) (codes unchanged): every unit lands beyond the output
-range and the clamp (a fused RELU_N1_TO_1 for {-1, +1}, RELU and the int8
-range for {0, 1}) puts it exactly on the code of a level. No GREATER or SELECT_V2 is
-left, and the compare is exact (the bias may round by up to m//4). Sites that
-cannot be fused keep GREATER + SELECT_V2 and are listed, with the reason, in
-``report.unfused``: the first layer (its input is the image), a residual sum,
-a batch norm with a negative scale behind a max pool, a staircase.
+      h = 1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),
+
+  where acc + B is never within m//2 of 0. The export sets the bias to B and scales each output channel so
+  that the requantization multiplier is M = 256 / (m//2 - m//4) (codes unchanged): every unit lands beyond
+  the output range and the clamp (a fused RELU_N1_TO_1 for {-1, +1}, RELU and the int8 range for {0, 1})
+  puts it exactly on the code of a level (the bias may round by up to m//4).
+* Staircase (n steps), level k + 1 iff x > t_k, i.e. iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1:
+  the producer writes one code per level (scale b / n, RELU at level 0, the int8 maximum at level n),
+
+      level = clip(round(M (acc + B)), 0, n)  >= k + 1  iff  j >= (k + 1/2) / (M m) - B / m,
+
+  and per channel an integer B and a multiplier M put each of these between G_k - 1 and G_k (a relative
+  1e-5 from either), so the level is exact at every reachable accumulator; a channel without such a pair
+  leaves the site unfused. An int8 LEAKY_RELU (identity on the levels) then requantizes the levels onto
+  the threshold's own grid.
+
+No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused keep GREATER + SELECT_V2 and
+are listed, with the reason, in ``report.unfused``: the first layer (its input is the image), a residual
+sum, a batch norm with a negative scale behind a max pool, a staircase whose lowest level is not 0.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ import inspect
 import os
 import re
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -327,7 +336,9 @@ def _non_integer_ops(graph):
         if op["op"] == "DEQUANTIZE" and all(t["index"] in model_outputs for t in op["outputs"]):
             continue
         tensors = op["inputs"] + op["outputs"]
-        if op["op"] in ("QUANTIZE", "DEQUANTIZE") or any(t["dtype"] not in _INTEGER_DTYPES for t in tensors):
+        requantize = op["op"] == "QUANTIZE" and all(t["dtype"] == "INT8" for t in tensors)  # int8 onto int8
+        if (op["op"] in ("QUANTIZE", "DEQUANTIZE") and not requantize) or any(
+                t["dtype"] not in _INTEGER_DTYPES for t in tensors):
             bad.append(op)
     return bad
 
@@ -513,10 +524,10 @@ _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the b
 
 
 @dataclasses.dataclass(frozen=True)
-class FusedStep:
-    """A step computed by the requantization of ``producer`` (see the module docstring)."""
+class FusedThreshold:
+    """A step or staircase computed by the requantization of ``producer`` (see the module docstring)."""
 
-    threshold: str  # the HardThreshold layer
+    threshold: str  # the HardThreshold or Staircase layer
     producer: str  # the Conv2D or Dense layer
     batch_norm: str | None  # folded into the producer by the export
     between: tuple  # names of the other layers from the producer to the threshold, in order
@@ -542,9 +553,10 @@ def _batch_norm_factor(layer):
 
 
 def _fusion_of(layer, producers, consumers):
-    """(FusedStep, None) if the step ``layer`` can be its producer's requantization, else (None, the reason)."""
-    if not isinstance(layer, ftprop_layers.HardThreshold):
-        return None, "a staircase"
+    """(FusedThreshold, None) if ``layer`` can be its producer's requantization, else (None, the reason)."""
+    staircase = isinstance(layer, ftprop_layers.Staircase)
+    if staircase and layer.low != 0.0:
+        return None, f"its lowest level is {layer.low:g}, not 0 (the requantization's clamp is a RELU)"
     after_norm, before_norm, batch_norm, current = [], [], None, layer
     while True:
         tensor = _only_input(current)
@@ -584,24 +596,30 @@ def _fusion_of(layer, producers, consumers):
         if not isinstance(source, _KEEP_GRID):
             return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
     scale, step, bound = _grid_of(source)
-    if step < _MIN_FUSED_INPUT_STEP:
+    if not staircase and step < _MIN_FUSED_INPUT_STEP:
         return None, f"the input grid of {producer.name!r} is too fine (codes {step} apart)"
     between = tuple(b.name for b in before_norm) + tuple(b.name for b in after_norm)
-    return FusedStep(layer.name, producer.name, None if batch_norm is None else batch_norm.name, between,
+    return FusedThreshold(layer.name, producer.name, None if batch_norm is None else batch_norm.name, between,
                      scale, step, bound), None
 
 
 def fused_thresholds(model):
-    """({step name: FusedStep}, {threshold name: why it is not fused}) of the int8 export of ``model``.
+    """({threshold name: FusedThreshold}, {threshold name: why it is not fused}) of the int8 export of ``model``.
 
     ``model``: a functional model as ``to_tflite`` converts it (each layer called once, BatchNormThreshold
-    split into its layers).
+    split into its layers). A staircase is fused only if every channel's thresholds can be placed exactly
+    (``_fused_staircase_weights``), which depends on the weights.
     """
     producers, consumers = _graph(model)
     fused, unfused = {}, {}
     for layer in model.layers:
         if type(layer) in REWRITES:
             site, reason = _fusion_of(layer, producers, consumers)
+            if site is not None and isinstance(layer, ftprop_layers.Staircase):
+                try:
+                    _fused_weights(model, site)
+                except _NotFusable as error:
+                    site, reason = None, str(error)
             if site is None:
                 unfused[layer.name] = reason
             else:
@@ -609,14 +627,26 @@ def fused_thresholds(model):
     return fused, unfused
 
 
-def _fused_weights(model, site):
-    """(kernel, bias) of the producer that computes ``site``'s step as its requantization (module docstring)."""
+class _NotFusable(ValueError):
+    pass
+
+
+def _folded_producer(model, site):
+    """(kernel, bias) in float64 of the producer with its batch norm folded in: x = conv(z, kernel) + bias."""
     producer = model.get_layer(site.producer)
     kernel = producer.kernel.numpy().astype(np.float64)
     bias = producer.bias.numpy().astype(np.float64) if producer.use_bias else np.zeros(kernel.shape[-1])
     if site.batch_norm is not None:
         f, c = _batch_norm_factor(model.get_layer(site.batch_norm))
         kernel, bias = kernel * f, bias * f + c
+    return kernel, bias
+
+
+def _fused_weights(model, site):
+    """(kernel, bias) of the producer that computes ``site``'s threshold as its requantization."""
+    if isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase):
+        return _fused_staircase_weights(model, site)
+    kernel, bias = _folded_producer(model, site)
     threshold = model.get_layer(site.threshold)
     out_scale = _grid_of(threshold)[0]
     m, margin = site.input_step, site.input_step // 4
@@ -639,17 +669,121 @@ def _fused_weights(model, site):
     return new_kernel.astype(np.float32), new_bias.astype(np.float32)
 
 
-class _ExportFusedStep(keras.layers.Layer):
-    """The output side of a fused step: the levels' clamp (-1..1) and the exact output range."""
+# A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-5 from each rounding boundary:
+# room for the float32 scales and arithmetic of the runtime's requantization (XNNPACK multiplies
+# float32(acc + B), exact while |acc + B| < 2**24 near the boundaries, by a float32 scale: relative
+# errors of about 1e-7).
+_STAIRCASE_MARGIN = 1e-5
+_MAX_MULTIPLIER = 128.0  # XNNPACK's requantization scale must stay below 256
 
-    def __init__(self, low, output_range, **kwargs):
+
+def staircase_output_range(layer):
+    """(min, max) of the int8 grid a fused staircase's producer writes: one code per level, level 0 the RELU's
+    zero, the top level the int8 maximum (code 127 - n + k for level k)."""
+    span = layer.high - layer.low
+    scale = span / layer.steps
+    return -(255 - layer.steps) * scale, layer.steps * scale
+
+
+def _fused_staircase_weights(model, site):
+    """(kernel, bias) whose requantization computes the staircase exactly at every reachable accumulator.
+
+    With the input codes multiples of m, acc = m j (integer j, |j| <= sum |w codes| * bound / m). The
+    staircase (levels k s_out, thresholds t_k) reaches level k + 1 iff x = s_in s_w acc + b > t_k, i.e.
+    iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1. The requantization outputs
+    level = clip(round(M (acc + B)), 0, n), which is >= k + 1 iff j >= R_k = (k + 1/2) P - B / m with
+    P = 1 / (M m). Per channel, an integer B and a P with G_k - 1 < R_k < G_k for every k (margins
+    ``_STAIRCASE_MARGIN``) make the two equal at every j; the kernel's scale is set to give that M (the
+    codes are unchanged). ``_NotFusable`` if a channel has none.
+    """
+    threshold = model.get_layer(site.threshold)
+    kernel, bias = _folded_producer(model, site)
+    n, span = threshold.steps, threshold.high - threshold.low
+    thresholds = np.array(_staircase_thresholds(n, threshold.low, threshold.high))
+    out_scale = span / n
+    m, s_in = site.input_step, site.input_scale
+    ks = np.arange(n) + 0.5
+    new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+    for c in range(kernel.shape[-1]):
+        w = kernel[..., c]
+        top = np.abs(w).max()
+        if top == 0:  # a dead channel: the constant level of its bias
+            new_bias[c] = np.sum(bias[c] > thresholds) * out_scale
+            continue
+        s_w = top / 127
+        j_bound = np.abs(np.round(w / s_w)).sum() * site.input_bound / m
+        gates = np.floor((thresholds - bias[c]) / (s_in * s_w * m)) + 1  # G_k
+        # R_k must exceed the largest reachable j below G_k and not exceed the smallest at or above it.
+        low = np.where(gates - 1 >= -j_bound, np.minimum(gates - 1, j_bound), -np.inf)
+        high = np.where(gates <= j_bound, np.maximum(gates, -j_bound), np.inf)
+        natural = (span / max(n - 1, 1)) / (s_in * s_w * m)  # P of the float staircase: j per level
+        solution = _requantization_for(low, high, ks, m, natural)
+        if solution is None:
+            raise _NotFusable(f"no requantization of {site.producer!r} places channel {c}'s thresholds "
+                              "exactly between its accumulator values")
+        per_level, bias_code = solution
+        new_scale = out_scale / (per_level * m * s_in)  # s_w' = M s_out / s_in
+        new_kernel[..., c] = w * (new_scale / s_w)
+        new_bias[c] = bias_code * s_in * new_scale
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def _requantization_for(low, high, ks, m, natural):
+    """(P, B): B an integer and low_k < (k + 1/2) P - B / m < high_k for all k (with margins), P near
+    ``natural`` and 1 / (P m) <= _MAX_MULTIPLIER; None if no B within reach has one."""
+    finite = np.isfinite(low) & np.isfinite(high)
+    if finite.any():  # R_0 in the middle of its gap, at the natural P
+        k = np.argmax(finite)
+        centre = round(m * (ks[k] * natural - (low[k] + high[k]) / 2))
+    else:
+        centre = round(m * (ks[0] * natural - (high[0] if np.isfinite(high[0]) else low[0])))
+    candidates = centre + np.arange(-4 * m - 64, 4 * m + 65)
+    shift = candidates[:, None] / m
+    with np.errstate(invalid="ignore"):  # R_k = (k + 1/2) P - B / m in [low_k + margin_k, high_k - margin_k]
+        lower = np.max((low + shift) / (ks * (1 - _STAIRCASE_MARGIN)), axis=1)
+        upper = np.min((high + shift) / (ks * (1 + _STAIRCASE_MARGIN)), axis=1)
+    lower = np.maximum(np.nan_to_num(lower, nan=-np.inf), 1.0 / (_MAX_MULTIPLIER * m))
+    upper = np.minimum(np.nan_to_num(upper, nan=np.inf), 2.0**24 / (m * ks[-1]))  # acc + B exact in float32
+    feasible = lower < upper
+    if not feasible.any():
+        return None
+    chosen = np.clip(natural, lower, upper)  # the bounds hold the margins: any P in [lower, upper] is exact
+    best = np.argmin(np.where(feasible, np.abs(np.log(np.where(feasible, chosen, natural) / natural)), np.inf))
+    return float(chosen[best]), int(candidates[best])
+
+
+class _ExportFusedOutput(keras.layers.Layer):
+    """The output side of a fused threshold: the clamp the converter fuses into the producer, and its int8 range.
+
+    ``clamp``: "n1_to_1" (a {-1, 1} step: RELU_N1_TO_1) or "relu" (a {0, 1} step, whose 1 saturates the
+    range; a staircase, one code per level, whose top level is the int8 maximum).
+    """
+
+    def __init__(self, clamp, output_range, **kwargs):
         super().__init__(**kwargs)
-        self.low, self.output_range = float(low), output_range
+        self.clamp, self.output_range = clamp, output_range
 
     def call(self, x):
         x = tf.cast(x, tf.float32)
-        # fused into the convolution: RELU_N1_TO_1 for {-1, 1}; RELU for {0, 1}, whose 1 saturates the range
-        x = tf.clip_by_value(x, -1.0, 1.0) if self.low == -1.0 else tf.nn.relu(x)
+        x = tf.clip_by_value(x, -1.0, 1.0) if self.clamp == "n1_to_1" else tf.nn.relu(x)
+        return tf.quantization.fake_quant_with_min_max_args(x, *self.output_range, num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class _ExportRequantize(keras.layers.Layer):
+    """A fused staircase's levels (one code each, all >= 0) onto the threshold's own grid, right after the
+    producer: an int8 LEAKY_RELU (the identity on levels >= 0) whose output has the grid's scale. XNNPACK
+    runs it; a bare second fake quant would be merged into the first by the converter, and a RELU is not
+    delegated."""
+
+    def __init__(self, output_range, **kwargs):
+        super().__init__(**kwargs)
+        self.output_range = output_range
+
+    def call(self, x):
+        x = tf.nn.leaky_relu(tf.cast(x, tf.float32), alpha=0.5)
         return tf.quantization.fake_quant_with_min_max_args(x, *self.output_range, num_bits=8)
 
     def compute_output_shape(self, input_shape):
@@ -720,7 +854,7 @@ class _Plan:
 
     max_abs: dict  # {threshold: max |input| it is pinned by}
     scale_producers: dict  # {producer: factor}
-    fused: dict  # {step: FusedStep}
+    fused: dict  # {step: FusedThreshold}
     unfused: dict  # {threshold: reason}
     folded: dict  # {batch norm: producer}
 
@@ -733,7 +867,12 @@ def _plan(model, recorded, batches, int8, pinned, fuse):
         unfused.update({name: "fuse_thresholds=False" for name in fused})
         fused = {}
     for name, (_, _, was_fused) in (recorded.items() if int8 else ()):  # the export follows the copy
-        if was_fused and name not in fused:
+        if was_fused and name not in fused and isinstance(model.get_layer(name), ftprop_layers.Staircase):
+            unfused[name] = (f"{unfused.get(name)}; the quantization-aware model compares it unrounded, so a unit "
+                             "within half an input code of a threshold may differ")
+            warnings.warn(f"quantization-aware staircase {name!r} was made to be fused, and the export compares "
+                          f"it with GREATER instead ({unfused[name]})", stacklevel=3)
+        elif was_fused and name not in fused:
             raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
                              f"requantization, and the export does not fuse it ({unfused.get(name)})")
         if not was_fused and name in fused:
@@ -780,19 +919,26 @@ def _export_model(model, plan, int8):
     identities = {name for site in plan.fused.values() for name in (site.threshold, site.batch_norm) if name}
 
     def clone(layer):
-        if layer.name in by_producer:  # the step as this layer's requantization
+        if layer.name in by_producer:  # the threshold as this layer's requantization
             site = by_producer[layer.name]
             new = type(layer).from_config({**layer.get_config(), "use_bias": True, "activation": None})
-            levels, steps = _levels_of(model.get_layer(site.threshold))
-            low = levels[0]
-            output_range = exact_output_range(low, levels[-1], steps)[:2]
-            clamp = _ExportFusedStep(low, output_range, name=f"{site.threshold}_fused")
+            threshold = model.get_layer(site.threshold)
+            levels, steps = _levels_of(threshold)
+            grid = exact_output_range(levels[0], levels[-1], steps)[:2]
+            staircase = isinstance(threshold, ftprop_layers.Staircase)
+            clamp = "n1_to_1" if levels[0] == -1.0 else "relu"
+            output_range = staircase_output_range(threshold) if staircase else grid
+            fused = _ExportFusedOutput(clamp, output_range, name=f"{site.threshold}_fused")
             rewritten[site.threshold] = (
                 f"fused into the requantization of {site.producer!r}"
                 + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
-                + f", levels {_fmt(levels)}, clamped by " + ("RELU_N1_TO_1" if low == -1.0 else "RELU")
-                + f"; output range pinned to [{output_range[0]:.6g}, {output_range[1]:.6g}]")
-            return lambda *args, **kwargs: clamp(new(*args, **kwargs))
+                + f", levels {_fmt(levels)}, clamped by " + ("RELU_N1_TO_1" if clamp == "n1_to_1" else "RELU")
+                + (f", one code per level, requantized onto [{grid[0]:.6g}, {grid[1]:.6g}]" if staircase
+                   else f"; output range pinned to [{grid[0]:.6g}, {grid[1]:.6g}]"))
+            if staircase:
+                requantize = _ExportRequantize(grid, name=f"{site.threshold}_requantized")
+                return lambda *args, **kwargs: requantize(fused(new(*args, **kwargs)))
+            return lambda *args, **kwargs: fused(new(*args, **kwargs))
         if layer.name in identities:
             identity = keras.layers.Identity(name=layer.name)
             return lambda inputs, **kwargs: identity(inputs)
@@ -843,7 +989,7 @@ def _report(graph, flatbuffer, quantize, plan, rewritten, split):
     for name in rewritten:
         if name in plan.fused:  # the output of the last op from the producer to the threshold
             site = plan.fused[name]
-            candidates = [site.producer, f"{name}_fused", *site.between]
+            candidates = [site.producer, f"{name}_fused", f"{name}_requantized", *site.between]
             found = [layer_ops[-1] for layer_ops in map(ops_of, candidates) if layer_ops]
             if found:
                 activation_tensors[name] = (None, found[-1]["outputs"][0]["name"])

@@ -10,9 +10,10 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from keras_ftprop import deploy
-from keras_ftprop.layers import HardThreshold
+from keras_ftprop import deploy, quantization
+from keras_ftprop.layers import HardThreshold, Staircase
 from tests.keras_ftprop.test_deploy import decoded_outputs
 
 BN = dict(epsilon=0.25)  # with moving variance 0.75: f = gamma exactly
@@ -157,3 +158,120 @@ def test_quantization_aware_copy_records_its_fused_steps_and_the_export_follows_
     assert deploy.to_tflite(qat, quantize="float").report.fused == {}  # nothing to fuse in float
     with pytest.raises(ValueError, match=r"'act1' was made to be fused .*\(fuse_thresholds=False\)"):
         deploy.to_tflite(qat, data, fuse_thresholds=False)
+
+
+def staircase_network(steps, units_per_case=5, inputs=5, seed=0):
+    """x -> step -> fc -> BN -> staircase (fused), and the exact pre-activation z of every +-1 input pattern.
+
+    Dyadic weights, batch norm and staircase thresholds (k / (steps - 1) for steps 3 and 5): z is exact in
+    float32 and float64. Per unit, the bias puts z exactly on a random threshold at a random pattern (a tie),
+    2**-7 input units above or below it, or beyond every threshold; two dead channels sit between levels.
+    """
+    rng = np.random.default_rng(seed)
+    x = keras.Input((inputs,), name="x")
+    h0 = HardThreshold(name="act0")(x)
+    z1 = keras.layers.BatchNormalization(name="fc_bn", **BN)(keras.layers.Dense(4 * units_per_case + 2, name="fc")(h0))
+    h1 = Staircase(steps, name="act1")(z1)
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h1))
+
+    patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=inputs)))
+    units = 4 * units_per_case + 2
+    codes = rng.integers(-127, 128, size=(inputs, units))
+    codes[rng.integers(0, inputs, units), np.arange(units)] = rng.choice([-127, 127], units)
+    codes[:, -2:] = 0
+    scale = 2.0 ** -rng.integers(3, 7, size=units)
+    gamma = rng.choice([-1.0, 1.0], units) * 2.0 ** rng.integers(-1, 2, size=units)
+    mean = rng.integers(-8, 9, size=units) / 16
+    beta = rng.integers(-8, 9, size=units) / 16
+    thresholds = np.arange(steps) / (steps - 1)
+    sums = patterns @ codes  # sum of code * h: the real fc output is scale * sums + bias
+    case = np.repeat(["tie", "above", "below", "beyond"], units_per_case).tolist() + ["dead", "dead"]
+    at = sums[rng.integers(0, len(patterns), units), np.arange(units)].astype(np.float64)
+    on = thresholds[rng.integers(0, steps, units)]
+    offset = np.array([{"tie": 0.0, "above": 2.0**-7, "below": -(2.0**-7)}.get(c, 0.0) for c in case])
+    # z = f (scale * sums + bias - mean) + beta = on  at sums = at (+ offset)
+    bias = (on - beta) / gamma + mean - scale * (at + offset)
+    beyond = np.arange(3 * units_per_case, 4 * units_per_case)
+    bias[beyond] = np.where(beyond % 2 == 0, 1e3, -1e3)
+    bias[-2:] = (thresholds[:2].mean() - beta[-2:]) / gamma[-2:] + mean[-2:]  # dead: between t_0 and t_1
+    model.get_layer("fc").set_weights([(codes * scale).astype(np.float32), bias.astype(np.float32)])
+    model.get_layer("fc_bn").set_weights([gamma.astype(np.float32), beta.astype(np.float32),
+                                          mean.astype(np.float32), np.full(units, 0.75, np.float32)])
+    z = gamma * (scale * sums + bias.astype(np.float32) - mean) + beta
+    return model, patterns.astype(np.float32), z, case, thresholds
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_fused_staircase_is_exact_at_every_accumulator_value_and_at_ties(steps):
+    model, patterns, z, case, thresholds = staircase_network(steps)
+    flatbuffer = deploy.to_tflite(model, patterns, quantize="int8")
+    report = flatbuffer.report
+    assert report.fused == {"act1": "fc"} and report.folded == {"fc_bn": "fc"}
+    assert "one code per level" in report.rewritten["act1"] and report.ops[("LEAKY_RELU", "INT8")] == 1
+    ops = report.ops
+    assert sum(count for (op, _), count in ops.items() if op in ("GREATER", "SELECT_V2")) == 2  # act0's
+    got, _ = decoded_outputs(flatbuffer, ["act1"], patterns)
+
+    level = (z[..., None] > thresholds).sum(-1) / steps  # clip(ceil((n - 1) z), 0, n) / n, ties below
+    ties = np.isin(z, thresholds)
+    assert ties.sum() >= 5
+    np.testing.assert_allclose(got["act1"], level, rtol=0, atol=1e-6)
+    keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(patterns).numpy()
+    np.testing.assert_allclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    cases = np.array(case)
+    for name in ("tie", "above", "below"):  # each case reaches more than one level
+        assert len(np.unique(level[:, cases == name])) > 1, name
+    assert set(np.unique(level[:, cases == "beyond"])) == {0.0, 1.0}
+    np.testing.assert_allclose(got["act1"][:, -2:], 1 / steps, rtol=0, atol=1e-6)  # dead channels
+
+
+def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_input():
+    """A 5-step staircase behind conv -> max pool -> BN, reading a 3-step staircase's int8 codes: its levels are
+    those of the float64 staircase of the int8 model's own input, with the int8 kernel codes."""
+    keras.utils.set_random_seed(2)
+    x = keras.Input((8, 8, 3), name="x")
+    h0 = Staircase(3, name="act0")(keras.layers.Conv2D(8, 3, padding="same", name="conv0")(x))
+    conv = keras.layers.Conv2D(16, 3, padding="same", name="conv1")
+    pool = keras.layers.MaxPooling2D(2, name="pool1")
+    bn = keras.layers.BatchNormalization(name="bn1")
+    h1 = Staircase(5, name="act1")(bn(pool(conv(h0))))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h1)))
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(1, 8, 16), rng.uniform(-0.5, 1, 16), rng.normal(0, 0.1, 16), np.ones(16)])
+    images = rng.normal(size=(64, 8, 8, 3)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, images, quantize="int8")
+    report = flatbuffer.report
+    assert report.fused == {"act1": "conv1"} and "model's input" in report.unfused["act0"]
+    assert report.ops[("LEAKY_RELU", "INT8")] == 1  # act1's levels onto their grid
+    assert sum(count for (op, _), count in report.ops.items() if op == "GREATER") == 3  # act0's only
+    got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], images)
+
+    codes, scale = quantization.kernel_codes(conv.kernel.numpy())
+    kernel = tf.constant(codes * scale.astype(np.float64))
+    z = tf.nn.conv2d(tf.constant(np.round(got["act0"] * 3) / 3), kernel, 1, "SAME") + conv.bias.numpy()
+    z = tf.nn.max_pool2d(z, 2, 2, "VALID").numpy()
+    gamma, beta, mean, variance = (w.astype(np.float64) for w in bn.get_weights())
+    z = gamma * (z - mean) / np.sqrt(variance + bn.epsilon) + beta
+    level = (z[..., None] > np.arange(5) / 4).sum(-1) / 5
+    assert len(np.unique(level)) == 6  # every level occurs
+    np.testing.assert_allclose(got["act1"], level, rtol=0, atol=1e-6)
+
+
+def test_quantization_aware_copy_compares_its_fused_staircase_unrounded_and_the_export_follows_it():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Dense(16, name="fc0")(x))
+    h = Staircase(3, name="act1")(keras.layers.Dense(16, name="fc1")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
+    data = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    qat = deploy.quantization_aware(model, data)
+    assert qat.get_layer("act1").fused and qat.get_layer("act1").input_range is None
+    flatbuffer = deploy.to_tflite(qat, data)
+    assert flatbuffer.report.fused == {"act1": "fc1"}
+    got, _ = decoded_outputs(flatbuffer, ["act1"], data)
+    keras_h = keras.Model(qat.inputs, qat.get_layer("act1").output)(data).numpy()
+    np.testing.assert_allclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    # Not fused after all: the export compares it with GREATER, says so and warns (a step would be an error).
+    with pytest.warns(UserWarning, match="'act1' was made to be fused"):
+        report = deploy.to_tflite(qat, data, fuse_thresholds=False).report
+    assert "compares it unrounded" in report.unfused["act1"]
