@@ -64,9 +64,13 @@ requantization. Its input codes (minus the zero point) are then multiples of m (
   leaves the site unfused. An int8 LEAKY_RELU (identity on the levels) then requantizes the levels onto
   the threshold's own grid.
 
-No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused keep GREATER + SELECT_V2 and
-are listed, with the reason, in ``report.unfused``: the first layer (its input is the image), a residual
-sum, a batch norm with a negative scale behind a max pool, a staircase whose lowest level is not 0.
+No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused are listed, with the reason,
+in ``report.unfused``: the first layer (its input is the image), a residual sum, a batch norm with a
+negative scale behind a max pool, a staircase whose lowest level is not 0. They compare their pinned int8
+input code q (thresholds at codes c_k): on a 4-D input with one 1x1 depthwise convolution whose
+requantization rounds between c_k and c_k + 1 (``_requantized_compare``; one code per level and a
+LEAKY_RELU onto the grid for a staircase), elsewhere with GREATER + SELECT_V2; both are the same function
+of q.
 """
 
 from __future__ import annotations
@@ -152,19 +156,30 @@ def _input_range(thresholds, max_abs):
 
 
 class _ExportThreshold(keras.layers.Layer):
-    """Forward-only thresholds: y = levels[sum_k 1[x > t_k]] as nested selects, ranges pinned for int8."""
+    """Forward-only thresholds: y = levels[sum_k 1[x > t_k]] as nested selects, ranges pinned for int8.
 
-    def __init__(self, thresholds, levels, output_range=None, input_range=None, **kwargs):
+    ``requantize`` (int8, pinned input, 4-D input): the same function of the input's int8 code as one 1x1
+    depthwise convolution whose requantization rounds between the codes of the thresholds
+    (``_requantized_compare``), for a staircase followed by an int8 LEAKY_RELU onto its grid; where that
+    does not apply, the selects.
+    """
+
+    def __init__(self, thresholds, levels, output_range=None, input_range=None, requantize=False, **kwargs):
         super().__init__(**kwargs)
         self.thresholds = [float(t) for t in thresholds]
         self.levels = [float(v) for v in levels]
         self.output_range = output_range
         self.input_range = input_range
+        self.requantized = None
+        if requantize and input_range is not None and output_range is not None:
+            self.requantized = _requantized_compare(self.thresholds, self.levels, input_range)
 
     def call(self, x):
         x = tf.cast(x, tf.float32)
         if self.input_range is not None:
             x = tf.quantization.fake_quant_with_min_max_args(x, *self.input_range, num_bits=8)
+        if self.requantized is not None and x.shape.rank == 4:
+            return self._by_requantization(x)
         thresholds = [tf.constant(t, tf.float32) for t in self.thresholds]
         if self.input_range is not None:  # the thresholds are codes of the input's grid: integer compares
             thresholds = [tf.quantization.fake_quant_with_min_max_args(t, *self.input_range, num_bits=8)
@@ -176,8 +191,58 @@ class _ExportThreshold(keras.layers.Layer):
             y = tf.quantization.fake_quant_with_min_max_args(y, *self.output_range, num_bits=8)
         return y
 
+    def _by_requantization(self, x):
+        kernel, bias, clamp, levels_range = self.requantized
+        channels = x.shape[-1]
+        kernel = tf.fill([1, 1, channels, 1], tf.constant(kernel, tf.float32))
+        y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID")
+        y = y + tf.fill([channels], tf.constant(bias, tf.float32))
+        if levels_range is None:  # a step: straight onto its grid
+            y = tf.clip_by_value(y, -1.0, 1.0) if clamp == "n1_to_1" else tf.nn.relu(y)
+            return tf.quantization.fake_quant_with_min_max_args(y, *self.output_range, num_bits=8)
+        y = tf.quantization.fake_quant_with_min_max_args(tf.nn.relu(y), *levels_range, num_bits=8)
+        return _ExportRequantize.requantized(y, self.output_range)
+
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def _requantized_compare(thresholds, levels, input_range):
+    """(kernel, bias, clamp, levels range or None) of a 1x1 depthwise convolution computing the threshold
+    from its input's int8 code q, or None where it does not apply.
+
+    Level k + 1 iff q > c_k (c_k the code of t_k). With the kernel's code 127 and the requantization
+    v = M (127 (q - z_in) + B): a staircase (levels from 0) writes one code per level, M = 1 / (127 p)
+    (p = c_1 - c_0 codes between thresholds, the real kernel (n - 1) / n) and B = 127 (z_in - c_0 - 1/2)
+    + 127 p / 2, so that the rounding boundaries of v lie between the codes c_k and c_k + 1, then RELU and
+    the int8 maximum clamp it to levels 0..n; a step has M = 4 (8 for {0, 1}) and B = 127 (z_in - c_0 - 1/2),
+    beyond its output range one code away from c_0, clamped by RELU_N1_TO_1 (RELU).
+    """
+    low, high = input_range
+    s_in = (high - low) / 255.0
+    z_in = round(-128 - low / s_in)
+    codes = [z_in + t / s_in for t in thresholds]
+    if any(abs(c - round(c)) > 1e-6 for c in codes):
+        return None
+    codes = [round(c) for c in codes]
+    n = len(thresholds)
+    if n > 1 and levels[0] == 0.0:  # a staircase on [0, b]
+        p = codes[1] - codes[0]
+        if any(b - a != p for a, b in zip(codes, codes[1:])):
+            return None
+        s_out = levels[1] - levels[0]
+        multiplier, bias_code = 1.0 / (127 * p), round(127 * (z_in - codes[0] - 0.5) + 127 * p / 2)
+        levels_range = (-(255 - n) * s_out, n * s_out)
+        clamp = "relu"
+    elif n == 1 and levels in ([-1.0, 1.0], [0.0, 1.0]):  # a step
+        low_level = levels[0]
+        s_out = (1.0 / 127) if low_level == -1.0 else (1.0 / 255)
+        multiplier, bias_code = (4.0 if low_level == -1.0 else 8.0), round(127 * (z_in - codes[0] - 0.5))
+        levels_range, clamp = None, ("n1_to_1" if low_level == -1.0 else "relu")
+    else:
+        return None
+    s_w = multiplier * s_out / s_in
+    return float(127 * s_w), float(bias_code * s_in * s_w), clamp, levels_range
 
 
 def pinned_input_range(threshold, max_abs, scaled):
@@ -232,7 +297,7 @@ def _threshold_layer(layer, thresholds, levels, steps, int8, max_abs):
         output_range = (low, high)
         if max_abs is not None:
             input_range = _input_range(thresholds, max_abs)
-    return _ExportThreshold(thresholds, levels, output_range, input_range, name=layer.name)
+    return _ExportThreshold(thresholds, levels, output_range, input_range, requantize=int8, name=layer.name)
 
 
 # Layer type -> function(layer, int8, max_abs) -> export layer. ``max_abs`` is
@@ -783,8 +848,12 @@ class _ExportRequantize(keras.layers.Layer):
         self.output_range = output_range
 
     def call(self, x):
+        return self.requantized(x, self.output_range)
+
+    @staticmethod
+    def requantized(x, output_range):
         x = tf.nn.leaky_relu(tf.cast(x, tf.float32), alpha=0.5)
-        return tf.quantization.fake_quant_with_min_max_args(x, *self.output_range, num_bits=8)
+        return tf.quantization.fake_quant_with_min_max_args(x, *output_range, num_bits=8)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -804,7 +873,8 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
       io_dtype: "float32" or "int8" input and output of the int8 model.
       threshold_input: "pinned" (threshold inputs on the thresholds' own range) or "calibrated".
       calibration_samples: at most this many examples of ``representative_data`` are used.
-      fuse_thresholds: int8 only: compute each step that can be fused as its convolution's (dense layer's)
+      fuse_thresholds: int8 only: compute each threshold that can be fused as its convolution's (dense
+        layer's) requantization, and every other one on a pinned 4-D input as a 1x1 depthwise
         requantization (see the module docstring); False keeps GREATER + SELECT_V2 everywhere.
 
     Raises:
@@ -857,6 +927,7 @@ class _Plan:
     fused: dict  # {step: FusedThreshold}
     unfused: dict  # {threshold: reason}
     folded: dict  # {batch norm: producer}
+    requantize: bool = True  # unfused thresholds as a depthwise requantization where they can be
 
 
 def _plan(model, recorded, batches, int8, pinned, fuse):
@@ -909,7 +980,7 @@ def _plan(model, recorded, batches, int8, pinned, fuse):
     for site in fused.values():  # the export folds these itself
         if site.batch_norm is not None:
             folded[site.batch_norm] = site.producer
-    return _Plan(max_abs, scale_producers, fused, unfused, folded)
+    return _Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse)
 
 
 def _export_model(model, plan, int8):
@@ -946,6 +1017,8 @@ def _export_model(model, plan, int8):
         if rewrite is None:  # the copy's own layer (the copy is not used after the export)
             return layer
         new = rewrite(layer, int8, plan.max_abs.get(layer.name))
+        if not plan.requantize and isinstance(new, _ExportThreshold):
+            new.requantized = None
         rewritten[layer.name] = _describe(new)
         return new
 
@@ -1001,6 +1074,10 @@ def _report(graph, flatbuffer, quantize, plan, rewritten, split):
             if compares and selects:
                 activation_tensors[name] = (compares[0]["inputs"][0]["name"], selects[-1]["outputs"][0]["name"])
                 continue
+            convolutions = [op for op in mine if op["op"] == "DEPTHWISE_CONV_2D"]
+            if convolutions:  # compared by a requantization
+                activation_tensors[name] = (convolutions[0]["inputs"][0]["name"], mine[-1]["outputs"][0]["name"])
+                continue
         # The converter names each op's output after the TensorFlow name scope of its Keras layer; the
         # report's tensors and the error messages rely on it, so a converter that stops doing so is an error.
         raise RuntimeError(f"no op of the TFLite model has a name of layer {name!r}: the converter's tensor "
@@ -1045,7 +1122,11 @@ def _find(model, name):
 
 
 def _describe(layer):
-    what = f"{len(layer.thresholds)} threshold(s) as GREATER + SELECT_V2, levels {_fmt(layer.levels)}"
+    how = "GREATER + SELECT_V2"
+    if layer.requantized is not None:
+        how = "a 1x1 depthwise requantization" + (" + LEAKY_RELU" if layer.requantized[3] else "") + \
+            " (GREATER + SELECT_V2 where the input is not 4-D)"
+    what = f"{len(layer.thresholds)} threshold(s) as {how}, levels {_fmt(layer.levels)}"
     if layer.output_range is not None:
         low, high = layer.output_range
         what += f"; output range pinned to [{low:.6g}, {high:.6g}] (scale {(high - low) / 255:.6g})"

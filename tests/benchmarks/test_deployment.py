@@ -7,8 +7,10 @@ def test_untrained_model_is_converted_timed_and_tabulated(capsys):
     (row,) = deployment.main(["--models=convnet4", "--rounds=1", "--invokes=1", "--threads=1",
                               "--batch_size=2", "--calibration=4"])
     assert row["size_int8"] < row["size_float"] / 3  # int8 weights: about a quarter
-    # conv1 reads the image: GREATER + SELECT_V2; conv2 and fc1 compute their steps as their requantization
-    assert row["ops_int8"]["CONV_2D INT8"] == 2 and row["ops_int8"]["SELECT_V2 INT8"] == 1
+    # conv1 reads the image: its step is a 1x1 depthwise requantization; conv2 and fc1 compute their steps as
+    # their requantization
+    assert row["ops_int8"]["CONV_2D INT8"] == 2 and row["ops_int8"]["DEPTHWISE_CONV_2D INT8"] == 1
+    assert "SELECT_V2 INT8" not in row["ops_int8"]
     for key in ("latency_ms_int8_t1", "latency_ms_float_t1", "throughput_int8_t1", "throughput_float_t1"):
         assert row[key] > 0
     assert row["latency_ratio_t1"] == row["latency_ms_float_t1"] / row["latency_ms_int8_t1"]
@@ -54,5 +56,5 @@ def test_profile_attributes_each_layer_its_ops():
     assert list(rows) == ["conv1_pad", "conv1", "conv1_pool", "conv1_act", "conv2", "conv2_pool", "conv2_act",
                           "flatten", "fc1", "fc1_act", "predictions"]
     assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
-    assert rows["conv1_act"] == "GREATER, SELECT_V2"
+    assert rows["conv1_act"] == "DEPTHWISE_CONV_2D"
     assert rows["conv2_act"] == rows["fc1_act"] == ""  # fused: nothing beyond their convolution's ops

@@ -208,7 +208,8 @@ def test_int8_model_computes_in_integers_only():
     assert not names["MUL"] and not names["ADD"]  # every batch norm folded into its convolution
     for op in graph["ops"]:
         assert op["op"] in {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "MAX_POOL_2D", "GREATER", "SELECT_V2",
-                            "RESHAPE", "FULLY_CONNECTED", "SHAPE", "STRIDED_SLICE", "PACK"}, op["op"]
+                            "DEPTHWISE_CONV_2D", "RESHAPE", "FULLY_CONNECTED", "SHAPE", "STRIDED_SLICE",
+                            "PACK"}, op["op"]
         if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
             assert {t["index"] for t in op["inputs"] + op["outputs"]} & boundary
             continue
@@ -216,8 +217,9 @@ def test_int8_model_computes_in_integers_only():
             assert tensor["dtype"] in ALLOWED_INT8_TENSORS, (op["op"], tensor)
     assert flatbuffer.report.folded == {f"conv{i}_bn": f"conv{i}" for i in range(1, 7)}
     assert flatbuffer.report.size_bytes == len(flatbuffer)
-    # conv0 reads the image: GREATER + SELECT_V2; the six after it are their convolutions' requantization
-    assert sum(count for (op, _), count in flatbuffer.report.ops.items() if op == "SELECT_V2") == 1
+    # conv0 reads the image: a 1x1 depthwise requantization; the six after it are their convolutions'
+    assert flatbuffer.report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1
+    assert not any(op == "SELECT_V2" for op, _ in flatbuffer.report.ops)
     assert flatbuffer.report.fused == {f"conv{i}_act": f"conv{i}" for i in range(1, 7)}
     assert list(flatbuffer.report.unfused) == ["conv0_act"]
     unfused = deploy.to_tflite(model, images, quantize="int8", fuse_thresholds=False)

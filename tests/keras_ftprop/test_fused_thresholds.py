@@ -242,8 +242,9 @@ def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_inpu
     flatbuffer = deploy.to_tflite(model, images, quantize="int8")
     report = flatbuffer.report
     assert report.fused == {"act1": "conv1"} and "model's input" in report.unfused["act0"]
-    assert report.ops[("LEAKY_RELU", "INT8")] == 1  # act1's levels onto their grid
-    assert sum(count for (op, _), count in report.ops.items() if op == "GREATER") == 3  # act0's only
+    # act0 (unfused): a depthwise requantization of its pinned input, then its levels onto their grid, as act1's
+    assert report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1 and report.ops[("LEAKY_RELU", "INT8")] == 2
+    assert not any(op in ("GREATER", "SELECT_V2") for op, _ in report.ops)
     got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], images)
 
     codes, scale = quantization.kernel_codes(conv.kernel.numpy())
@@ -275,3 +276,29 @@ def test_quantization_aware_copy_compares_its_fused_staircase_unrounded_and_the_
     with pytest.warns(UserWarning, match="'act1' was made to be fused"):
         report = deploy.to_tflite(qat, data, fuse_thresholds=False).report
     assert "compares it unrounded" in report.unfused["act1"]
+
+
+@pytest.mark.parametrize("threshold", [HardThreshold(), HardThreshold(zero_one=True), Staircase(3), Staircase(5)],
+                         ids=["step", "step01", "staircase3", "staircase5"])
+def test_unfused_threshold_as_a_depthwise_requantization_is_exact_at_every_input_code(threshold):
+    """A threshold on the model's input: every one of the 256 input codes, thresholds on codes included."""
+    x = keras.Input((16, 16, 1), name="x")
+    model = keras.Model(x, keras.layers.Flatten(name="flatten")(threshold(x)))
+    calibration = np.random.default_rng(0).uniform(-1.5, 1.5, size=(8, 16, 16, 1)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, calibration, quantize="int8")
+    report = flatbuffer.report
+    assert report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1 and "GREATER" not in str(report.ops)
+    low, high = deploy.pinned_input_range(threshold, float(np.abs(calibration).max()), scaled=False)
+    scale = (high - low) / 255
+    zero_point = round(-128 - low / scale)
+    codes = np.arange(-128, 128)
+    images = ((codes - zero_point) * scale).astype(np.float32).reshape(1, 16, 16, 1)
+    got, _ = decoded_outputs(flatbuffer, [threshold.name], images)
+    thresholds = deploy._thresholds_of(threshold)
+    threshold_codes = [zero_point + round(t / scale) for t in thresholds]
+    assert set(threshold_codes) <= set(codes)  # every threshold is an input code: ties are exercised
+    levels, _ = deploy._levels_of(threshold)
+    expected = np.array(levels)[(codes[:, None] > threshold_codes).sum(-1)]
+    np.testing.assert_allclose(got[threshold.name].reshape(-1), expected, rtol=0, atol=1e-6)
+    keras_y = threshold(images).numpy().reshape(-1)  # the float function of the same inputs
+    np.testing.assert_allclose(got[threshold.name].reshape(-1), keras_y, rtol=0, atol=1e-6)
