@@ -87,6 +87,7 @@ def save_outputs(config, setup, best):
             source = best.path if best.saved_this_run else os.path.join(model_dir, "best.keras")
             model.load_weights(source)
             files.atomic_export(model, best_export)
+            model.load_weights(final_model)  # what follows (the quantization-aware fine-tune) takes the final one
         out["best model"] = os.path.join(model_dir, "best.keras")
         out["best SavedModel"] = os.path.join(model_dir, files.EXPORT_DIR, "best")
     out["metrics"] = os.path.join(model_dir, files.METRICS_FILE)
