@@ -175,11 +175,29 @@ def test_export_tflite_writes_both_models_and_reports_agreement(tmp_path, capsys
         line = re.search(rf"TFLite {quantize}: {re.escape(path)}, [\d,]+ bytes; top-1 agreement with Keras "
                          r"([\d.]+) on 32 eval images; accuracy [\d.]+% \(Keras [\d.]+%\)", out)
         assert line, out
-        assert float(line.group(1)) >= (1.0 if quantize == "float" else 0.8)
+        # What it prints is the agreement of the file it wrote with final.keras on those 32 images. (The
+        # int8 value itself says little here: 3 steps of training leave the logits of a chance-level
+        # network nearly tied, so the int8 rounding of weights and image moves many top-1 choices.)
+        assert float(line.group(1)) == pytest.approx(
+            exported_agreement(model_dir, f"model_{quantize}.tflite", 32), abs=1e-4)
+        if quantize == "float":
+            assert float(line.group(1)) == 1.0
     from keras_ftprop import deploy
     graph = deploy.inspect_tflite(open(os.path.join(model_dir, "export", "model_int8.tflite"), "rb").read())
     assert "CONV_2D" in {op["op"] for op in graph["ops"]}
     assert all(op["outputs"][0]["dtype"] != "FLOAT32" for op in graph["ops"] if op["op"] != "DEQUANTIZE")
+
+
+def exported_agreement(model_dir, tflite_file, examples):
+    """Top-1 agreement of ``model_dir/export/tflite_file`` with ``final.keras`` on the first eval examples."""
+    from benchmarks import deployment
+    from training import tflite_export
+
+    _, model, _, images, _ = deployment.load_run(model_dir, 1, examples)
+    with open(os.path.join(model_dir, "export", tflite_file), "rb") as f:
+        flatbuffer = f.read()
+    keras_top1 = model.predict(images, verbose=0).argmax(axis=1)
+    return float(np.mean(tflite_export.predict(flatbuffer, images).argmax(axis=1) == keras_top1))
 
 
 def test_digits_replaces_the_recipe_epochs_and_says_so(tmp_path, capsys):
