@@ -585,6 +585,25 @@ _COMMUTE_WITH_STEP = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.lay
 _KEEP_GRID = (keras.layers.ZeroPadding2D, keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape,
               keras.layers.Dropout, keras.layers.SpatialDropout2D)
 _PER_CHANNEL = (keras.layers.MaxPooling2D, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+
+
+def keeps_grid(layer):
+    """Whether ``layer``'s int8 output codes are codes of its input (max pooling, padding with 0, reshapes);
+    a layer of another library says so with a ``keeps_int8_grid = True`` attribute."""
+    return isinstance(layer, _KEEP_GRID) or getattr(layer, "keeps_int8_grid", False) is True
+
+
+def threshold_source(tensor, producers):
+    """The threshold layer whose output ``tensor`` carries through layers that keep its grid, or None."""
+    while True:
+        source = producers.get(id(tensor))
+        if source is None or isinstance(source, keras.layers.InputLayer):
+            return None
+        if type(source) in REWRITES:
+            return source
+        tensor = _only_input(source)
+        if not keeps_grid(source) or tensor is None:
+            return None
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
 
 
@@ -658,7 +677,7 @@ def _fusion_of(layer, producers, consumers):
             return None, f"{producer.name!r} reads the model's input, not a threshold's output"
         if type(source) in REWRITES:
             break
-        if not isinstance(source, _KEEP_GRID):
+        if not keeps_grid(source):
             return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
     scale, step, bound = _grid_of(source)
     if not staircase and step < _MIN_FUSED_INPUT_STEP:

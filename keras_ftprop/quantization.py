@@ -197,7 +197,8 @@ def quantization_aware(model, representative_data, calibration_samples=500):
               and deploy._only_input(layer) is not None and consumers[id(deploy._only_input(layer))] == 1]
     batches = list(deploy._representative_batches(representative_data, calibration_samples))
     # Operands of a sum that the int8 model requantizes before adding (a threshold's output is exact).
-    summed = {layer.name: [i for i, t in enumerate(layer.input) if not isinstance(producers[id(t)], _threshold_types())]
+    # A threshold's output (through max pools and padding, as a residual shortcut) is already on its grid.
+    summed = {layer.name: [i for i, t in enumerate(layer.input) if deploy.threshold_source(t, producers) is None]
               for layer in model.layers if isinstance(layer, keras.layers.Add)}
     operands = [(name, i) for name, indices in summed.items() for i in indices]
     max_abs, (input_low, input_high), (output_low, output_high), operand_ranges = _calibrate(

@@ -49,6 +49,8 @@ class PaddedMaxPooling2D(keras.layers.Layer):
     Channels-last input only.
     """
 
+    keeps_int8_grid = True  # every output is one of its inputs: int8 export keeps their codes
+
     preserves_precision = True  # a max of its inputs: keras_ftprop.summary keeps their bit width
 
     def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):

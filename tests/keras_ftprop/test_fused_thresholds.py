@@ -302,3 +302,31 @@ def test_unfused_threshold_as_a_depthwise_requantization_is_exact_at_every_input
     np.testing.assert_allclose(got[threshold.name].reshape(-1), expected, rtol=0, atol=1e-6)
     keras_y = threshold(images).numpy().reshape(-1)  # the float function of the same inputs
     np.testing.assert_allclose(got[threshold.name].reshape(-1), keras_y, rtol=0, atol=1e-6)
+
+
+def test_a_padded_max_pool_keeps_the_grid_for_fusion_and_for_a_residual_shortcut():
+    """ResNet's stem: step -> PaddedMaxPooling2D, read by a convolution (fused) and by a residual sum, whose
+    quantization-aware copy must add the shortcut's exact +-1 (not +-1 on a 256-code grid of [-1, 1])."""
+    from models.layers import PaddedMaxPooling2D
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 3), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Conv2D(4, 3, padding="same", name="conv0")(x))
+    pooled = PaddedMaxPooling2D(3, 2, 1, name="pool")(h)
+    h = HardThreshold(name="act1")(keras.layers.Conv2D(4, 3, padding="same", name="conv1")(pooled))
+    z = keras.layers.BatchNormalization(name="bn2")(keras.layers.Conv2D(4, 3, padding="same", name="conv2")(h))
+    h = HardThreshold(name="act2")(keras.layers.Add(name="add")([z, pooled]))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D(name="gap")(h)))
+    images = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    fused, unfused = deploy.fused_thresholds(model)
+    assert set(fused) == {"act1"} and set(unfused) == {"act0", "act2"}
+    qat = deploy.quantization_aware(model, images)
+    rounded = {layer.name for layer in qat.layers if isinstance(layer, quantization.FakeQuant)}
+    assert "add_in0" in rounded and "add_in1" not in rounded  # the batch norm's operand only
+    flatbuffer = deploy.to_tflite(qat, images)
+    assert flatbuffer.report.fused == {"act1": "conv1"}
+    got, _ = decoded_outputs(flatbuffer, ["act1", "act2"], images)
+    probe = keras.Model(qat.inputs, [qat.get_layer("act1").output, qat.get_layer("act2").output])
+    keras_act1, keras_act2 = probe(images)
+    np.testing.assert_allclose(got["act1"], keras_act1.numpy(), rtol=0, atol=1e-6)
+    assert np.mean(~np.isclose(got["act2"], keras_act2.numpy(), rtol=0, atol=1e-6)) < 1e-3
