@@ -654,6 +654,9 @@ def _fusion_of(layer, producers, consumers):
         if type(producer) in (keras.layers.Conv2D, keras.layers.Dense):
             if getattr(producer, "activation", None) not in (None, keras.activations.linear):
                 return None, f"{producer.name!r} has an activation"
+            if staircase and type(producer) is keras.layers.Dense:  # its multiplier must be per channel
+                return None, (f"a staircase after the dense layer {producer.name!r}, whose kernel some "
+                              "converters quantize per tensor")
             break
         if isinstance(producer, keras.layers.BatchNormalization) and batch_norm is None:
             if producer.axis not in (-1, len(producer.input.shape) - 1):
@@ -1082,12 +1085,13 @@ def _report(graph, flatbuffer, quantize, plan, rewritten, split):
         if name in plan.fused:  # the output of the last op from the producer to the threshold
             site = plan.fused[name]
             candidates = [site.producer, f"{name}_fused", f"{name}_requantized", *site.between]
-            found = [layer_ops[-1] for layer_ops in map(ops_of, candidates) if layer_ops]
+            # (an older converter also names the next layer's RESHAPE after the fused layer's ops)
+            found = [ops[-1] for ops in ([op for op in ops_of(c) if op["op"] != "RESHAPE"] for c in candidates) if ops]
             if found:
                 activation_tensors[name] = (None, found[-1]["outputs"][0]["name"])
                 continue
         else:
-            mine = ops_of(name)
+            mine = [op for op in ops_of(name) if op["op"] != "RESHAPE"]  # (see above)
             compares = [op for op in mine if op["op"] == "GREATER"]
             selects = [op for op in mine if op["op"] == "SELECT_V2"]
             if compares and selects:

@@ -168,11 +168,11 @@ def staircase_network(steps, units_per_case=5, inputs=5, seed=0):
     2**-7 input units above or below it, or beyond every threshold; two dead channels sit between levels.
     """
     rng = np.random.default_rng(seed)
-    x = keras.Input((inputs,), name="x")
+    x = keras.Input((1, 1, inputs), name="x")  # a 1x1 convolution: the dense layer's arithmetic, per channel
     h0 = HardThreshold(name="act0")(x)
-    z1 = keras.layers.BatchNormalization(name="fc_bn", **BN)(keras.layers.Dense(4 * units_per_case + 2, name="fc")(h0))
-    h1 = Staircase(steps, name="act1")(z1)
-    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h1))
+    fc = keras.layers.Conv2D(4 * units_per_case + 2, 1, name="fc")
+    h1 = Staircase(steps, name="act1")(keras.layers.BatchNormalization(name="fc_bn", **BN)(fc(h0)))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h1)))
 
     patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=inputs)))
     units = 4 * units_per_case + 2
@@ -194,11 +194,11 @@ def staircase_network(steps, units_per_case=5, inputs=5, seed=0):
     beyond = np.arange(3 * units_per_case, 4 * units_per_case)
     bias[beyond] = np.where(beyond % 2 == 0, 1e3, -1e3)
     bias[-2:] = (thresholds[:2].mean() - beta[-2:]) / gamma[-2:] + mean[-2:]  # dead: between t_0 and t_1
-    model.get_layer("fc").set_weights([(codes * scale).astype(np.float32), bias.astype(np.float32)])
+    fc.set_weights([(codes * scale).reshape(1, 1, inputs, units).astype(np.float32), bias.astype(np.float32)])
     model.get_layer("fc_bn").set_weights([gamma.astype(np.float32), beta.astype(np.float32),
                                           mean.astype(np.float32), np.full(units, 0.75, np.float32)])
     z = gamma * (scale * sums + bias.astype(np.float32) - mean) + beta
-    return model, patterns.astype(np.float32), z, case, thresholds
+    return model, patterns.reshape(-1, 1, 1, inputs).astype(np.float32), z, case, thresholds
 
 
 @pytest.mark.parametrize("steps", [3, 5])
@@ -209,14 +209,15 @@ def test_fused_staircase_is_exact_at_every_accumulator_value_and_at_ties(steps):
     assert report.fused == {"act1": "fc"} and report.folded == {"fc_bn": "fc"}
     assert "one code per level" in report.rewritten["act1"] and report.ops[("LEAKY_RELU", "INT8")] == 1
     ops = report.ops
-    assert sum(count for (op, _), count in ops.items() if op in ("GREATER", "SELECT_V2")) == 2  # act0's
+    assert not any(op in ("GREATER", "SELECT_V2") for op, _ in ops)  # act0 as a depthwise requantization
     got, _ = decoded_outputs(flatbuffer, ["act1"], patterns)
+    got = {"act1": got["act1"].reshape(len(patterns), -1)}
 
     level = (z[..., None] > thresholds).sum(-1) / steps  # clip(ceil((n - 1) z), 0, n) / n, ties below
     ties = np.isin(z, thresholds)
     assert ties.sum() >= 5
     np.testing.assert_allclose(got["act1"], level, rtol=0, atol=1e-6)
-    keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(patterns).numpy()
+    keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(patterns).numpy().reshape(len(patterns), -1)
     np.testing.assert_allclose(got["act1"], keras_h, rtol=0, atol=1e-6)
     cases = np.array(case)
     for name in ("tie", "above", "below"):  # each case reaches more than one level
@@ -260,18 +261,28 @@ def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_inpu
 
 def test_quantization_aware_copy_compares_its_fused_staircase_unrounded_and_the_export_follows_it():
     keras.utils.set_random_seed(0)
-    x = keras.Input((6,), name="x")
-    h = HardThreshold(name="act0")(keras.layers.Dense(16, name="fc0")(x))
-    h = Staircase(3, name="act1")(keras.layers.Dense(16, name="fc1")(h))
-    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
-    data = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    x = keras.Input((1, 1, 6), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Conv2D(16, 1, name="fc0")(x))
+    h = Staircase(3, name="act1")(keras.layers.Conv2D(16, 1, name="fc1")(h))
+    h2 = Staircase(3, name="act2")(keras.layers.Dense(8, name="fc2")(keras.layers.Flatten(name="flatten")(h)))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h2))
+    data = np.random.default_rng(0).normal(size=(64, 1, 1, 6)).astype(np.float32)
+    assert "dense layer 'fc2'" in deploy.fused_thresholds(model)[1]["act2"]  # per-tensor kernels elsewhere
     qat = deploy.quantization_aware(model, data)
     assert qat.get_layer("act1").fused and qat.get_layer("act1").input_range is None
     flatbuffer = deploy.to_tflite(qat, data)
     assert flatbuffer.report.fused == {"act1": "fc1"}
-    got, _ = decoded_outputs(flatbuffer, ["act1"], data)
-    keras_h = keras.Model(qat.inputs, qat.get_layer("act1").output)(data).numpy()
-    np.testing.assert_allclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], data)
+    probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in ("act0", "act1", "fc1")])
+    keras_h0, keras_h, pre = (t.numpy().reshape(len(data), -1) for t in probe(data))
+    got = {name: value.reshape(len(data), -1) for name, value in got.items()}
+    # act0 compares the rounded output of fc0 (which reads the input): a unit at a requantization tie can
+    # flip there (on some TensorFlow versions) and every act1 unit of that example inherits it. Where act0
+    # agrees, act1 is equal up to float32 ties (the copy sums in float32, the int8 model in int32).
+    same_input = np.isclose(got["act0"], keras_h0, rtol=0, atol=1e-6).all(axis=1)
+    assert same_input.mean() > 0.9
+    differ = ~np.isclose(got["act1"], keras_h, rtol=0, atol=1e-6) & same_input[:, None]
+    assert np.all(np.abs(pre[differ][:, None] - np.array([0.0, 0.5, 1.0])).min(-1) < 1e-5)
     # Not fused after all: the export compares it with GREATER, says so and warns (a step would be an error).
     with pytest.warns(UserWarning, match="'act1' was made to be fused"):
         report = deploy.to_tflite(qat, data, fuse_thresholds=False).report
