@@ -593,17 +593,23 @@ def keeps_grid(layer):
     return isinstance(layer, _KEEP_GRID) or getattr(layer, "keeps_int8_grid", False) is True
 
 
-def threshold_source(tensor, producers):
-    """The threshold layer whose output ``tensor`` carries through layers that keep its grid, or None."""
+def _grid_origin(tensor, producers):
+    """The layer that computes ``tensor``, looking through layers that keep the grid (None: no producer)."""
     while True:
         source = producers.get(id(tensor))
-        if source is None or isinstance(source, keras.layers.InputLayer):
-            return None
-        if type(source) in REWRITES:
+        if source is None or isinstance(source, keras.layers.InputLayer) or type(source) in REWRITES:
             return source
         tensor = _only_input(source)
         if not keeps_grid(source) or tensor is None:
-            return None
+            return source
+
+
+def threshold_source(tensor, producers):
+    """The threshold layer whose output ``tensor`` carries through layers that keep its grid, or None."""
+    source = _grid_origin(tensor, producers)
+    return source if type(source) in REWRITES else None
+
+
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
 
 
@@ -672,16 +678,12 @@ def _fusion_of(layer, producers, consumers):
             return None, f"batch norm {batch_norm.name!r} is not per output channel"
         if np.any(_batch_norm_factor(batch_norm)[0] <= 0):
             return None, f"batch norm {batch_norm.name!r} follows a max pool and has a non-positive scale"
-    source = producer  # the producer's input must lie on a threshold's output grid
-    while True:
-        tensor = _only_input(source)
-        source = producers.get(id(tensor)) if tensor is not None else None
-        if source is None or isinstance(source, keras.layers.InputLayer):
-            return None, f"{producer.name!r} reads the model's input, not a threshold's output"
-        if type(source) in REWRITES:
-            break
-        if not keeps_grid(source):
-            return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
+    tensor = _only_input(producer)  # the producer's input must lie on a threshold's output grid
+    source = _grid_origin(tensor, producers) if tensor is not None else None
+    if source is None or isinstance(source, keras.layers.InputLayer):
+        return None, f"{producer.name!r} reads the model's input, not a threshold's output"
+    if type(source) not in REWRITES:
+        return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
     scale, step, bound = _grid_of(source)
     if not staircase and step < _MIN_FUSED_INPUT_STEP:
         return None, f"the input grid of {producer.name!r} is too fine (codes {step} apart)"
