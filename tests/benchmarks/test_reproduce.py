@@ -15,7 +15,9 @@ reproduce = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reproduce)
 
 
-def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True):
+def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True, extra=None):
+    """A finished run's records; ``extra`` maps further metrics.csv columns to their values per epoch."""
+    extra = extra or {}
     run_dir = os.path.join(runs_dir, f"{config}-seed{seed}")
     os.makedirs(run_dir)
     if export:
@@ -24,8 +26,8 @@ def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True):
     loss = loss or [1.0] * len(top1)
     with open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["epoch", "loss", "val_top1", "val_top5"])
-        for epoch, row in enumerate(zip(loss, top1, top5)):
+        writer.writerow(["epoch", "loss", "val_top1", "val_top5", *extra])
+        for epoch, row in enumerate(zip(loss, top1, top5, *extra.values())):
             writer.writerow([epoch, *row])
     with open(os.path.join(run_dir, "settings.json"), "w") as f:
         json.dump({"num_classes": 10}, f)
@@ -74,6 +76,49 @@ def test_paired_differences_by_seed(tmp_path, capsys):
     assert stair["differences"] == pytest.approx([-0.03, 0.02, -0.01]) and not stair["beyond_spread"]
     table = open(os.path.join(tmp_path, "results.md")).read()
     assert "| step-ftp_sh - step-sste | 3 | +2.00, +1.00, +2.00 | +1.67 ± 0.58 | 3/3 | 1.53 | yes |" in table
+
+
+def test_report_lists_every_seed_beside_the_papers_numbers(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")
+    _write_run(runs, "step-sste", 1, [0.5, 0.7, 0.6], [0.9, 0.9, 0.9])
+    _write_run(runs, "step-sste", 2, [0.6, 0.8, 0.8], [0.9, 0.9, 0.9])  # best first reached at epoch 2
+    _write_run(runs, "staircase-ftp_sh", 2, [0.9, 0.8, 0.85], [0.9, 0.9, 0.9])
+    argv = ["--report_only", "--seeds=2", "--configs=step-sste,staircase-ftp_sh", "--epochs=3",
+            f"--output_dir={tmp_path}"]
+    reproduce.main(["--model=resnet18", *argv])
+    table = open(os.path.join(tmp_path, "results.md")).read()
+    assert "| step-sste | 60.00 (70.00, 2) | 80.00 (80.00, 2) |" in table
+    assert "| staircase-ftp_sh | - | 85.00 (90.00, 1) |" in table
+    assert "| paper, ImageNet |" in table
+    assert "| 70.00 ± 14.14 | 90.00 ± 0.00 | 1.0000 ± 0.0000 | 15.00 ± 7.07 | 49.1 |" in table
+    assert "| 85.00 ± 0.00 | 90.00 ± 0.00 | 1.0000 ± 0.0000 | -5.00 ± 0.00 | 64.3 |" in table
+    reproduce.main(["--model=resnet34", *argv])  # nothing published: no column
+    assert "paper" not in open(os.path.join(tmp_path, "results.md")).read()
+
+
+def test_target_diagnostics_summarised_per_layer_group_at_the_last_epoch(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")
+    for seed, offset in ((1, 0.0), (2, 0.1)):
+        _write_run(runs, "step-ftp_sh", seed, [0.5, 0.6], [0.9, 0.9], extra={
+            "stem_act/target_none": [0.9, 0.7 + offset],
+            "stage1_block1_act1/target_active": [0.0, 0.5 + offset],
+            "stage1_block2_act2/target_active": [0.0, 0.3 + offset],
+            "stage1_block1_act1/target_loss": [9.0, 9.0],  # not summarised
+            "stage2_block1_act1/flipped": [1.0, 0.2],
+        })
+    _write_run(runs, "relu", 1, [0.5, 0.6], [0.9, 0.9])
+    results, _ = reproduce.main(["--report_only", "--model=resnet18", "--seeds=2", "--configs=step-ftp_sh,relu",
+                                 "--epochs=2", f"--output_dir={tmp_path}"])
+    diagnostics = results["step-ftp_sh"]["diagnostics"]
+    # last epoch only; mean over the stage's two layers, then over the seeds: ((0.5 + 0.3) / 2 + (0.6 + 0.4) / 2) / 2
+    assert diagnostics["target_active"] == {"stage1": pytest.approx(0.45)}
+    assert diagnostics["target_none"] == {"stem_act": pytest.approx(0.75)}
+    assert diagnostics["flipped"] == {"stage2": pytest.approx(0.2)}
+    assert "target_loss" not in diagnostics and results["relu"]["diagnostics"] == {}
+    table = open(os.path.join(tmp_path, "results.md")).read()
+    assert "| statistic | layers | step-ftp_sh |" in table  # relu has no column
+    assert "| active | stage1 | 45.0 |" in table and "| none | stem_act | 75.0 |" in table
+    assert table.index("| active |") < table.index("| none |") < table.index("| flipped |")
 
 
 def test_record_dir_keeps_small_outputs_and_skips_recorded_runs(tmp_path, capsys):
