@@ -217,12 +217,20 @@ def aggregate(args, runs_dir):
             "runs": runs,
             **{key: _mean_std([r[key] for r in runs if r[key] is not None])
                for key in ("best_top1", "final_top1", "final_top5", "final_loss", "top1_change")},
-            "diagnostics": {
-                statistic: {group: statistics.fmean(r["diagnostics"][statistic][group] for r in runs)
-                            for group in runs[0]["diagnostics"][statistic]}
-                for statistic in (runs[0]["diagnostics"] if runs else {})},
+            "diagnostics": _mean_diagnostics([r["diagnostics"] for r in runs]),
         }
     return results
+
+
+def _mean_diagnostics(per_run):
+    """{statistic: {group: mean over the runs that logged it}}: seeds may log different layers."""
+    pooled = {}
+    for diagnostics in per_run:
+        for statistic, groups in diagnostics.items():
+            for group, value in groups.items():
+                pooled.setdefault(statistic, {}).setdefault(group, []).append(value)
+    return {statistic: {group: statistics.fmean(values) for group, values in sorted(groups.items())}
+            for statistic, groups in pooled.items()}
 
 
 def layer_group(layer):

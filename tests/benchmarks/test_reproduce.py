@@ -121,6 +121,19 @@ def test_target_diagnostics_summarised_per_layer_group_at_the_last_epoch(tmp_pat
     assert table.index("| active |") < table.index("| none |") < table.index("| flipped |")
 
 
+def test_target_diagnostics_of_seeds_that_log_different_layers(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")
+    _write_run(runs, "step-sste", 1, [0.5, 0.6], [0.9, 0.9], extra={
+        "stem_act/target_active": [0.0, 0.2], "stage1_block1_act1/target_active": [0.0, 0.4]})
+    _write_run(runs, "step-sste", 2, [0.5, 0.6], [0.9, 0.9], extra={
+        "stage1_block1_act1/target_active": [0.0, 0.6], "stage2_block1_act1/target_active": [0.0, 0.8]})
+    results, _ = reproduce.main(["--report_only", "--model=resnet18", "--seeds=2", "--configs=step-sste",
+                                 "--epochs=2", f"--output_dir={tmp_path}"])
+    # each group is averaged over the seeds that logged it
+    assert results["step-sste"]["diagnostics"]["target_active"] == {
+        "stage1": pytest.approx(0.5), "stage2": pytest.approx(0.8), "stem_act": pytest.approx(0.2)}
+
+
 def test_record_dir_keeps_small_outputs_and_skips_recorded_runs(tmp_path, capsys):
     output, record = os.path.join(tmp_path, "out"), os.path.join(tmp_path, "record")
     _write_run(os.path.join(output, "runs"), "relu", 1, [0.5, 0.6], [0.9, 0.9])  # finished, not yet recorded
