@@ -224,13 +224,18 @@ def aggregate(args, runs_dir):
 
 def _mean_diagnostics(per_run):
     """{statistic: {group: mean over the runs that logged it}}: seeds may log different layers."""
+    return _group_means((statistic, group, value) for diagnostics in per_run
+                        for statistic, groups in diagnostics.items() for group, value in groups.items())
+
+
+def _group_means(triples):
+    """(statistic, group, value) triples -> {statistic: {group: mean of its values}}, statistics in
+    DIAGNOSTICS order and groups sorted."""
     pooled = {}
-    for diagnostics in per_run:
-        for statistic, groups in diagnostics.items():
-            for group, value in groups.items():
-                pooled.setdefault(statistic, {}).setdefault(group, []).append(value)
-    return {statistic: {group: statistics.fmean(values) for group, values in sorted(groups.items())}
-            for statistic, groups in pooled.items()}
+    for statistic, group, value in triples:
+        pooled.setdefault(statistic, {}).setdefault(group, []).append(value)
+    return {statistic: {group: statistics.fmean(values) for group, values in sorted(pooled[statistic].items())}
+            for statistic in DIAGNOSTICS if statistic in pooled}
 
 
 def layer_group(layer):
@@ -241,13 +246,12 @@ def layer_group(layer):
 def final_diagnostics(row):
     """{statistic: {layer group: mean over the group's layers}} of one metrics.csv row's
     ``<layer>/<statistic>`` columns (TargetDiagnostics), for the statistics in DIAGNOSTICS."""
-    values = {}
+    triples = []
     for key, value in row.items():
         layer, _, statistic = key.rpartition("/")
         if layer and statistic in DIAGNOSTICS:
-            values.setdefault(statistic, {}).setdefault(layer_group(layer), []).append(value)
-    return {statistic: {group: statistics.fmean(v) for group, v in sorted(groups.items())}
-            for statistic, groups in sorted(values.items(), key=lambda item: DIAGNOSTICS.index(item[0]))}
+            triples.append((statistic, layer_group(layer), value))
+    return _group_means(triples)
 
 
 def comparison_pairs(configs):
