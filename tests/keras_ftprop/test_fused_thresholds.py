@@ -1,8 +1,9 @@
 """Steps fused into their producer's int8 requantization: exact at every accumulator value and at ties.
 
-The networks use dyadic weights (scales 2**-k, batch norm with var + epsilon = 1), so that float32
-computes every pre-activation exactly and a tie (pre-activation exactly 0) is a tie for Keras, for
-numpy's integer formula and for the export alike.
+The networks use dyadic weights (scales 2**-k, batch norm with var + epsilon = 1), so that numpy computes
+every pre-activation exactly and a tie (pre-activation exactly 0) is a tie for numpy's integer formula and
+for the export alike. Float Keras is compared only away from ties: its batch norm's rsqrt(1) is one ulp off
+on some CPUs (AVX-512), which moves a tie to +-3e-8.
 """
 
 import itertools
@@ -85,12 +86,22 @@ def test_fused_step_is_exact_at_every_accumulator_value_and_at_ties():
     for case in ("tie", "above", "below", "beyond"):  # every case exercised on both sides
         values = h1[:, cases == case]
         assert (values == 1).any() and (values == -1).any(), case
-    keras_h1, keras_h2 = keras.Model(model.inputs, [model.get_layer("act1").output,
-                                                    model.get_layer("act2").output])(patterns)
-    np.testing.assert_allclose(got["act1"], keras_h1, **exact)
+    # act2 = step01(fc2(h1)): dyadic weights, so numpy's float64 sum is exact, ties (z = 0 -> 0) included.
+    fc2_kernel, fc2_bias = (w.astype(np.float64) for w in model.get_layer("fc2").get_weights())
+    h2 = np.where(h1 @ fc2_kernel + fc2_bias > 0, 1.0, 0.0)
     # act2 takes act1's codes (+-127, m = 127): 0/1 by saturation of the int8 range
     assert np.isclose(got["act2"][..., None], [0.0, 1.0], **exact).any(-1).all()
-    np.testing.assert_allclose(got["act2"], keras_h2, **exact)
+    np.testing.assert_allclose(got["act2"], h2, **exact)
+    # Float Keras away from the ties only: at a tie its batch norm's rsqrt may be an ulp off on some CPUs,
+    # so z is +-3e-8 instead of 0 there. Rows without a tie must agree exactly, downstream units included.
+    keras_h1, keras_h2 = keras.Model(model.inputs, [model.get_layer("act1").output,
+                                                    model.get_layer("act2").output])(patterns)
+    at_tie = np.zeros_like(h1, bool)
+    at_tie[:, :-2] = ties
+    np.testing.assert_allclose(np.asarray(keras_h1)[~at_tie], h1[~at_tie], **exact)
+    clean = ~at_tie.any(axis=1)
+    assert clean.sum() >= len(clean) // 2
+    np.testing.assert_allclose(np.asarray(keras_h2)[clean], h2[clean], **exact)
 
 
 def conv_network(gamma_sign):
@@ -121,11 +132,15 @@ def test_step_behind_a_max_pool_is_fused_when_its_batch_norm_scale_is_positive(g
     model, images = conv_network(gamma_sign)
     flatbuffer = deploy.to_tflite(model, images, quantize="int8")
     report = flatbuffer.report
-    keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(images).numpy()
-    z = keras.Model(model.inputs, model.get_layer("bn").output)(images).numpy()
+    # z = f (pool - mean) exactly (dyadic kernel, +-1 inputs, var + eps = 1, beta = 0), in numpy: the float
+    # batch norm's rsqrt(1) may be an ulp off on some CPUs, which would move a tie off 0.
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)(images).numpy().astype(np.float64)
+    gamma, _, mean, _ = (w.astype(np.float64) for w in model.get_layer("bn").get_weights())
+    z = gamma * (pooled - mean)
+    h = np.where(z > 0, 1.0, -1.0)
     assert (z == 0).sum() > 0  # ties
     got, _ = decoded_outputs(flatbuffer, ["act1"], images)
-    differ = ~np.isclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    differ = ~np.isclose(got["act1"], h, rtol=0, atol=1e-6)
     if np.all(np.asarray(gamma_sign) > 0):
         assert report.fused == {"act1": "conv"} and report.folded == {"bn": "conv"}
         assert not differ.any()  # ties included: step(0) = -1
@@ -218,7 +233,7 @@ def test_fused_staircase_is_exact_at_every_accumulator_value_and_at_ties(steps):
     assert ties.sum() >= 5
     np.testing.assert_allclose(got["act1"], level, rtol=0, atol=1e-6)
     keras_h = keras.Model(model.inputs, model.get_layer("act1").output)(patterns).numpy().reshape(len(patterns), -1)
-    np.testing.assert_allclose(got["act1"], keras_h, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["act1"][~ties], keras_h[~ties], rtol=0, atol=1e-6)  # float Keras off ties
     cases = np.array(case)
     for name in ("tie", "above", "below"):  # each case reaches more than one level
         assert len(np.unique(level[:, cases == name])) > 1, name
