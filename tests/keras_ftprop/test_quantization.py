@@ -22,6 +22,30 @@ def numpy_kernel_codes(kernel):
     return codes.reshape(kernel.shape).astype(np.int32), scale
 
 
+def assert_units_agree_off_decisions(qat, names, units, data, relative=1e-5):
+    """The int8 model's units equal the copy's except where float32 rounding may decide.
+
+    A unit may differ only where the copy's own output changes within relative * (1 + |x|) of its input x
+    (a threshold or a requantization tie: float32 summation and batch-norm folding differ from the int32
+    accumulator there, by an ulp that depends on the CPU), or where an earlier unit of the same example
+    differed already. Most units must agree outright.
+    """
+    probe = keras.Model(qat.inputs, [qat.get_layer(name).input for name in names])
+    inputs = probe.predict(data, verbose=0)
+    inputs = [inputs] if len(names) == 1 else inputs
+    upstream = np.zeros(len(data), bool)
+    for name, x in zip(names, inputs):
+        layer = qat.get_layer(name)
+        margin = relative * (1 + np.abs(x))
+        expected = np.asarray(layer(x))
+        near = np.asarray(layer(x - margin)) != np.asarray(layer(x + margin))
+        differ = ~np.isclose(units[name], expected, rtol=0, atol=1e-6)
+        excused = near | upstream.reshape((-1,) + (1,) * (x.ndim - 1))
+        assert not (differ & ~excused).any(), f"{name}: {(differ & ~excused).sum()} units differ off a decision"
+        assert differ.mean() <= 1e-3, name
+        upstream |= differ.reshape(len(data), -1).any(axis=1)
+
+
 def test_quantized_kernel_is_the_converters_rounding_with_a_straight_through_gradient():
     kernel = np.random.default_rng(0).normal(size=(3, 3, 5, 7)).astype(np.float32)
     kernel[..., 2] *= 40.0  # per-channel scales, not one per tensor
@@ -141,11 +165,9 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
     units, logits = decoded_outputs(flatbuffer, names, x)
     expected = qat.predict(x, verbose=0)
     assert np.mean(logits.argmax(1) == expected.argmax(1)) >= 0.999  # all 1,797 digits but at most one
-    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in names])
-    for name, keras_units in zip(names, probe.predict(x, verbose=0)):
-        # Measured: act1 all 3.7M units equal, act2 all but 135 of 2.1M (float32 rounding of the folded
-        # batch norm and requantization ties within ~1e-5 of a half code next to a staircase threshold).
-        assert np.mean(np.isclose(units[name], keras_units, rtol=0, atol=1e-6)) >= 0.9999, name
+    # Measured on an AMD EPYC: act1 all 3.7M units equal, act2 all but 135 of 2.1M (float32 rounding of the
+    # folded batch norm and requantization ties within ~1e-5 of a half code next to a staircase threshold).
+    assert_units_agree_off_decisions(qat, names, units, x)
 
     # The integer codes: those of the copy's kernels, the sign of a negative batch-norm factor applied.
     gamma = qat.get_layer("conv1_bn").gamma.numpy()
@@ -252,10 +274,8 @@ def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
         "input_quant", "conv2_bn_add_in0", "output_quant"]
     flatbuffer = deploy.to_tflite(qat, calibration)
     units, logits = decoded_outputs(flatbuffer, ["act1", "act2"], images)
-    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in ("act1", "act2")] + qat.outputs)
-    *keras_units, keras_logits = probe.predict(images, verbose=0)
-    for name, expected in zip(("act1", "act2"), keras_units):
-        assert np.mean(np.isclose(units[name], expected, rtol=0, atol=1e-6)) >= 0.9999, name
+    keras_logits = qat.predict(images, verbose=0)
+    assert_units_agree_off_decisions(qat, ["act1", "act2"], units, images)
     scale = (qat.get_layer("output_quant").maximum - qat.get_layer("output_quant").minimum) / 255
     # The same logit codes up to the last requantization's rounding, which differs between TFLite versions:
     # at most one code apart (with TensorFlow 2.16's, 8% of these logits are).
