@@ -11,6 +11,7 @@ read it; adding a network is adding its entry here.
     "alexnet"   models.alexnet.alexnet     224x224x3    60        3
     "resnet18"  models.resnet.resnet18     224x224x3    1         5
     "resnet34"  models.resnet.resnet34     224x224x3    1         5 (not in the paper)
+    "bireal_resnet18"  models.bireal.bireal_resnet18  224x224x3  1  5 (not in the paper; ResNet-18's recipe)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable
 from models.activations import activation_factory
 from models.alexnet import MIN_INPUT_SIZE as ALEXNET_MIN_INPUT_SIZE
 from models.alexnet import alexnet
+from models.bireal import bireal_resnet18
 from models.convnets import CONVNET8_MIN_INPUT_SIZE, convnet4, convnet8
 from models.resnet import resnet18, resnet34
 
@@ -35,6 +37,9 @@ class ModelSpec:
     staircase_steps: int  # the paper's staircase: steps = levels - 1
     # {activation: {recipe setting: value}}, the reference README's table; None: not in the paper.
     paper_recipe: dict | None = None
+    # A network that is not in the paper but trains with the paper's recipe of this one ("" otherwise).
+    recipe_of: str = ""
+    has_stem: bool = False  # the builder takes ``stem`` (models.resnet.resolve_stem)
 
 
 def _paper_recipe(weight_decay, **shared):
@@ -47,6 +52,8 @@ def _paper_recipe(weight_decay, **shared):
     return {activation: dict(shared, weight_decay=decay) for activation, decay in decays.items()}
 
 
+_RESNET18_RECIPE = _paper_recipe((5e-7, 1e-5, 1e-4), optimizer="sgd", learning_rate=0.1, momentum=0.9,
+                                 batch_size=256, epochs=90, lr_decay_epochs=(30, 60))
 _CIFAR = (32, 32, 3)
 _IMAGENET = (224, 224, 3)
 
@@ -66,9 +73,12 @@ MODELS = {
                                    batch_size=128, epochs=80, lr_decay_epochs=(56, 64))),
     "resnet18": ModelSpec(
         resnet18, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5,
-        paper_recipe=_paper_recipe((5e-7, 1e-5, 1e-4), optimizer="sgd", learning_rate=0.1,
-                                   momentum=0.9, batch_size=256, epochs=90, lr_decay_epochs=(30, 60))),
-    "resnet34": ModelSpec(resnet34, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5),
+        paper_recipe=_RESNET18_RECIPE, has_stem=True),
+    "resnet34": ModelSpec(resnet34, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5, has_stem=True),
+    # Not in the paper: ResNet-18's recipe, so that it compares with ResNet-18 like for like.
+    "bireal_resnet18": ModelSpec(
+        bireal_resnet18, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5,
+        paper_recipe=_RESNET18_RECIPE, recipe_of="resnet18", has_stem=True),
 }
 """`{name: ModelSpec}` of every network, in the order of the table above."""
 MODEL_NAMES = tuple(MODELS)

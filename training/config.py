@@ -42,6 +42,12 @@ class Config:
     staircase_steps: int | None = option(
         "integer", "Staircase steps (levels - 1); default: the paper's, 3 (2-bit) for the CIFAR "
         "nets and AlexNet, 5 for ResNet-18.", None, lower_bound=1, same_run=True)
+    stem: str = option(
+        "enum", "Layers before the first stage of resnet18, resnet34 and bireal_resnet18: imagenet (the "
+        "paper's 7x7 /2 convolution and 3x3 /2 max pool), cifar (3x3 /1 convolution, no pool) or auto: "
+        "cifar for images below 64 pixels, except on the digits demo (imagenet: minutes, not an hour). "
+        "The resolved stem is printed and saved in settings.json.", "auto",
+        enum_values=models.STEMS)
     scale_by_grad: bool = option(
         "boolean", "Weight each unit's target loss by 1/batch_size instead of by the size of its "
         "upstream gradient (the reference's --no-tp-grad-scale).", True,
@@ -134,16 +140,20 @@ def from_flags(flag_values, flags_text=""):
 
 
 # Settings a run computes (not flags) that its checkpoint depends on too.
-_DERIVED_SAME_RUN = ("image_shape", "num_classes", "optimizer")
+_DERIVED_SAME_RUN = ("image_shape", "num_classes", "optimizer", "stem")
 SAME_RUN_KEYS = names(Config, "same_run") + _DERIVED_SAME_RUN
 # settings.json keys of earlier versions -> today's (their records stay readable).
 RENAMED_SETTINGS = {"steps": "staircase_steps"}
 
 
-def settings(config, resolved, info, strategy_text, steps_per_epoch):
-    """The run's settings.json: the saved flags, the resolved recipe, data and strategy."""
+def settings(config, resolved, info, strategy_text, steps_per_epoch, stem=None):
+    """The run's settings.json: the saved flags, the resolved recipe, data and strategy.
+
+    ``stem``: the resolved stem of a network that has one ("imagenet" or "cifar"), else None.
+    """
     out = {name: getattr(config, name) for name in names(Config, "saved")}
     out.update(
+        stem=stem,
         optimizer=resolved.recipe.optimizer,
         resolved=resolved.as_dict(),
         sources=dict(resolved.sources),

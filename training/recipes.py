@@ -72,7 +72,7 @@ class TrainingRecipe:
 
 FIELDS = tuple(field.name for field in dataclasses.fields(TrainingRecipe))
 _NAME_WIDTH = max(len(name) for name in FIELDS)
-PAPER_MODELS = tuple(name for name, spec in models.MODELS.items() if spec.paper_recipe)
+PAPER_MODELS = tuple(name for name, spec in models.MODELS.items() if spec.paper_recipe and not spec.recipe_of)
 
 # ``--recipe none``: neutral defaults, to be overridden by flags.
 NONE = TrainingRecipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=10)
@@ -180,6 +180,8 @@ def resolve(recipe, model, activation, dataset, overrides):
     """
     if recipe == "paper":
         base, origin = paper_recipe(model, activation), f"paper recipe for {model}/{activation}"
+        if models.get_spec(model).recipe_of:
+            origin = f"paper recipe for {models.get_spec(model).recipe_of}/{activation} ({model} is not in the paper)"
     elif recipe == "none":
         base, origin = NONE, "--recipe=none default"
     else:

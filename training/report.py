@@ -46,6 +46,8 @@ def print_header(config, setup):
     log(f"data: {info.train_examples} train / {info.eval_examples} eval examples, "
         f"{info.num_classes} classes, images {shape}; "
         f"{setup.steps_per_epoch or 'all'} steps per epoch")
+    if setup.stem_reason:
+        log(f"stem: {setup.settings['stem']} ({setup.stem_reason})")
     log(f"strategy: {setup.strategy_text}")
     log(f"model: {setup.model.name}, {setup.model.count_params():,} parameters")
     keras_ftprop.summary(setup.model, print_fn=log)

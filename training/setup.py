@@ -46,6 +46,7 @@ class Setup:
     batches_done: int
     settings: dict
     train_from: object = None  # global batch -> the training stream from it (None: cannot seek)
+    stem_reason: str | None = None  # why the network has its stem (None: it has no stem option)
 
 
 def default_model_dir(config, now=None):
@@ -57,6 +58,27 @@ def default_model_dir(config, now=None):
 def min_image_side(model):
     """The side train.py resizes smaller images up to for ``model``."""
     return max(SMALL_IMAGE_SIDE, models.get_spec(model).min_input_side)
+
+
+def resolve_stem(config, image_shape):
+    """(stem, why) of a network that takes ``stem``: ``--stem``, with "auto" resolved for ``image_shape``;
+    (None, None) for one that has no stem option. UsageError for --stem on such a network."""
+    if not models.get_spec(config.model).has_stem:
+        if config.stem != "auto":
+            with_stem = ", ".join(name for name, spec in models.MODELS.items() if spec.has_stem)
+            raise UsageError(f"--stem applies to {with_stem}, not to --model={config.model}")
+        return None, None
+    if config.stem != "auto":
+        stem, why = config.stem, "--stem"
+    elif config.dataset == recipes.DIGITS_DATASET:
+        stem, why = "imagenet", "digits adaptation: the CIFAR stem would cost 16x the compute of the demo"
+    else:
+        stem = models.resnet.resolve_stem("auto", image_shape)
+        why = f"--stem=auto, images {'below' if stem == 'cifar' else 'of at least'} " \
+              f"{models.resnet.SMALL_INPUT_SIDE} pixels"
+    if stem == "cifar":
+        why += "; a deviation from the paper's ImageNet layout"
+    return stem, why
 
 
 def _check_image_shape(model, image_shape):
@@ -72,8 +94,11 @@ def _optimizer(recipe):
     return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
 
 
-def build_model(config, recipe, info):
-    """The network from ``models.get_model``, float32 logits under mixed precision."""
+def build_model(config, recipe, info, stem=None):
+    """The network from ``models.get_model``, float32 logits under mixed precision.
+
+    ``stem``: "imagenet" or "cifar" for a network that takes one (see ``resolve_stem``).
+    """
     model = models.get_model(
         config.model,
         activation=config.activation,
@@ -84,6 +109,7 @@ def build_model(config, recipe, info):
         batch_norm_weight_decay=recipe.batch_norm_weight_decay,
         input_shape=tuple(info.image_shape),
         classes=info.num_classes,
+        **({} if stem is None else {"stem": stem}),
     )
     if config.mixed_precision:
         # Softmax cross-entropy in float32: cast the logits of the last layer.
@@ -170,14 +196,15 @@ def setup(config):
     if config.eval_steps is not None:
         eval_ds = eval_ds.take(config.eval_steps)
 
+    stem, stem_reason = resolve_stem(config, info.image_shape)
     strategy_text = distribute.describe(strategy)
-    settings = config_lib.settings(config, resolved, info, strategy_text, steps_per_epoch)
+    settings = config_lib.settings(config, resolved, info, strategy_text, steps_per_epoch, stem)
     write_dir = distribute.WriteDir.for_strategy(model_dir, strategy)
     try:
         if write_dir.chief:
             check_same_run(model_dir, settings)
         model, checkpoint, epochs_done, batches_done = _build(
-            config, recipe, info, strategy, model_dir, write_dir)
+            config, recipe, info, strategy, model_dir, write_dir, stem)
     except BaseException:
         write_dir.cleanup()
         raise
@@ -186,10 +213,11 @@ def setup(config):
     if warning:
         log(warning)
     return Setup(strategy, strategy_text, resolved, info, train_ds, eval_ds, steps_per_epoch,
-                 model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings, train_from)
+                 model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings, train_from,
+                 stem_reason)
 
 
-def _build(config, recipe, info, strategy, model_dir, write_dir):
+def _build(config, recipe, info, strategy, model_dir, write_dir, stem=None):
     """Model, compiled, with its training state restored from the last checkpoint."""
     policy = keras.config.dtype_policy()
     if config.mixed_precision:
@@ -198,7 +226,7 @@ def _build(config, recipe, info, strategy, model_dir, write_dir):
         )
     try:
         with strategy.scope():
-            model = build_model(config, recipe, info)
+            model = build_model(config, recipe, info, stem)
             model.compile(
                 optimizer=_optimizer(recipe),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
