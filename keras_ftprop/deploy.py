@@ -517,6 +517,8 @@ def _check_model(model):
 
 def _threshold_input_max(model, targets, batches):
     """max |input| over ``batches`` of every layer in ``targets``."""
+    if not targets:  # e.g. every threshold reads a tensor that a residual sum reads too
+        return {}
     probe = keras.Model(model.input, [layer.input for layer in targets])
     maxima = np.zeros(len(targets))
     for batch in batches:

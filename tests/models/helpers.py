@@ -11,6 +11,7 @@ TINY_INPUT_SHAPES = {
     "alexnet": (60, 60, 3),  # AlexNet's minimum
     "resnet18": (32, 32, 3),
     "resnet34": (32, 32, 3),
+    "bireal_resnet18": (32, 32, 3),
 }
 TINY_CLASSES = 10
 

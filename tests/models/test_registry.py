@@ -9,6 +9,7 @@ from models import (
     MODEL_NAMES,
     MODELS,
     alexnet,
+    bireal_resnet18,
     convnet4,
     convnet8,
     get_model,
@@ -19,7 +20,7 @@ from models import (
 from tests.models.helpers import TINY_INPUT_SHAPES, layers_of_type
 
 BUILDERS = {"convnet4": convnet4, "convnet8": convnet8, "alexnet": alexnet,
-            "resnet18": resnet18, "resnet34": resnet34}
+            "resnet18": resnet18, "resnet34": resnet34, "bireal_resnet18": bireal_resnet18}
 
 
 def tiny(name, **kwargs):
@@ -29,12 +30,12 @@ def tiny(name, **kwargs):
 
 def test_model_names():
     assert MODEL_NAMES == ("convnet4", "convnet8", "alexnet", "resnet18",
-                           "resnet34")
+                           "resnet34", "bireal_resnet18")
 
 
 def test_paper_default_staircase_steps():
     assert {name: spec.staircase_steps for name, spec in MODELS.items()} == {
-        "convnet4": 3, "convnet8": 3, "alexnet": 3, "resnet18": 5, "resnet34": 5}
+        "convnet4": 3, "convnet8": 3, "alexnet": 3, "resnet18": 5, "resnet34": 5, "bireal_resnet18": 5}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -57,8 +58,11 @@ def test_spec_min_input_side_is_the_smallest_the_builder_builds(name):
 
 
 def test_paper_recipes_cover_the_paper_networks_and_activations():
-    assert [name for name, spec in MODELS.items() if spec.paper_recipe] == [
+    assert [name for name, spec in MODELS.items() if spec.paper_recipe and not spec.recipe_of] == [
         "convnet4", "convnet8", "alexnet", "resnet18"]
+    # Not in the paper: trained with ResNet-18's recipe, like for like.
+    assert MODELS["bireal_resnet18"].recipe_of == "resnet18"
+    assert MODELS["bireal_resnet18"].paper_recipe == MODELS["resnet18"].paper_recipe
     for spec in MODELS.values():
         assert set(spec.paper_recipe or ACTIVATION_NAMES) == set(ACTIVATION_NAMES)
 

@@ -6,11 +6,11 @@ import pytest
 
 from keras_ftprop import HardThreshold
 from models import resnet18, resnet34
-from models.resnet import RESNET18_BLOCKS, RESNET34_BLOCKS, STAGE_FILTERS
+from models.resnet import RESNET18_BLOCKS, RESNET34_BLOCKS, STAGE_FILTERS, resolve_stem
 from tests.models.helpers import chain_before, inbound_graph, layers_of_type
 
 
-def expected_resnet_parameters(blocks_per_stage, classes, in_channels=3):
+def expected_resnet_parameters(blocks_per_stage, classes, in_channels=3, stem_kernel=7):
     """Trainable parameters of a basic-block ResNet, counted from the spec.
 
     stem: conv 7x7 3->64 (no bias) + BN(64) (gamma, beta).
@@ -27,7 +27,7 @@ def expected_resnet_parameters(blocks_per_stage, classes, in_channels=3):
         fc      512*1000 + 1000                                      =    513,000
         total                                                        = 11,689,512
     """
-    total = 7 * 7 * in_channels * 64 + 2 * 64
+    total = stem_kernel * stem_kernel * in_channels * 64 + 2 * 64
     channels = 64
     for filters, blocks in zip(STAGE_FILTERS, blocks_per_stage):
         for _ in range(blocks):
@@ -178,3 +178,31 @@ def test_layer_names_are_deterministic():
 def test_invalid_classes_is_rejected():
     with pytest.raises(ValueError, match="classes"):
         resnet18(classes=0)
+
+
+@pytest.mark.parametrize("blocks, builder", [(RESNET18_BLOCKS, resnet18), (RESNET34_BLOCKS, resnet34)])
+def test_cifar_stem_parameter_count_and_layout(blocks, builder):
+    model = builder(input_shape=(32, 32, 3), classes=10, stem="cifar")
+    assert trainable_parameters(model) == expected_resnet_parameters(blocks, 10, stem_kernel=3)
+    assert expected_resnet_parameters(RESNET18_BLOCKS, 1000, stem_kernel=3) == 11_689_512 - 7_680
+    graph = inbound_graph(model)
+    assert chain_before(graph, "stage1_block1_conv1", 4) == ["input", "stem_conv", "stem_bn", "stem_act"]
+    names = {layer.name for layer in model.layers}
+    assert "stem_pool" not in names and "stem_pad" not in names
+    conv = model.get_layer("stem_conv")
+    assert (conv.kernel_size, conv.strides, conv.padding) == ((3, 3), (1, 1), "same")
+    assert model.get_layer("stage4_block2_act2").output.shape[1:] == (4, 4, 512)  # 1x1 with the ImageNet stem
+
+
+@pytest.mark.parametrize("shape, stem", [((63, 224, 3), "cifar"), ((64, 64, 3), "imagenet"),
+                                         ((32, 32, 3), "cifar"), ((None, None, 3), "imagenet"),
+                                         ((None, 40, 3), "cifar")])
+def test_auto_stem_takes_cifars_below_64_pixels(shape, stem):
+    assert resolve_stem("auto", shape) == stem
+    assert resolve_stem("imagenet", shape) == "imagenet" and resolve_stem("cifar", shape) == "cifar"
+
+
+def test_the_builders_default_stem_is_the_papers_and_a_bad_one_is_named():
+    assert "stem_pool" in {layer.name for layer in resnet18(input_shape=(32, 32, 3), classes=10).layers}
+    with pytest.raises(ValueError, match="stem must be one of 'imagenet', 'cifar', 'auto', got 'tiny'"):
+        resnet18(input_shape=(32, 32, 3), classes=10, stem="tiny")

@@ -57,12 +57,14 @@ def test_settings_hold_the_saved_fields_and_what_the_run_resolved():
         "model", "activation", "target_loss", "staircase_steps", "scale_by_grad", "recipe",
         "dataset", "eval_steps", "seed", "mixed_precision", "jit_compile", "deterministic", "save_every_steps",
         "optimizer", "resolved", "sources", "image_shape", "num_classes", "train_examples",
-        "eval_examples", "skipped_files", "steps_per_epoch", "strategy"}
+        "eval_examples", "skipped_files", "steps_per_epoch", "strategy", "stem"}
     assert (settings["staircase_steps"], settings["seed"], settings["steps_per_epoch"]) == (3, 7, 12)
+    assert settings["stem"] is None  # convnet4 has no stem option
+    assert config.settings(cfg, resolved, info, "", 12, stem="cifar")["stem"] == "cifar"
     assert set(config.SAME_RUN_KEYS) <= set(settings)
     assert config.SAME_RUN_KEYS == ("model", "activation", "target_loss", "staircase_steps",
                                     "scale_by_grad", "dataset", "mixed_precision", "image_shape",
-                                    "num_classes", "optimizer")
+                                    "num_classes", "optimizer", "stem")
 
 
 def test_settings_of_earlier_versions_get_todays_keys():

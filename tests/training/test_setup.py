@@ -47,3 +47,32 @@ def test_no_checkpoint_no_check(tmp_path):
 @pytest.mark.parametrize("model, side", [("convnet4", 32), ("resnet18", 32), ("alexnet", 60)])
 def test_small_images_are_resized_to_the_cifar_side_or_the_model_minimum(model, side):
     assert setup.min_image_side(model) == side
+
+
+def stem_config(model="resnet18", stem="auto", dataset="cifar10"):
+    return setup.config_lib.Config(model=model, stem=stem, dataset=dataset)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet34", "bireal_resnet18"])
+def test_auto_stem_is_cifars_below_64_pixels_and_says_it_deviates(model):
+    stem, why = setup.resolve_stem(stem_config(model), (32, 32, 3))
+    assert stem == "cifar" and "below 64 pixels" in why and "deviation from the paper's ImageNet layout" in why
+    stem, why = setup.resolve_stem(stem_config(model), (64, 64, 3))
+    assert stem == "imagenet" and "deviation" not in why
+    assert setup.resolve_stem(stem_config(model, stem="imagenet"), (32, 32, 3)) == ("imagenet", "--stem")
+    # The digits demo keeps the ImageNet stem under auto (minutes, not an hour), and says why.
+    stem, why = setup.resolve_stem(stem_config(model, dataset="digits"), (32, 32, 3))
+    assert stem == "imagenet" and "digits" in why
+
+
+def test_stem_on_a_network_without_one_is_refused():
+    assert setup.resolve_stem(stem_config("convnet4"), (32, 32, 3)) == (None, None)
+    with pytest.raises(UsageError, match="--stem applies to resnet18, resnet34, bireal_resnet18, not to "
+                                         "--model=convnet4"):
+        setup.resolve_stem(stem_config("convnet4", stem="cifar"), (32, 32, 3))
+
+
+def test_a_run_with_another_stem_is_not_resumed(tmp_path):
+    model_dir = run_dir(tmp_path, {**SETTINGS, "model": "resnet18", "stem": "imagenet"})
+    with pytest.raises(UsageError, match="stem='imagenet', this command has stem='cifar'"):
+        setup.check_same_run(model_dir, {**SETTINGS, "model": "resnet18", "stem": "cifar"})
