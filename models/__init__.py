@@ -14,7 +14,7 @@ net = get_model("convnet8", activation="staircase", target_loss="sste")
 ```
 
 Arguments of every builder (`convnet4`, `convnet8`, `alexnet`, `resnet18`,
-`resnet34`, `bireal_resnet18`), in the style of `keras.applications`; each builder's docstring
+`resnet34`, `bireal_resnet18`, `micro_convnet`), in the style of `keras.applications`; each builder's docstring
 adds what is particular to its network:
 
 - `include_top`: add the classifier (and the dense layers before it). If
@@ -44,6 +44,7 @@ from models.alexnet import alexnet
 from models.bireal import bireal_resnet18
 from models.convnets import convnet4, convnet8
 from models.layers import PaddedMaxPooling2D
+from models.micro import micro_convnet
 from models.registry import MODEL_NAMES, MODELS, ModelSpec, get_model, get_spec
 from models.regularization import l2_weight_decay, weight_decay_penalty
 from models.resnet import STEMS, resnet18, resnet34
@@ -63,6 +64,7 @@ __all__ = [
     "get_model",
     "get_spec",
     "l2_weight_decay",
+    "micro_convnet",
     "resnet18",
     "resnet34",
     "weight_decay_penalty",

@@ -12,6 +12,7 @@ read it; adding a network is adding its entry here.
     "resnet18"  models.resnet.resnet18     224x224x3    1         5
     "resnet34"  models.resnet.resnet34     224x224x3    1         5 (not in the paper)
     "bireal_resnet18"  models.bireal.bireal_resnet18  224x224x3  1  5 (not in the paper; ResNet-18's recipe)
+    "micro_convnet"    models.micro.micro_convnet     32x32x3    8  3 (not in the paper; for microcontrollers)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from models.alexnet import MIN_INPUT_SIZE as ALEXNET_MIN_INPUT_SIZE
 from models.alexnet import alexnet
 from models.bireal import bireal_resnet18
 from models.convnets import CONVNET8_MIN_INPUT_SIZE, convnet4, convnet8
+from models.micro import micro_convnet
 from models.resnet import resnet18, resnet34
 
 
@@ -79,6 +81,8 @@ MODELS = {
     "bireal_resnet18": ModelSpec(
         bireal_resnet18, input_shape=_IMAGENET, min_input_side=1, staircase_steps=5,
         paper_recipe=_RESNET18_RECIPE, recipe_of="resnet18", has_stem=True),
+    # Not in the paper: 32x32 images on a microcontroller (train with --recipe=none).
+    "micro_convnet": ModelSpec(micro_convnet, input_shape=_CIFAR, min_input_side=8, staircase_steps=3),
 }
 """`{name: ModelSpec}` of every network, in the order of the table above."""
 MODEL_NAMES = tuple(MODELS)

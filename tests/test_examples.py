@@ -29,3 +29,25 @@ def test_digits_example_trains_exports_and_serves(tmp_path):
     assert (tmp_path / "digits_step_network_int8.tflite").stat().st_size == size
     assert int8_agreement >= 0.97, result.stdout
     assert abs(int8_accuracy - accuracy) <= 0.03, result.stdout
+
+
+def test_microcontroller_example_fits_and_runs_under_tflite_micro(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "microcontroller.py"), "--epochs", "4", "--qat-epochs", "1",
+         "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                              "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes = re.search(r"flash: ([\d,]+) bytes of flatbuffer .*; TFLite Micro arena: ([\d,]+) bytes", result.stdout)
+    assert sizes, result.stdout
+    flash, arena = (int(value.replace(",", "")) for value in sizes.groups())
+    assert flash <= 256 * 1024 and arena <= 64 * 1024
+    source = (tmp_path / "model_data.cc").read_text()
+    assert f"const unsigned int g_model_len = {flash};" in source and (tmp_path / "model_data.h").exists()
+    accuracy = re.search(r"int8 TFLite Micro ([\d.]+), int8 XNNPACK ([\d.]+)", result.stdout)
+    agreement = re.search(r"agreement with the quantization-aware copy: TFLite Micro ([\d.]+), XNNPACK ([\d.]+)",
+                          result.stdout)
+    assert accuracy and agreement, result.stdout
+    assert min(map(float, accuracy.groups())) > 0.8, result.stdout  # about 0.98 after 15 + 2 epochs
+    assert min(map(float, agreement.groups())) >= 0.97, result.stdout

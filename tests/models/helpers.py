@@ -12,6 +12,7 @@ TINY_INPUT_SHAPES = {
     "resnet18": (32, 32, 3),
     "resnet34": (32, 32, 3),
     "bireal_resnet18": (32, 32, 3),
+    "micro_convnet": (16, 16, 3),
 }
 TINY_CLASSES = 10
 

@@ -14,13 +14,15 @@ from models import (
     convnet8,
     get_model,
     get_spec,
+    micro_convnet,
     resnet18,
     resnet34,
 )
 from tests.models.helpers import TINY_INPUT_SHAPES, layers_of_type
 
 BUILDERS = {"convnet4": convnet4, "convnet8": convnet8, "alexnet": alexnet,
-            "resnet18": resnet18, "resnet34": resnet34, "bireal_resnet18": bireal_resnet18}
+            "resnet18": resnet18, "resnet34": resnet34, "bireal_resnet18": bireal_resnet18,
+            "micro_convnet": micro_convnet}
 
 
 def tiny(name, **kwargs):
@@ -30,19 +32,20 @@ def tiny(name, **kwargs):
 
 def test_model_names():
     assert MODEL_NAMES == ("convnet4", "convnet8", "alexnet", "resnet18",
-                           "resnet34", "bireal_resnet18")
+                           "resnet34", "bireal_resnet18", "micro_convnet")
 
 
 def test_paper_default_staircase_steps():
     assert {name: spec.staircase_steps for name, spec in MODELS.items()} == {
-        "convnet4": 3, "convnet8": 3, "alexnet": 3, "resnet18": 5, "resnet34": 5, "bireal_resnet18": 5}
+        "convnet4": 3, "convnet8": 3, "alexnet": 3, "resnet18": 5, "resnet34": 5, "bireal_resnet18": 5,
+        "micro_convnet": 3}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_spec_builder_and_default_input(name):
     spec = get_spec(name)
     assert spec.builder is BUILDERS[name]
-    assert spec.input_shape == {"convnet4": (32, 32, 3), "convnet8": (32, 32, 3)}.get(
+    assert spec.input_shape == {"convnet4": (32, 32, 3), "convnet8": (32, 32, 3), "micro_convnet": (32, 32, 3)}.get(
         name, (224, 224, 3))
     # The builder's own default input is the spec's.
     assert tuple(get_model(name, include_top=False).input_shape[1:]) == spec.input_shape
