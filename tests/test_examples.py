@@ -31,6 +31,36 @@ def test_digits_example_trains_exports_and_serves(tmp_path):
     assert abs(int8_accuracy - accuracy) <= 0.03, result.stdout
 
 
+def test_serve_saved_model_sends_png_bytes_and_prints_classes_like_keras(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from tests.training.test_serving import digits_test_images, tiny_model
+    from training import data, serving
+
+    _, evaluation, info = data.load("digits", batch_size=4, min_image_size=16)
+    model = tiny_model(16, 10)
+    serving.ServingModel(model, info).export(str(tmp_path / "export"))
+    logits = model(next(iter(evaluation))[0], training=False).numpy().astype(np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    paths = []
+    for i, image in enumerate(digits_test_images()[:4]):
+        paths.append(str(tmp_path / f"digit{i}.png"))
+        tf.io.write_file(paths[-1], tf.io.encode_png(image[..., np.newaxis]))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "serve_saved_model.py"),
+                             str(tmp_path / "export"), *paths], cwd=tmp_path, capture_output=True, text=True,
+                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    for path, line, p in zip(paths, lines, probabilities):
+        k = int(np.argmax(p))
+        printed = re.fullmatch(rf"{re.escape(path)}: class {k} '{k}', probability (0\.\d{{3}}|1\.000)", line)
+        assert printed, line
+        assert abs(float(printed.group(1)) - p[k]) <= 0.0005 + 1e-6  # printed to 3 decimals
+
 def test_microcontroller_example_fits_and_runs_under_tflite_micro(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "microcontroller.py"), "--epochs", "4", "--qat-epochs", "1",

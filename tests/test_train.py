@@ -115,8 +115,12 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert checkpoint_number(model_dir) == 2
 
     loaded = tf.saved_model.load(os.path.join(model_dir, "export", "final"))
-    logits = loaded.serve(tf.zeros((3, 32, 32, 3))).numpy()
-    assert logits.shape == (3, 10) and np.all(np.isfinite(logits))
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes", "serving_float", "preprocessing"}
+    served = loaded.signatures["serving_default"](images=tf.zeros((3, 8, 8, 3), tf.uint8))  # digits' own size
+    assert served["logits"].shape == (3, 10) and np.all(np.isfinite(served["logits"]))
+    assert set(served["class_names"].numpy()) <= {str(d).encode() for d in range(10)}
+    assert s["preprocessing"]["image_size"] == 32 and s["preprocessing"]["color"] == "grey"
+    assert loaded.signatures["preprocessing"]()["image_size"] == 32
 
     assert "Summary: resnet18/step on digits, 1 epoch" in out
     assert re.search(r"best +\d+\.\d\d% \(epoch 1\) +\d+\.\d\d% \(epoch 1\)", out)

@@ -14,7 +14,7 @@ import dataclasses
 
 import models
 from keras_ftprop import target_losses
-from training import distribute, recipes
+from training import distribute, recipes, serving
 from training.errors import UsageError
 from training.options import check_bounds, declarations, names, option, values
 
@@ -147,7 +147,8 @@ RENAMED_SETTINGS = {"steps": "staircase_steps"}
 
 
 def settings(config, resolved, info, strategy_text, steps_per_epoch, stem=None):
-    """The run's settings.json: the saved flags, the resolved recipe, data and strategy.
+    """The run's settings.json: the saved flags, the resolved recipe, data, strategy and the
+    evaluation transform its SavedModels serve (``training.serving``).
 
     ``stem``: the resolved stem of a network that has one ("imagenet" or "cifar"), else None.
     """
@@ -164,6 +165,7 @@ def settings(config, resolved, info, strategy_text, steps_per_epoch, stem=None):
         skipped_files=info.skipped_files,
         steps_per_epoch=steps_per_epoch,
         strategy=strategy_text,
+        preprocessing=serving.preprocessing_settings(info.recipe),
     )
     return out
 

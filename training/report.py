@@ -8,7 +8,7 @@ import os
 import keras
 
 import keras_ftprop
-from training import files, recipes, tflite_export
+from training import files, recipes, serving, tflite_export
 
 
 @dataclasses.dataclass
@@ -63,6 +63,8 @@ def print_header(config, setup):
 def save_outputs(config, setup, best):
     """final.keras, export/final and export/best (every worker writes, the chief keeps), TFLite.
 
+    The SavedModels serve raw images (``training.serving``).
+
     When the best epoch is the last one, the best files are copies of the
     final ones. Every branch depends only on what all workers share (the
     synchronised metrics), so all workers save the same way. Returns {what: path}.
@@ -72,11 +74,12 @@ def save_outputs(config, setup, best):
     final_export = os.path.join(write_path, files.EXPORT_DIR, "final")
     best_export = os.path.join(write_path, files.EXPORT_DIR, "best")
     best_is_final = best.best_epoch == setup.resolved.recipe.epochs
+    served = serving.ServingModel(model, setup.info)
     if best_is_final and best.saved_this_run:
         files.atomic_copy(best.path, final_model)  # the same weights, saved moments ago
     else:
         files.atomic_save_model(model, final_model)
-    files.atomic_export(model, final_export)
+    files.atomic_export(served, final_export)
     out = {
         "final model": os.path.join(model_dir, files.FINAL_MODEL),
         "final SavedModel": os.path.join(model_dir, files.EXPORT_DIR, "final"),
@@ -88,7 +91,7 @@ def save_outputs(config, setup, best):
             # The chief's file when the best epoch is from an earlier run of this model_dir.
             source = best.path if best.saved_this_run else os.path.join(model_dir, "best.keras")
             model.load_weights(source)
-            files.atomic_export(model, best_export)
+            files.atomic_export(served, best_export)
             model.load_weights(final_model)  # what follows (the quantization-aware fine-tune) takes the final one
         out["best model"] = os.path.join(model_dir, "best.keras")
         out["best SavedModel"] = os.path.join(model_dir, files.EXPORT_DIR, "best")

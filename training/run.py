@@ -22,7 +22,7 @@ Layout of the run directory (``model_dir``)::
     tensorboard/         TensorBoard logs (train/ and validation/)
     best.keras           the model of the best val_top1 so far (best.json: which epoch)
     final.keras          the model after the last epoch
-    export/final/        SavedModel of final.keras (``model.export``)
+    export/final/        SavedModel of final.keras, serving raw images (``training.serving``)
     export/best/         SavedModel of best.keras
     export/model_int8.tflite, export/model_float.tflite   with --export_tflite
     qat.keras, qat/      with --qat_epochs: the fine-tuned quantization-aware copy, its resume state and

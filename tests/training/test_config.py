@@ -1,12 +1,13 @@
 """train.py's settings from one declaration: flags, Config, settings.json keys."""
 
 import dataclasses
+import json
 import types
 
 import pytest
 from absl import flags
 
-from training import config, recipes
+from training import config, data, recipes
 from training.errors import UsageError
 
 
@@ -50,14 +51,21 @@ def test_a_config_built_without_flags_checks_the_flag_bounds():
 def test_settings_hold_the_saved_fields_and_what_the_run_resolved():
     cfg = config.Config(model="convnet4", staircase_steps=3, seed=7)
     resolved = recipes.resolve("paper", "convnet4", "step", "cifar10", {})
+    recipe = data.small_recipe(28, name="mnist", mean=(0.1307,) * 3, std=(0.3081,) * 3,
+                               min_image_size=32, grey=True)
     info = types.SimpleNamespace(image_shape=(32, 32, 3), num_classes=10, train_examples=100,
-                                 eval_examples=20, skipped_files=0)
+                                 eval_examples=20, skipped_files=0, recipe=recipe)
     settings = config.settings(cfg, resolved, info, "default strategy, 1 replica(s)", 12)
     assert set(settings) == {
         "model", "activation", "target_loss", "staircase_steps", "scale_by_grad", "recipe",
         "dataset", "eval_steps", "seed", "mixed_precision", "jit_compile", "deterministic", "save_every_steps",
         "optimizer", "resolved", "sources", "image_shape", "num_classes", "train_examples",
-        "eval_examples", "skipped_files", "steps_per_epoch", "strategy", "stem"}
+        "eval_examples", "skipped_files", "steps_per_epoch", "strategy", "stem", "preprocessing"}
+    preprocessing = settings["preprocessing"]
+    assert (preprocessing["transform"], preprocessing["image_size"], preprocessing["resize_size"],
+            preprocessing["color"]) == ("resize", 32, 32, "grey")
+    assert preprocessing["mean"] == [0.1307] * 3 and preprocessing["std"] == [0.3081] * 3
+    json.dumps(settings)  # settings.json holds it
     assert (settings["staircase_steps"], settings["seed"], settings["steps_per_epoch"]) == (3, 7, 12)
     assert settings["stem"] is None  # convnet4 has no stem option
     assert config.settings(cfg, resolved, info, "", 12, stem="cifar")["stem"] == "cifar"

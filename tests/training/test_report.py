@@ -6,12 +6,12 @@ import types
 import keras
 import numpy as np
 
-from training import files, report
+from training import data, files, report
 
 
 def test_save_outputs_leaves_the_final_weights_in_the_model_after_exporting_the_best(tmp_path):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
     final = [w.copy() for w in model.get_weights()]
     best = keras.models.clone_model(model)
     best.set_weights([w + 1.0 for w in final])
@@ -19,7 +19,10 @@ def test_save_outputs_leaves_the_final_weights_in_the_model_after_exporting_the_
     best.save(best_path)
     setup = types.SimpleNamespace(
         model=model, model_dir=str(tmp_path), write_dir=types.SimpleNamespace(path=str(tmp_path), chief=True),
-        resolved=types.SimpleNamespace(recipe=types.SimpleNamespace(epochs=3)))
+        resolved=types.SimpleNamespace(recipe=types.SimpleNamespace(epochs=3)),
+        info=data.DatasetInfo(name="tiny", num_classes=2, image_shape=(4, 4, 3), train_examples=8,
+                              eval_examples=2, recipe=data.small_recipe(4, name="tiny", mean=(0.5,) * 3,
+                                                                        std=(0.25,) * 3)))
     config = types.SimpleNamespace(export_tflite="none")
     outputs = report.save_outputs(config, setup, types.SimpleNamespace(best_epoch=2, saved_this_run=True,
                                                                        path=best_path))

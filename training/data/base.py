@@ -44,6 +44,7 @@ class DatasetInfo:
     eval_examples: int | None
     class_names: tuple | None = None
     skipped_files: int = 0
+    recipe: Recipe | None = None  # the preprocessing of the pipelines (their evaluation transform is served)
     # The training stream from global batch g (pass g // B, batch g % B of it, B batches a pass),
     # a function of the seed and g alone (pipelines.seekable_stream); None if the split's size is unknown.
     train_from: Callable[[int], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False,
@@ -61,7 +62,8 @@ class Recipe:
     ``family`` is "small" or "large"; ``size`` the output side (S or C);
     ``resize`` the side images are resized to before cropping (S for small,
     R = round(256 / 224 * C) for large); ``pad`` the zero padding p of the
-    small random crop; ``flip`` whether training flips horizontally.
+    small random crop; ``flip`` whether training flips horizontally;
+    ``grey`` whether the source images have one channel (replicated to 3).
     """
 
     family: str
@@ -71,9 +73,10 @@ class Recipe:
     flip: bool
     mean: tuple
     std: tuple
+    grey: bool = False
 
 
-def small_recipe(native_side, *, name, mean, std, image_size=None, min_image_size=None):
+def small_recipe(native_side, *, name, mean, std, image_size=None, min_image_size=None, grey=False):
     """CIFAR-style recipe: S = image_size or max(native, min_image_size), p = max(1, round(S/8))."""
     size = image_size or max(int(native_side), int(min_image_size or 0))
     return Recipe(
@@ -84,6 +87,7 @@ def small_recipe(native_side, *, name, mean, std, image_size=None, min_image_siz
         flip=base_name(name) not in NO_FLIP,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        grey=bool(grey),
     )
 
 

@@ -141,5 +141,5 @@ def load(name, root, *, batch_size, image_size, seed, min_image_size):
     info = DatasetInfo(
         name=name, num_classes=len(class_names), image_shape=(recipe.size, recipe.size, 3),
         train_examples=len(kept["train"][0]), eval_examples=len(kept["val"][0]),
-        class_names=class_names, skipped_files=len(skipped), train_from=train_from)
+        class_names=class_names, skipped_files=len(skipped), train_from=train_from, recipe=recipe)
     return train, evaluation, info

@@ -148,7 +148,8 @@ def in_memory(name, arrays, *, num_classes, class_names, stats, batch_size, imag
     x_train, y_train, x_eval, y_eval = arrays
     mean, std = stats
     recipe = small_recipe(max(x_train.shape[1:3]), name=name, mean=mean, std=std,
-                          image_size=image_size, min_image_size=min_image_size)
+                          image_size=image_size, min_image_size=min_image_size,
+                          grey=x_train.ndim == 3 or x_train.shape[-1] == 1)
     train, evaluation, train_from = small_pipelines(
         tf.data.Dataset.from_tensor_slices((x_train, y_train)),
         tf.data.Dataset.from_tensor_slices((x_eval, y_eval)),
@@ -156,5 +157,5 @@ def in_memory(name, arrays, *, num_classes, class_names, stats, batch_size, imag
     info = DatasetInfo(
         name=name, num_classes=num_classes, image_shape=(recipe.size, recipe.size, 3),
         train_examples=len(x_train), eval_examples=len(x_eval), class_names=class_names,
-        train_from=train_from)
+        train_from=train_from, recipe=recipe)
     return train, evaluation, info

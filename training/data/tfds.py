@@ -131,7 +131,7 @@ def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_
             logging.info("dataset %s: measured mean %s std %s", name,
                          np.round(stats[0], 4), np.round(stats[1], 4))
         recipe = small_recipe(max(height, width), name=name, mean=stats[0], std=stats[1],
-                              image_size=image_size, min_image_size=min_image_size)
+                              image_size=image_size, min_image_size=min_image_size, grey=channels == 1)
         image_bytes = height * width * (channels or 3)
         cache = train_count is not None and train_count * image_bytes <= _CACHE_LIMIT_BYTES
         if cache:
@@ -152,5 +152,5 @@ def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_
     info = DatasetInfo(
         name=name, num_classes=int(label_feature.num_classes),
         image_shape=(recipe.size, recipe.size, 3), train_examples=train_count,
-        eval_examples=eval_count, class_names=class_names, train_from=train_from)
+        eval_examples=eval_count, class_names=class_names, train_from=train_from, recipe=recipe)
     return train, evaluation, info

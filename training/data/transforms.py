@@ -13,16 +13,27 @@ import tensorflow as tf
 def resize_batch(images, size):
     """uint8 (B, h, w[, c]) -> float32 (B, S, S, c) in [0, 255], S = size.
 
-    Bilinear resize (antialiased when shrinking), skipped when h = w = S.
+    Bilinear resize (antialiased when shrinking, S < max(h, w)), skipped when
+    h = w = S. h and w may be unknown until the graph runs (a served batch).
     """
     x = tf.cast(images, tf.float32)
     if x.shape.rank == 3:
         x = x[..., tf.newaxis]
     height, width = x.shape[1], x.shape[2]
-    if (height, width) != (size, size):
-        x = tf.image.resize(x, [size, size], method="bilinear",
-                            antialias=size < max(height, width))
-    return x
+    if height is not None and width is not None:
+        if (height, width) != (size, size):
+            x = tf.image.resize(x, [size, size], method="bilinear",
+                                antialias=size < max(height, width))
+        return x
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+
+    def resized(antialias):
+        return lambda: tf.image.resize(x, [size, size], method="bilinear", antialias=antialias)
+
+    same = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
+    x = tf.cond(same, lambda: x,
+                lambda: tf.cond(size < tf.maximum(height, width), resized(True), resized(False)))
+    return tf.ensure_shape(x, [None, size, size, x.shape[-1]])
 
 
 def normalize_rgb(x, mean, std):
@@ -132,20 +143,24 @@ def decode_shrunk(contents, side):
         return tf.switch_case(index, [
             (lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r)) for r in _DCT_RATIOS])
 
-    def other():
-        image = decode_rgb(contents)
-        shape = tf.shape(image)
-        shorter = tf.minimum(shape[0], shape[1])
+    image = tf.cond(is_jpeg(contents), jpeg, lambda: shrink(decode_rgb(contents), side))
+    image.set_shape([None, None, 3])
+    return image
 
-        def shrink():
-            size = tf.cast(tf.round(tf.cast(shape[:2] * side, tf.float64)
-                                    / tf.cast(shorter, tf.float64)), tf.int32)
-            out = tf.image.resize(image, size, method="bilinear", antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
-        return tf.cond(shorter >= 2 * side, shrink, lambda: image)
+def shrink(image, side):
+    """uint8 (H, W, 3) -> uint8, resized (antialiased bilinear, rounded) to shorter side ``side``
+    when min(H, W) >= 2 side, else unchanged: ``decode_shrunk`` for a decoded image."""
+    shape = tf.shape(image)
+    shorter = tf.minimum(shape[0], shape[1])
 
-    image = tf.cond(is_jpeg(contents), jpeg, other)
+    def shrunk():
+        size = tf.cast(tf.round(tf.cast(shape[:2] * side, tf.float64)
+                                / tf.cast(shorter, tf.float64)), tf.int32)
+        out = tf.image.resize(image, size, method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+    image = tf.cond(shorter >= 2 * side, shrunk, lambda: image)
     image.set_shape([None, None, 3])
     return image
 
@@ -207,9 +222,14 @@ def large_eval_example(recipe):
     image resized to shorter side R."""
 
     def transform(contents, label):
-        image = decode_shrunk(contents, recipe.resize)
-        shape = tf.shape(image)
-        top, left, side = crop_window(shape[0], shape[1], recipe)
-        return resize_normalize(image[top:top + side, left:left + side], recipe), label
+        return centre_crop_normalize(decode_shrunk(contents, recipe.resize), recipe), label
 
     return transform
+
+
+def centre_crop_normalize(image, recipe):
+    """uint8 (H, W, 3), as ``decode_shrunk`` leaves it -> normalized float32 C x C x 3:
+    the evaluation crop (``crop_window``), resized and normalized (``resize_normalize``)."""
+    shape = tf.shape(image)
+    top, left, side = crop_window(shape[0], shape[1], recipe)
+    return resize_normalize(image[top:top + side, left:left + side], recipe)
