@@ -98,6 +98,8 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert re.search(r"^ *epochs +1 +\(--epochs\)$", out, re.M), out
     assert re.search(r"^ *batch_norm_weight_decay +5e-07 +\(as weight_decay\)$", out, re.M), out
     assert "instead of the recipe's" not in out  # --epochs was given
+    # The digits demo keeps the paper's ImageNet stem (auto would take the CIFAR stem below 64 pixels).
+    assert s["stem"] == "imagenet" and "stem: imagenet (digits adaptation" in out
 
     rows = metrics(model_dir)
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
