@@ -1,10 +1,10 @@
 """Runs the Python blocks of README.md and docs/ (pytest-markdown-docs) as tests.
 
-Each block runs in a fresh namespace, from a temporary working directory (so
-files it writes land there), with Keras's random seed fixed. A page whose
-blocks continue from something its prose describes (a trained `model`, a
-finished `train.py` run) gets it from `PAGE_SETUP`, run before each of its
-blocks; pages listed in `SLOW_PAGES` run with `pytest -m slow`.
+Each block runs in a fresh namespace and defines what it uses, from a
+temporary working directory (so files it writes land there), with Keras's
+random seed fixed. The blocks of the pages in `SLOW_PAGES` read a finished
+`train.py` run, made by the command the page shows, and run with
+`pytest -m slow`.
 """
 
 import os
@@ -19,45 +19,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO_RUN = ["train.py", "--model=convnet4", "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1",
             "--model_dir=runs/demo"]
 
-PAGE_SETUP = {
-    # deployment.md continues from "a trained model, its training data, loss and final learning rate".
-    "deployment.md": """
-from models import get_model
-import keras
-import numpy as np
-import tensorflow as tf
-model = get_model("convnet4", activation="step", input_shape=(16, 16, 1))
-x_train = np.random.default_rng(0).uniform(-1, 1, (500, 16, 16, 1)).astype("float32")
-y_train = np.random.default_rng(1).integers(0, 10, 500)
-train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(100)
-loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-final_learning_rate = 2.5e-6
-""",
-}
 SLOW_PAGES = {"training.md"}
-
-_page_globals = {}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("markdown-docs") is not None and item.path.name in SLOW_PAGES:
             item.add_marker(pytest.mark.slow)
-
-
-def pytest_markdown_docs_globals():
-    return dict(_page_globals)
-
-
-def pytest_runtest_setup(item):
-    # Before the block's globals are gathered (which precedes its fixtures).
-    _page_globals.clear()
-    if item.get_closest_marker("markdown-docs") is not None and item.path.name in PAGE_SETUP:
-        exec(PAGE_SETUP[item.path.name], _page_globals)
-
-
-def pytest_runtest_teardown(item):
-    _page_globals.clear()
 
 
 @pytest.fixture(scope="session")

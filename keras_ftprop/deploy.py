@@ -5,7 +5,7 @@
 
 The export converts a functional clone of ``model`` in which each layer type of
 ``REWRITES`` is replaced by a forward-only graph of TFLite builtins (the
-training-time ``tf.custom_gradient`` is not needed to predict)::
+training-time ``tf.custom_gradient`` is not needed to predict):
 
     HardThreshold   h = select(x > 0, 1, -1)            (zero_one: select(x > 0, 1, 0))
     Staircase       y = select(x > t_{n-1}, l_n, select(... select(x > t_0, l_1, l_0)))
@@ -27,11 +27,11 @@ except at the thresholds, whose ranges are pinned with fake-quant nodes:
 * input (``threshold_input="pinned"``, the default): the int8 pre-activation
   is rounded, so x within half a step of a threshold can land on its other side
   and flip the unit. Only the side matters, so instead of the calibrated range:
-  a step's input is multiplied by k = 2**STEP_INPUT_BITS / max|x| through the
+  a step's input is multiplied by k = ``2**STEP_INPUT_BITS / max|x|`` through the
   weights that produce it (batch-norm gamma and beta, or a linear convolution's
   or dense layer's kernel and bias, across max pooling, padding, flatten and
   dropout) and pinned to [-128/127, 1]: the comparison of the (batch-norm
-  folded) accumulator with a per-channel integer threshold, at 2**7 times the
+  folded) accumulator with a per-channel integer threshold, at ``2**7`` times the
   calibrated resolution, everything far from 0 saturated. Without such a
   producer (a residual sum) the input is pinned at that resolution but no
   finer than MIN_COMPARE_SCALE (int8 GREATER's resolution). A staircase's
@@ -46,7 +46,7 @@ commute with a monotone threshold) fed by another threshold's output becomes tha
 requantization. Its input codes (minus the zero point) are then multiples of m (127 for a {-1, +1} input,
 255/n for an n-step staircase on [0, 1]), so its int32 accumulator is acc = m j for an integer j.
 
-* Step, with the exact threshold t = -b / (s_in s_w) per channel:
+Step, with the exact threshold t = -b / (s_in s_w) per channel:
 
       h = 1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),
 
@@ -54,7 +54,8 @@ requantization. Its input codes (minus the zero point) are then multiples of m (
   that the requantization multiplier is M = 256 / (m//2 - m//4) (codes unchanged): every unit lands beyond
   the output range and the clamp (a fused RELU_N1_TO_1 for {-1, +1}, RELU and the int8 range for {0, 1})
   puts it exactly on the code of a level (the bias may round by up to m//4).
-* Staircase (n steps), level k + 1 iff x > t_k, i.e. iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1:
+
+Staircase (n steps), level k + 1 iff x > t_k, i.e. iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1:
   the producer writes one code per level (scale b / n, RELU at level 0, the int8 maximum at level n),
 
       level = clip(round(M (acc + B)), 0, n)  >= k + 1  iff  j >= (k + 1/2) / (M m) - B / m,
@@ -248,7 +249,7 @@ def _requantized_compare(thresholds, levels, input_range):
 def pinned_input_range(threshold, max_abs, scaled):
     """[min, max] the export pins the input of ``threshold`` (a HardThreshold or Staircase) to.
 
-    ``scaled``: a step whose input the export multiplies by k = 2**STEP_INPUT_BITS / max_abs through the
+    ``scaled``: a step whose input the export multiplies by k = ``2**STEP_INPUT_BITS / max_abs`` through the
     producer's weights, pinned there to [-128/127, 1]; in the unscaled input's units that is
     [-128/127, 1] / k. Otherwise ``_input_range`` of the calibrated ``max_abs``.
     """

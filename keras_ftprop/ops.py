@@ -1,7 +1,7 @@
 """Hard-threshold activations as plain functions with an FTPROP-MB backward.
 
 Each op is a ``tf.custom_gradient`` whose backward is the target loss's
-``input_gradient`` (see [`keras_ftprop.target_losses`][keras_ftprop.target_losses])::
+``input_gradient`` (see [`keras_ftprop.target_losses`][keras_ftprop.target_losses]):
 
     grad_x = w * dL/dz(x, t),  t = sign(-g),  w = |g|  or  1[g != 0] / batch_size
 

@@ -11,8 +11,8 @@ so the next convolution's threshold fuses into its requantization); global avera
     conv3 -> conv3_bn -> conv3_act            conv 128 3x3 same, no bias       4x4x128
     avg_pool -> predictions                   global average pool, dense       classes
 
-Trainable parameters (10 classes): 9 * (3*16 + 16*32 + 32*64 + 64*128) + 2 * (16+32+64+128)
-+ 128*10 + 10 = 98,970. The int8 TFLite model holds one byte per weight: about 120 KB of flash.
+Trainable parameters (10 classes): ``9 * (3*16 + 16*32 + 32*64 + 64*128) + 2 * (16+32+64+128)
++ 128*10 + 10`` = 98,970. The int8 TFLite model holds one byte per weight: about 120 KB of flash.
 The largest activation is conv0's 32x32x16 int8 output (16 KB).
 """
 

@@ -39,7 +39,7 @@ Trainable parameters with 1000 classes: ResNet-18 11,689,512; ResNet-34
     "auto"      "cifar" when the smaller input side is below SMALL_INPUT_SIDE (64), else "imagenet"
 
 At 32x32 the ImageNet stem leaves stage 4 a 1x1 map; the CIFAR stem keeps 4x4 there, for 16 times the
-compute of the stages. The CIFAR stem has 3*3*3*64 = 1,728 stem weights instead of 9,408 (ResNet-18 with
+compute of the stages. The CIFAR stem has ``3*3*3*64`` = 1,728 stem weights instead of 9,408 (ResNet-18 with
 1000 classes: 11,689,512 - 7,680 = 11,681,832).
 """
 
