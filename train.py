@@ -18,8 +18,11 @@ would end with 1); 2 for input it checked and refused (one line on stderr);
 bug: its traceback); 3 on the surviving workers of a multi-worker run when
 another worker stopped (one line naming it and the last checkpoint; the
 traceback is logged at INFO, shown by ``--verbosity=0``): rerun the same
-command on every worker to resume. On a terminal Keras draws progress bars; otherwise
-(a log file, a pipe) it prints one line per epoch (``--verbose=auto``).
+command on every worker to resume; 75 (sysexits' EX_TEMPFAIL: try again) when SIGTERM
+or SIGINT stopped training, after the step it was in, with a checkpoint of that step
+(one line saying where): rerun the same command to resume. A second signal ends the
+process at once, as without this handling. On a terminal Keras draws progress bars;
+otherwise (a log file, a pipe) it prints one line per epoch (``--verbose=auto``).
 """
 
 import os
@@ -39,12 +42,13 @@ from keras_ftprop import target_losses  # noqa: E402
 from training import callbacks, config, run  # noqa: E402
 from training.distribute import WorkerLostError  # noqa: E402
 from training.errors import UsageError  # noqa: E402
+from training.preemption import Stopped  # noqa: E402
 from training.report import print_summary  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "train.py"
 LOST_WORKER_STATUS = 3
-
+STOPPED_STATUS = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, the same command should be run again
 
 
 def _define_flags():
@@ -121,6 +125,12 @@ def execute():
         return error(f"lost {lost.worker}; the last checkpoint, {_saved_after(lost.last_saved)}{step}, is in "
                      f"{lost.checkpoint_dir}: rerun the same command on every worker to resume",
                      code=LOST_WORKER_STATUS)
+    except Stopped as stopped:
+        print(flush=True)  # end a progress bar line
+        every = " on every worker" if stopped.cluster else ""
+        print(f"{PROGRAM}: {stopped}; checkpoint saved in {stopped.checkpoint_dir}: rerun the same command{every} "
+              "to resume", file=sys.stderr, flush=True)
+        return STOPPED_STATUS
     print_summary(summary, run_config)
     return 0
 

@@ -559,6 +559,47 @@ def test_a_stopped_and_resumed_run_ends_as_the_uninterrupted_run(tmp_path, capsy
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), key
 
 
+class _SignalAt(keras.callbacks.Callback):
+    """Sends SIGTERM to this process as global step ``step`` (0-based) begins: it arrives during that step."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_step_it_was_in_exits_75_and_the_rerun_resumes_there(tmp_path, capsys, monkeypatch):
+    """SIGTERM during step 8 (epoch 2, batch 3 of 5): that step finishes and is saved, though
+    --save_every_steps=2 saved step 7 only; one line, status 75; the rerun finishes epoch 2 from batch 4.
+    (That the resumed run ends with the uninterrupted run's weights: the slow test with real signals.)"""
+    from training import callbacks as training_callbacks
+
+    model_dir = str(tmp_path / "run")
+    args = ["--model=convnet4", "--epochs=2", *QUICK, "--steps_per_epoch=5", "--save_every_steps=2",
+            f"--model_dir={model_dir}"]
+    fit_callbacks = training_callbacks.fit_callbacks
+    monkeypatch.setattr(training_callbacks, "fit_callbacks",
+                        lambda *a, **k: [_SignalAt(7), *fit_callbacks(*a, **k)])
+    status, out, err = run_main(capsys, *args)
+    monkeypatch.undo()
+    assert status == train.STOPPED_STATUS == 75, err
+    assert err.splitlines()[-1] == (
+        f"train.py: stopped by SIGTERM at epoch 2, batch 3 (step 8); checkpoint saved in "
+        f"{os.path.join(model_dir, 'checkpoints')}: rerun the same command to resume")
+    assert checkpoint_number(model_dir) == 8 and len(metrics(model_dir)) == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler from before training is back
+
+    status, out, err = run_main(capsys, *args)
+    assert status == 0, err
+    assert "resuming from the checkpoint saved after epoch 1 and 3 batches of epoch 2" in out
+    assert "finishing epoch 2 with its last 2 batches" in out
+    assert [r["epoch"] for r in metrics(model_dir)] == ["0", "1"]
+    assert checkpoint_number(model_dir) == 10
+
+
 def test_helpfull_documents_every_flag():
     result = subprocess.run([sys.executable, TRAIN_PY, "--helpfull"], capture_output=True,
                             text=True, env=subprocess_env(), timeout=180)
@@ -770,6 +811,134 @@ def test_kill_9_twice_in_one_epoch_then_resume_ends_as_the_uninterrupted_run(tmp
         assert a.keys() == b.keys()
         for key in b:
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+
+
+STOP_LINE = re.compile(r"train\.py: stopped by (SIGTERM|a signal to another worker) at epoch (\d+), batch (\d+) "
+                       r"\(step (\d+)\); checkpoint saved in (.*): rerun the same command( on every worker)? to resume")
+
+
+def _stop_line(err):
+    """(signal or None, epoch, batch, step, checkpoint dir, on every worker) of the one stop line in ``err``."""
+    (line,) = [line for line in err.splitlines() if line.startswith("train.py: stopped")]
+    match = STOP_LINE.fullmatch(line)
+    assert match, line
+    name, epoch, batch, step, directory, every = match.groups()
+    return name if name == "SIGTERM" else None, int(epoch), int(batch), int(step), directory, bool(every)
+
+
+def _wait_for_the_end_of_epoch(model_dir, epoch, processes, timeout=400):
+    """Until best.json names ``epoch`` (1-based), the last file an epoch's end writes: the next epoch is on."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with open(os.path.join(model_dir, "best.json")) as f:
+                if json.load(f)["epoch"] >= epoch:
+                    return
+        except (OSError, ValueError, KeyError):
+            pass
+        assert all(p.poll() is None for p in processes) and time.time() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_rerun_ends_with_the_uninterrupted_runs_weights(tmp_path):
+    """--deterministic, no periodic saves: SIGTERM in epoch 2 of 3; the run saves the step it was in,
+    exits 75, and the rerun ends with the weights (to 1e-6) and metrics of the uninterrupted run."""
+    steps, epochs = 20, 3
+
+    def args(model_dir):
+        return [sys.executable, TRAIN_PY, "--model=convnet4", f"--epochs={epochs}", f"--steps_per_epoch={steps}",
+                "--eval_steps=2", "--batch_size=32", "--save_every_steps=0", "--verbose=2", "--deterministic",
+                f"--model_dir={model_dir}"]
+
+    whole, model_dir = str(tmp_path / "whole"), str(tmp_path / "run")
+    result = subprocess.run(args(whole), capture_output=True, text=True, env=subprocess_env(), cwd=str(tmp_path),
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    process = subprocess.Popen(args(model_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=subprocess_env(), cwd=str(tmp_path))
+    try:
+        _wait_for_the_end_of_epoch(model_dir, 1, [process])
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+        print(f"SIGTERM to exit: {time.monotonic() - sent:.2f} s, status {process.returncode}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == train.STOPPED_STATUS, out + err
+    assert "Traceback" not in err
+    name, epoch, batch, step, directory, every = _stop_line(err)
+    assert (name, epoch, directory, every) == ("SIGTERM", 2, os.path.join(model_dir, "checkpoints"), False)
+    assert 0 < batch < steps and step == steps + batch
+    assert checkpoint_number(model_dir) == step  # the step it was in, not a periodic save (there are none)
+
+    rerun = subprocess.run(args(model_dir), capture_output=True, text=True, env=subprocess_env(),
+                           cwd=str(tmp_path), timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resuming from the checkpoint saved after epoch 1 and {batch} batches of epoch 2" in rerun.stdout
+    assert checkpoint_number(model_dir) == epochs * steps
+    for a, b in zip(_weights(model_dir), _weights(whole)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    rows = metrics(model_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    for a, b in zip(rows, metrics(whole)):
+        for key in b:
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step_and_both_resume(tmp_path):
+    """SIGTERM to worker 1 only, in epoch 2: TensorFlow's handler has both workers save the same step and
+    stop (status 75, each its line); rerun on both, they resume from that step and finish."""
+    steps = 20
+    model_dir = str(tmp_path / "run")
+    args = [sys.executable, TRAIN_PY, "--strategy=multi_worker", "--model=convnet4", "--epochs=2",
+            f"--steps_per_epoch={steps}", "--eval_steps=2", "--batch_size=16", "--verbose=2",
+            "--save_every_steps=0", f"--model_dir={model_dir}"]
+
+    def start():
+        cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+        return [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                                 env=subprocess_env(TF_CONFIG=json.dumps(
+                                     {"cluster": cluster, "task": {"type": "worker", "index": index}})))
+                for index in range(2)]
+
+    def finish(workers):
+        try:
+            return [worker.communicate(timeout=400) for worker in workers]
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+
+    workers = start()
+    try:
+        _wait_for_the_end_of_epoch(model_dir, 1, workers)
+        sent = time.monotonic()
+        workers[1].send_signal(signal.SIGTERM)
+    finally:
+        outputs = finish(workers)
+    print(f"SIGTERM to both exits: {time.monotonic() - sent:.2f} s")
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == train.STOPPED_STATUS, out + err
+        assert "Traceback" not in out + err
+    first, second = (_stop_line(err) for _, err in outputs)
+    assert first[0] is None and second[0] == "SIGTERM"  # worker 0 did not receive it
+    assert first[1:] == second[1:]  # the same epoch, batch, step, checkpoint dir
+    _, epoch, batch, step, directory, every = first
+    assert (epoch, directory, every) == (2, os.path.join(model_dir, "checkpoints"), True)
+    assert 0 < batch < steps and step == steps + batch and checkpoint_number(model_dir) == step
+
+    workers = start()
+    outputs = finish(workers)
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out + err
+        assert f"resuming from the checkpoint saved after epoch 1 and {batch} batches of epoch 2" in out
+    assert [r["epoch"] for r in metrics(model_dir)] == ["0", "1"]
+    assert checkpoint_number(model_dir) == 2 * steps
 
 
 def test_mixed_precision_and_xla_keep_float32_logits(tmp_path, capsys):

@@ -9,8 +9,10 @@ uninterrupted run would have seen, in the same order and augmentation.
 
 ``fit`` raises ``training.callbacks.NonFiniteLossError`` when the loss becomes
 NaN/inf (nothing is saved after the last good checkpoint; the error says
-which checkpoint that is), and ``training.distribute.WorkerLostError`` when
-another worker of a multi-worker run stops.
+which checkpoint that is), ``training.distribute.WorkerLostError`` when
+another worker of a multi-worker run stops, and ``training.preemption.Stopped``
+when SIGTERM or SIGINT stopped training, its state saved at the step it had
+reached (in a multi-worker run, on every worker at the same step).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import warnings
 import keras
 
 from training import callbacks as callbacks_lib
-from training import distribute, files
+from training import distribute, files, preemption
 from training.report import log
 
 
@@ -85,16 +87,22 @@ def fit(config, setup):
         diagnostics=config.diagnostics,
         probe_data=next(iter(setup.eval_ds.take(1)))[0] if config.diagnostics else None)
     # The pipelines shuffle themselves: shuffle=False only silences Keras's warning.
-    fit_args = dict(validation_data=setup.eval_ds, callbacks=fit_callbacks, verbose=fit_verbosity(config.verbose),
-                    shuffle=False)
+    fit_args = dict(validation_data=setup.eval_ds, verbose=fit_verbosity(config.verbose), shuffle=False)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), preemption.SignalCatcher() as catcher:
             if spe is not None:
                 # The training data repeats, so this warning can only come from the end
                 # of an evaluation pass over data of unknown length, where it means nothing.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
+            stop = preemption.StopOnSignal(catcher, checkpoint, cluster_resolver=(
+                setup.strategy.cluster_resolver if config.strategy == "multi_worker" else None))
+            fit_args["callbacks"] = fit_callbacks + [stop]  # last: after the checkpoint and the best model
             for segment in resume_plan(epochs, spe, setup.epochs_done, setup.batches_done):
                 _fit_segment(setup, segment, epochs, fit_args)
+            stop.close()
+    except preemption.Stopped as stopped:
+        stopped.checkpoint_dir = os.path.join(model_dir, files.CHECKPOINT_DIR)
+        raise
     except callbacks_lib.NonFiniteLossError as diverged:
         diverged.last_saved = checkpoint.last_saved
         diverged.checkpoint_dir = os.path.join(model_dir, files.CHECKPOINT_DIR)

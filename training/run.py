@@ -9,6 +9,10 @@ steps: ``training.setup`` (strategy, recipe, data, model, resume),
   training step: ``train.py`` prints it as one line, exit status 2;
 * ``training.callbacks.NonFiniteLossError`` when the loss becomes NaN/inf:
   nothing is saved after the last good checkpoint; exit status 1;
+* ``training.distribute.WorkerLostError`` on the surviving workers of a
+  multi-worker run when another one stopped; exit status 3;
+* ``training.preemption.Stopped`` when SIGTERM or SIGINT stopped training,
+  the step it was in saved; exit status 75;
 * anything else unchanged: a bug (ours, TensorFlow's, Keras's) keeps its
   traceback, exit status 1.
 
