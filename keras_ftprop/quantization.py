@@ -126,11 +126,12 @@ class QuantizedThreshold(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(threshold, dict):
             threshold = keras.saving.deserialize_keras_object(threshold)
-        if not isinstance(threshold, tuple(_threshold_types())):
+        from keras_ftprop import deploy
+
+        if not deploy.is_threshold(threshold):
             raise ValueError(f"QuantizedThreshold needs a HardThreshold or Staircase; got {threshold!r}")
         self.threshold = threshold
         self.max_abs, self.scaled, self.fused = float(max_abs), bool(scaled), bool(fused)
-        from keras_ftprop import deploy
 
         self.input_range = None if self.fused else deploy.pinned_input_range(threshold, self.max_abs, self.scaled)
         self._compare = deploy.export_threshold(threshold, self.input_range)
@@ -149,10 +150,6 @@ class QuantizedThreshold(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "threshold": keras.saving.serialize_keras_object(self.threshold),
                 "max_abs": self.max_abs, "scaled": self.scaled, "fused": self.fused}
-
-
-def _threshold_types():
-    return (ftprop_layers.HardThreshold, ftprop_layers.Staircase)
 
 
 QUANTIZED = {keras.layers.Conv2D: QuantizedConv2D, keras.layers.Dense: QuantizedDense}
@@ -193,7 +190,7 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         raise ValueError("quantization_aware needs a model with one input and one output")
     producers, consumers = deploy._graph(model)
     fused, _ = deploy.fused_thresholds(model)
-    pinned = [layer for layer in model.layers if isinstance(layer, _threshold_types())
+    pinned = [layer for layer in model.layers if deploy.is_threshold(layer)
               and deploy._only_input(layer) is not None and consumers[id(deploy._only_input(layer))] == 1]
     batches = list(deploy._representative_batches(representative_data, calibration_samples))
     # Operands of a sum that the int8 model requantizes before adding (a threshold's output is exact).

@@ -262,7 +262,7 @@ def pinned_input_range(threshold, max_abs, scaled):
 
 def export_threshold(threshold, input_range):
     """The int8 export's forward of ``threshold`` with its input pinned to ``input_range``."""
-    export = REWRITES[type(threshold)](threshold, True, None)
+    export = _rewrite(threshold, True, None)
     return _ExportThreshold(export.thresholds, export.levels, export.output_range, input_range,
                             name=f"{threshold.name}_int8")
 
@@ -282,16 +282,8 @@ def _levels_of(layer):
     return _staircase_levels(layer.steps, layer.low, layer.high), layer.steps
 
 
-def _rewrite_hard_threshold(layer, int8, max_abs):
-    return _threshold_layer(layer, [0.0], *_levels_of(layer), int8, max_abs)
-
-
-def _rewrite_staircase(layer, int8, max_abs):
-    thresholds = _staircase_thresholds(layer.steps, layer.low, layer.high)
-    return _threshold_layer(layer, thresholds, *_levels_of(layer), int8, max_abs)
-
-
-def _threshold_layer(layer, thresholds, levels, steps, int8, max_abs):
+def _rewrite(layer, int8, max_abs):
+    thresholds, (levels, steps) = _thresholds_of(layer), _levels_of(layer)
     output_range = input_range = None
     if int8:
         low, high, _, _ = exact_output_range(levels[0], levels[-1], steps)
@@ -301,13 +293,18 @@ def _threshold_layer(layer, thresholds, levels, steps, int8, max_abs):
     return _ExportThreshold(thresholds, levels, output_range, input_range, requantize=int8, name=layer.name)
 
 
-# Layer type -> function(layer, int8, max_abs) -> export layer. ``max_abs`` is
+# The threshold layer types: a layer is a threshold iff it is an instance of one of them (subclasses included).
+THRESHOLD_TYPES = (ftprop_layers.HardThreshold, ftprop_layers.Staircase)
+
+
+def is_threshold(layer):
+    """Whether the export rewrites ``layer``: a HardThreshold or Staircase, or an instance of a subclass."""
+    return isinstance(layer, THRESHOLD_TYPES)
+
+
+# Threshold type -> function(layer, int8, max_abs) -> export layer. ``max_abs`` is
 # the calibrated max |input| (None: keep the converter's calibrated input range).
-# A new threshold layer needs one entry here.
-REWRITES = {
-    ftprop_layers.HardThreshold: _rewrite_hard_threshold,
-    ftprop_layers.Staircase: _rewrite_staircase,
-}
+REWRITES = dict.fromkeys(THRESHOLD_TYPES, _rewrite)
 
 
 # ----------------------------------------------------------------------------- report
@@ -505,12 +502,12 @@ def _check_model(model):
         raise ValueError("to_tflite needs a built functional or Sequential Keras model")
     for layer in ftprop_layers.leaf_layers(model):
         activation = getattr(layer, "activation", None)
-        if isinstance(activation, tuple(REWRITES)) and not isinstance(layer, ftprop_layers.BatchNormThreshold):
+        if is_threshold(activation) and not isinstance(layer, ftprop_layers.BatchNormThreshold):
             raise ValueError(
                 f"layer {layer.name!r} ({type(layer).__name__}) has a {type(activation).__name__} as its "
                 "activation=; to export it, apply the activation as a separate layer")
     for layer in model.layers:
-        if isinstance(layer, keras.Model) and any(isinstance(inner, tuple(REWRITES))
+        if isinstance(layer, keras.Model) and any(is_threshold(inner)
                                                   for inner in ftprop_layers.leaf_layers(layer)):
             raise ValueError(f"nested model {layer.name!r} holds threshold layers; export a flat model "
                              "(build it functionally, without nested models)")
@@ -600,7 +597,7 @@ def _grid_origin(tensor, producers):
     """The layer that computes ``tensor``, looking through layers that keep the grid (None: no producer)."""
     while True:
         source = producers.get(id(tensor))
-        if source is None or isinstance(source, keras.layers.InputLayer) or type(source) in REWRITES:
+        if source is None or isinstance(source, keras.layers.InputLayer) or is_threshold(source):
             return source
         tensor = _only_input(source)
         if not keeps_grid(source) or tensor is None:
@@ -610,7 +607,7 @@ def _grid_origin(tensor, producers):
 def threshold_source(tensor, producers):
     """The threshold layer whose output ``tensor`` carries through layers that keep its grid, or None."""
     source = _grid_origin(tensor, producers)
-    return source if type(source) in REWRITES else None
+    return source if is_threshold(source) else None
 
 
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
@@ -685,7 +682,7 @@ def _fusion_of(layer, producers, consumers):
     source = _grid_origin(tensor, producers) if tensor is not None else None
     if source is None or isinstance(source, keras.layers.InputLayer):
         return None, f"{producer.name!r} reads the model's input, not a threshold's output"
-    if type(source) not in REWRITES:
+    if not is_threshold(source):
         return None, f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold"
     scale, step, bound = _grid_of(source)
     if not staircase and step < _MIN_FUSED_INPUT_STEP:
@@ -705,7 +702,7 @@ def fused_thresholds(model):
     producers, consumers = _graph(model)
     fused, unfused = {}, {}
     for layer in model.layers:
-        if type(layer) in REWRITES:
+        if is_threshold(layer):
             site, reason = _fusion_of(layer, producers, consumers)
             if site is not None and isinstance(layer, ftprop_layers.Staircase):
                 try:
@@ -959,7 +956,7 @@ class _Plan:
 
 def _plan(model, recorded, batches, int8, pinned, fuse):
     producers, consumers = _graph(model)
-    targets = [layer for layer in model.layers if type(layer) in REWRITES]
+    targets = [layer for layer in model.layers if is_threshold(layer)]
     fused, unfused = fused_thresholds(model) if int8 else ({}, {})
     if not fuse:
         unfused.update({name: "fuse_thresholds=False" for name in fused})
@@ -1040,10 +1037,9 @@ def _export_model(model, plan, int8):
         if layer.name in identities:
             identity = keras.layers.Identity(name=layer.name)
             return lambda inputs, **kwargs: identity(inputs)
-        rewrite = REWRITES.get(type(layer))
-        if rewrite is None:  # the copy's own layer (the copy is not used after the export)
+        if not is_threshold(layer):  # the copy's own layer (the copy is not used after the export)
             return layer
-        new = rewrite(layer, int8, plan.max_abs.get(layer.name))
+        new = _rewrite(layer, int8, plan.max_abs.get(layer.name))
         if not plan.requantize and isinstance(new, _ExportThreshold):
             new.requantized = None
         rewritten[layer.name] = _describe(new)

@@ -393,6 +393,49 @@ def test_threshold_as_activation_argument_is_refused():
         deploy.to_tflite(model, np.zeros((2, 6), np.float32))
 
 
+class SubclassedStep(HardThreshold):
+    """A subclass that adds nothing: a threshold to the export, as a HardThreshold is."""
+
+
+class SubclassedStaircase(Staircase):
+    """Likewise for a Staircase."""
+
+
+def test_a_subclass_of_a_threshold_is_exported_and_copied_as_its_base():
+    def network(step, staircase):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3), name="image")
+        x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+        x = step(name="act1")(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+        x = staircase(steps=3, name="act2")(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", name="conv3")(x)
+        x = step(name="act3")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
+
+    base, subclassed = network(HardThreshold, Staircase), network(SubclassedStep, SubclassedStaircase)
+    subclassed.set_weights(base.get_weights())
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
+    images = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
+    want, got = deploy.to_tflite(base, calibration), deploy.to_tflite(subclassed, calibration)
+    assert "act3" in want.report.fused  # fusion, the rewrite and the pinned ranges all see the subclass
+    assert (got.report.rewritten, got.report.fused, got.report.unfused, got.report.ops) == (
+        want.report.rewritten, want.report.fused, want.report.unfused, want.report.ops)
+    names = ["act1", "act2", "act3"]
+    (want_units, want_logits), (got_units, got_logits) = (decoded_outputs(f, names, images) for f in (want, got))
+    for name in names:
+        np.testing.assert_array_equal(got_units[name], want_units[name])
+    np.testing.assert_array_equal(got_logits, want_logits)
+    copies = [deploy.quantization_aware(model, calibration) for model in (base, subclassed)]
+    np.testing.assert_array_equal(*(copy.predict(images, verbose=0) for copy in copies))
+    inputs = keras.Input((6,))
+    as_activation = keras.Model(inputs, keras.layers.Dense(3, activation=SubclassedStep(), name="fc")(inputs))
+    with pytest.raises(ValueError, match=r"layer 'fc' \(Dense\) has a SubclassedStep as its activation="):
+        deploy.to_tflite(as_activation, np.zeros((2, 6), np.float32))
+
+
 def test_bad_arguments():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="quantize must be one of"):
