@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import models
 from keras_ftprop import BatchNormThreshold, HardThreshold, Staircase, deploy
+from keras_ftprop.deploy import export
 
 try:  # LiteRT, the successor of tf.lite.Interpreter
     from ai_edge_litert.interpreter import Interpreter
@@ -480,7 +481,7 @@ def test_converter_tensor_names_that_no_longer_name_layers_fail_loudly(monkeypat
                 tensor["name"] = f"t{tensor['index']}"
         return graph
 
-    monkeypatch.setattr(deploy, "inspect_tflite", renamed)
+    monkeypatch.setattr(export, "inspect_tflite", renamed)  # where to_tflite reads the flatbuffer
     model = threshold_network()
     with pytest.raises(RuntimeError, match="no op of the TFLite model has a name of layer"):
         deploy.to_tflite(model, np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype(np.float32))

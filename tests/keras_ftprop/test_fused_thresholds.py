@@ -14,6 +14,8 @@ import pytest
 import tensorflow as tf
 
 from keras_ftprop import deploy, quantization
+from keras_ftprop.deploy.grids import pinned_input_range
+from keras_ftprop.deploy.thresholds import levels_of, thresholds_of
 from keras_ftprop.layers import HardThreshold, Staircase
 from tests.keras_ftprop.test_deploy import decoded_outputs
 
@@ -314,16 +316,16 @@ def test_unfused_threshold_as_a_depthwise_requantization_is_exact_at_every_input
     flatbuffer = deploy.to_tflite(model, calibration, quantize="int8")
     report = flatbuffer.report
     assert report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1 and "GREATER" not in str(report.ops)
-    low, high = deploy.pinned_input_range(threshold, float(np.abs(calibration).max()), scaled=False)
+    low, high = pinned_input_range(threshold, float(np.abs(calibration).max()), scaled=False)
     scale = (high - low) / 255
     zero_point = round(-128 - low / scale)
     codes = np.arange(-128, 128)
     images = ((codes - zero_point) * scale).astype(np.float32).reshape(1, 16, 16, 1)
     got, _ = decoded_outputs(flatbuffer, [threshold.name], images)
-    thresholds = deploy._thresholds_of(threshold)
+    thresholds = thresholds_of(threshold)
     threshold_codes = [zero_point + round(t / scale) for t in thresholds]
     assert set(threshold_codes) <= set(codes)  # every threshold is an input code: ties are exercised
-    levels, _ = deploy._levels_of(threshold)
+    levels, _ = levels_of(threshold)
     expected = np.array(levels)[(codes[:, None] > threshold_codes).sum(-1)]
     np.testing.assert_allclose(got[threshold.name].reshape(-1), expected, rtol=0, atol=1e-6)
     keras_y = threshold(images).numpy().reshape(-1)  # the float function of the same inputs

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ftprop import HardThreshold, Staircase, deploy, quantization
+from keras_ftprop.deploy.grids import grid_of
 from tests.keras_ftprop.test_deploy import decoded_outputs, fused_network
 
 try:
@@ -182,8 +183,8 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
         # every channel of fc has s_w = M s_out / s_in, M = 256 / (m//2 - m//4), m the codes between act2's levels.
         if name == "fc":
             assert flatbuffer.report.fused.get("act3") == "fc" and qat.get_layer("act3").fused
-            s_in, m, _ = deploy._grid_of(qat.get_layer("act2").threshold)
-            s_out = deploy._grid_of(qat.get_layer("act3").threshold)[0]
+            s_in, m, _ = grid_of(qat.get_layer("act2").threshold)
+            s_out = grid_of(qat.get_layer("act3").threshold)[0]
             np.testing.assert_allclose(scales, 256 / (m // 2 - m // 4) * s_out / s_in, rtol=1e-5)
         elif name == "logits":
             np.testing.assert_allclose(scales, want_scale, rtol=1e-6)

@@ -1,0 +1,149 @@
+"""The producer weights that compute a fused threshold as the producer's own int8 requantization.
+
+The producer's input codes (minus the zero point) are multiples of m, so its accumulator is acc = m j.
+
+    step       1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),  multiplier M = 256 / (m//2 - m//4)
+    staircase  level = clip(round(M (acc + B)), 0, n), with per channel an integer B and an M that place every
+               threshold between two reachable accumulator values (``NotFusable`` if a channel has none)
+
+(``keras_ftprop.deploy`` states the construction in full.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.grids import grid_of
+from keras_ftprop.deploy.thresholds import thresholds_of
+
+# A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-5 from each rounding boundary:
+# room for the float32 scales and arithmetic of the runtime's requantization (XNNPACK multiplies
+# float32(acc + B), exact while |acc + B| < 2**24 near the boundaries, by a float32 scale: relative
+# errors of about 1e-7).
+_STAIRCASE_MARGIN = 1e-5
+_MAX_MULTIPLIER = 128.0  # XNNPACK's requantization scale must stay below 256
+
+
+class NotFusable(ValueError):
+    """A threshold that cannot be its producer's requantization; the message says why."""
+
+
+def batch_norm_factor(layer):
+    """(f, c) per channel: the inference batch norm is f z + c."""
+    gamma = layer.gamma.numpy() if layer.scale else 1.0
+    beta = layer.beta.numpy() if layer.center else 0.0
+    f = gamma / np.sqrt(layer.moving_variance.numpy().astype(np.float64) + layer.epsilon)
+    return f * np.ones(layer.moving_mean.shape), beta - layer.moving_mean.numpy() * f
+
+
+def fused_weights(model, site):
+    """(kernel, bias) of the producer that computes ``site``'s threshold (a FusedThreshold) as its
+    requantization; ``NotFusable`` for a staircase with a channel that cannot be placed exactly."""
+    if isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase):
+        return _fused_staircase_weights(model, site)
+    return _fused_step_weights(model, site)
+
+
+def _folded_producer(model, site):
+    """(kernel, bias) in float64 of the producer with its batch norm folded in: x = conv(z, kernel) + bias."""
+    producer = model.get_layer(site.producer)
+    kernel = producer.kernel.numpy().astype(np.float64)
+    bias = producer.bias.numpy().astype(np.float64) if producer.use_bias else np.zeros(kernel.shape[-1])
+    if site.batch_norm is not None:
+        f, c = batch_norm_factor(model.get_layer(site.batch_norm))
+        kernel, bias = kernel * f, bias * f + c
+    return kernel, bias
+
+
+def _fused_step_weights(model, site):
+    """(kernel, bias): per channel the bias B (above) and the kernel scaled so that the requantization
+    multiplier is M (codes unchanged): every unit lands beyond the output range, clamped onto a level."""
+    kernel, bias = _folded_producer(model, site)
+    threshold = model.get_layer(site.threshold)
+    out_scale = grid_of(threshold)[0]
+    m, margin = site.input_step, site.input_step // 4
+    multiplier = 256.0 / (m // 2 - margin)  # output codes per accumulator unit
+    fan_in = int(np.prod(kernel.shape[:-1]))
+    bound = 127 * site.input_bound * fan_in + m  # > max |acc|
+    new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+    new_weight_scale = multiplier * out_scale / site.input_scale  # s_w' = M s_out / s_in
+    for c in range(kernel.shape[-1]):
+        w = kernel[..., c]
+        top = np.abs(w).max()
+        if top == 0:  # a dead channel: the unit is h(bias), any constant beyond the output range
+            new_bias[c] = 2.0 if bias[c] > 0 else -2.0
+            continue
+        weight_scale = top / 127  # the converter's per-channel scale
+        t = np.clip(-bias[c] / (site.input_scale * weight_scale), -bound, bound)
+        code = m // 2 - m * (np.floor(t / m) + 1)
+        new_kernel[..., c] = w * (new_weight_scale / weight_scale)
+        new_bias[c] = code * site.input_scale * new_weight_scale
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def _fused_staircase_weights(model, site):
+    """(kernel, bias) whose requantization computes the staircase exactly at every reachable accumulator.
+
+    With the input codes multiples of m, acc = m j (integer j, |j| <= sum |w codes| * bound / m). The
+    staircase (levels k s_out, thresholds t_k) reaches level k + 1 iff x = s_in s_w acc + b > t_k, i.e.
+    iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1. The requantization outputs
+    level = clip(round(M (acc + B)), 0, n), which is >= k + 1 iff j >= R_k = (k + 1/2) P - B / m with
+    P = 1 / (M m). Per channel, an integer B and a P with G_k - 1 < R_k < G_k for every k (margins
+    ``_STAIRCASE_MARGIN``) make the two equal at every j; the kernel's scale is set to give that M (the
+    codes are unchanged). ``NotFusable`` if a channel has none.
+    """
+    threshold = model.get_layer(site.threshold)
+    kernel, bias = _folded_producer(model, site)
+    n, span = threshold.steps, threshold.high - threshold.low
+    thresholds = np.array(thresholds_of(threshold))
+    out_scale = span / n
+    m, s_in = site.input_step, site.input_scale
+    ks = np.arange(n) + 0.5
+    new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+    for c in range(kernel.shape[-1]):
+        w = kernel[..., c]
+        top = np.abs(w).max()
+        if top == 0:  # a dead channel: the constant level of its bias
+            new_bias[c] = np.sum(bias[c] > thresholds) * out_scale
+            continue
+        s_w = top / 127
+        j_bound = np.abs(np.round(w / s_w)).sum() * site.input_bound / m
+        gates = np.floor((thresholds - bias[c]) / (s_in * s_w * m)) + 1  # G_k
+        # R_k must exceed the largest reachable j below G_k and not exceed the smallest at or above it.
+        low = np.where(gates - 1 >= -j_bound, np.minimum(gates - 1, j_bound), -np.inf)
+        high = np.where(gates <= j_bound, np.maximum(gates, -j_bound), np.inf)
+        natural = (span / max(n - 1, 1)) / (s_in * s_w * m)  # P of the float staircase: j per level
+        solution = _requantization_for(low, high, ks, m, natural)
+        if solution is None:
+            raise NotFusable(f"no requantization of {site.producer!r} places channel {c}'s thresholds "
+                             "exactly between its accumulator values")
+        per_level, bias_code = solution
+        new_scale = out_scale / (per_level * m * s_in)  # s_w' = M s_out / s_in
+        new_kernel[..., c] = w * (new_scale / s_w)
+        new_bias[c] = bias_code * s_in * new_scale
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def _requantization_for(low, high, ks, m, natural):
+    """(P, B): B an integer and low_k < (k + 1/2) P - B / m < high_k for all k (with margins), P near
+    ``natural`` and 1 / (P m) <= _MAX_MULTIPLIER; None if no B within reach has one."""
+    finite = np.isfinite(low) & np.isfinite(high)
+    if finite.any():  # R_0 in the middle of its gap, at the natural P
+        k = np.argmax(finite)
+        centre = round(m * (ks[k] * natural - (low[k] + high[k]) / 2))
+    else:
+        centre = round(m * (ks[0] * natural - (high[0] if np.isfinite(high[0]) else low[0])))
+    candidates = centre + np.arange(-4 * m - 64, 4 * m + 65)
+    shift = candidates[:, None] / m
+    with np.errstate(invalid="ignore"):  # R_k = (k + 1/2) P - B / m in [low_k + margin_k, high_k - margin_k]
+        lower = np.max((low + shift) / (ks * (1 - _STAIRCASE_MARGIN)), axis=1)
+        upper = np.min((high + shift) / (ks * (1 + _STAIRCASE_MARGIN)), axis=1)
+    lower = np.maximum(np.nan_to_num(lower, nan=-np.inf), 1.0 / (_MAX_MULTIPLIER * m))
+    upper = np.minimum(np.nan_to_num(upper, nan=np.inf), 2.0**24 / (m * ks[-1]))  # acc + B exact in float32
+    feasible = lower < upper
+    if not feasible.any():
+        return None
+    chosen = np.clip(natural, lower, upper)  # the bounds hold the margins: any P in [lower, upper] is exact
+    best = np.argmin(np.where(feasible, np.abs(np.log(np.where(feasible, chosen, natural) / natural)), np.inf))
+    return float(chosen[best]), int(candidates[best])

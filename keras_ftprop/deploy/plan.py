@@ -1,0 +1,111 @@
+"""The export plan: what the int8 export changes in the model before converting it.
+
+    fused     thresholds computed by their producer's requantization (``fusion``), the others with the reason
+    max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
+    scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
+    folded    batch norms folded into their producer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.calibration import calibrate, max_abs_of
+from keras_ftprop.deploy.fusion import fused_thresholds
+from keras_ftprop.deploy.graph import folded_batch_norms, graph, scalable_producer, sole_input
+from keras_ftprop.deploy.grids import STEP_INPUT_BITS
+from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the export changes: threshold input ranges, producers to scale, fused thresholds, folded batch norms."""
+
+    max_abs: dict  # {threshold: max |input| it is pinned by}
+    scale_producers: dict  # {producer: factor}
+    fused: dict  # {threshold: FusedThreshold}
+    unfused: dict  # {threshold: reason}
+    folded: dict  # {batch norm: producer}
+    requantize: bool = True  # unfused thresholds as a depthwise requantization where they can be
+
+
+def plan(model, recorded, batches, int8, pinned, fuse):
+    """The Plan of the export of functional ``model`` (each layer called once).
+
+    ``recorded``: {threshold: (max_abs, scaled, fused)} of a quantization-aware copy, which the export follows;
+    ``batches``: calibration inputs; ``pinned``: pin the thresholds' inputs; ``fuse``: fuse thresholds.
+    """
+    producers, consumers = graph(model)
+    targets = [layer for layer in model.layers if is_threshold(layer)]
+    fused, unfused = _fusion(model, recorded, int8, fuse)
+    max_abs = {}
+    if int8 and pinned and targets:
+        max_abs = _pinned_max_abs(model, targets, consumers, fused, recorded, batches)
+    max_abs, scale_producers = _scaled_inputs(targets, max_abs, recorded, producers, consumers)
+    folded = folded_batch_norms(model, producers, consumers)
+    for site in fused.values():  # the export folds these itself
+        if site.batch_norm is not None:
+            folded[site.batch_norm] = site.producer
+    return Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse)
+
+
+def _fusion(model, recorded, int8, fuse):
+    """({threshold: FusedThreshold}, {threshold: why not}) of the export: ``fused_thresholds``, none if not
+    ``fuse``, and for a quantization-aware copy the thresholds it was made to fuse."""
+    fused, unfused = fused_thresholds(model) if int8 else ({}, {})
+    if not fuse:
+        unfused.update({name: "fuse_thresholds=False" for name in fused})
+        fused = {}
+    for name, (_, _, was_fused) in (recorded.items() if int8 else ()):  # the export follows the copy
+        if was_fused and name not in fused and isinstance(model.get_layer(name), ftprop_layers.Staircase):
+            unfused[name] = (f"{unfused.get(name)}; the quantization-aware model compares it unrounded, so a unit "
+                             "within half an input code of a threshold may differ")
+            # stacklevel: this function, plan, to_tflite, its caller
+            warnings.warn(f"quantization-aware staircase {name!r} was made to be fused, and the export compares "
+                          f"it with GREATER instead ({unfused[name]})", stacklevel=4)
+        elif was_fused and name not in fused:
+            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
+                             f"requantization, and the export does not fuse it ({unfused.get(name)})")
+        if not was_fused and name in fused:
+            unfused[name] = "the quantization-aware model compares it with GREATER"
+            del fused[name]
+    return fused, unfused
+
+
+def _pinned_max_abs(model, targets, consumers, fused, recorded, batches):
+    """{threshold: calibrated max |input|} of each unfused threshold in ``targets`` whose input no other layer
+    reads (pinning saturates the tensor); a quantization-aware copy's recorded value where it has one."""
+    pinnable = [layer for layer in targets if layer.name not in fused and sole_input(layer, consumers) is not None]
+    _, ranges = calibrate(model, [layer.input for layer in pinnable], batches)
+    max_abs = dict(zip((layer.name for layer in pinnable), max_abs_of(ranges)))
+    missing = {name for name, (_, _, was_fused) in recorded.items() if not was_fused} - set(max_abs)
+    if missing:
+        raise ValueError(f"quantization-aware threshold(s) {sorted(missing)} cannot be pinned in the export")
+    max_abs.update({name: value for name, (value, _, _) in recorded.items() if name in max_abs})
+    return max_abs
+
+
+def _scaled_inputs(targets, max_abs, recorded, producers, consumers):
+    """(``max_abs`` with each scaled step's value scaled, {producer: factor k}).
+
+    A step's sign survives a positive scale of its input: where the producer's weights can carry it, the input
+    is scaled by k = 2**STEP_INPUT_BITS / max |x| and pinned to [-128/127, 1] (scale 1/127, fine enough for
+    GREATER's rescaling); elsewhere it is pinned at MIN_COMPARE_SCALE or finer.
+    """
+    max_abs, scale_producers = dict(max_abs), {}
+    for layer in targets:
+        if layer.name not in max_abs or thresholds_of(layer) != [0.0]:
+            continue
+        producer = scalable_producer(layer, producers, consumers)
+        scaled = producer is not None and max_abs[layer.name] > 0
+        if layer.name in recorded and recorded[layer.name][1] != scaled:
+            raise ValueError(f"quantization-aware threshold {layer.name!r} was made for an input "
+                             f"{'' if recorded[layer.name][1] else 'not '}scaled through its producer's "
+                             "weights, and the export finds otherwise")
+        if scaled:
+            factor = 2.0**STEP_INPUT_BITS / max_abs[layer.name]
+            scale_producers[producer.name] = factor
+            max_abs[layer.name] *= factor
+    return max_abs, scale_producers

@@ -1,0 +1,100 @@
+"""The export report: ops by type and dtype, size, what each threshold became, and its tensors."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.flatbuffer import activation_tensors
+from keras_ftprop.deploy.grids import output_range_of
+from keras_ftprop.deploy.rewrite import fused_output_name, requantized_name
+from keras_ftprop.deploy.thresholds import levels_of
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What ``to_tflite`` produced: ops by (type, output dtype), size, rewritten and folded layers."""
+
+    quantize: str
+    size_bytes: int
+    ops: dict  # {(op name, output dtype): count}
+    rewritten: dict  # {layer name: description}
+    folded: dict  # {batch-norm layer name: layer it folds into}
+    activation_tensors: dict = dataclasses.field(default_factory=dict)  # {layer: (input, output) tensor names}
+    fused: dict = dataclasses.field(default_factory=dict)  # {threshold: producer whose requantization computes it}
+    unfused: dict = dataclasses.field(default_factory=dict)  # {threshold: why it is not fused}
+
+    def __str__(self):
+        lines = [f"TFLite {self.quantize} model: {self.size_bytes:,} bytes"]
+        lines.append("ops: " + ", ".join(f"{name} {dtype.lower()} x{count}"
+                                         for (name, dtype), count in sorted(self.ops.items())))
+        for name, what in self.rewritten.items():
+            lines.append(f"rewritten {name}: {what}")
+        for name, into in self.folded.items():
+            lines.append(f"folded {name} into {into}")
+        for name, why in self.unfused.items():
+            lines.append(f"not fused {name}: {why}")
+        return "\n".join(lines)
+
+
+class TFLiteExport(bytes):
+    """The TFLite flatbuffer (``bytes``), with its ``report``
+    (an [`ExportReport`][keras_ftprop.deploy.ExportReport])."""
+
+    report: ExportReport
+
+
+def report(graph, flatbuffer, quantize, model, plan, rewritten, split):
+    """The ExportReport of ``flatbuffer`` (read as ``graph``, ``inspect_tflite``'s), exported from ``model``
+    by ``plan``; ``rewritten``: {threshold: its ExportThreshold or FusedThreshold}, ``split``: {layer: how
+    the export split it}."""
+    ops = collections.Counter()
+    for op in graph["ops"]:
+        ops[(op["op"], op["outputs"][0]["dtype"] if op["outputs"] else "-")] += 1
+    tensors = {}
+    for name in rewritten:
+        site = plan.fused.get(name)
+        # A fused threshold's output: that of the last op from the producer to the threshold.
+        fused_layers = None if site is None else [site.producer, fused_output_name(name), requantized_name(name),
+                                                  *site.between]
+        tensors[name] = activation_tensors(graph, name, fused_layers)
+    described = {name: (_describe_fused(site, model.get_layer(name)) if name in plan.fused else _describe(site))
+                 for name, site in rewritten.items()}
+    return ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten={**split, **described},
+                        folded=plan.folded, activation_tensors=tensors,
+                        fused={name: site.producer for name, site in plan.fused.items()},
+                        unfused=dict(plan.unfused))
+
+
+def _describe_fused(site, threshold):
+    levels, _ = levels_of(threshold)
+    low, high = output_range_of(threshold)
+    clamp = "RELU_N1_TO_1" if levels[0] == -1.0 else "RELU"
+    grid = f"[{low:.6g}, {high:.6g}]"
+    output = (f", one code per level, requantized onto {grid}" if isinstance(threshold, ftprop_layers.Staircase)
+              else f"; output range pinned to {grid}")
+    return (f"fused into the requantization of {site.producer!r}"
+            + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
+            + f", levels {_fmt(levels)}, clamped by {clamp}{output}")
+
+
+def _describe(layer):
+    how = "GREATER + SELECT_V2"
+    if layer.requantized is not None:
+        how = "a 1x1 depthwise requantization" + (" + LEAKY_RELU" if layer.requantized[3] else "") + \
+            " (GREATER + SELECT_V2 where the input is not 4-D)"
+    what = f"{len(layer.thresholds)} threshold(s) as {how}, levels {_fmt(layer.levels)}"
+    if layer.output_range is not None:
+        low, high = layer.output_range
+        what += f"; output range pinned to [{low:.6g}, {high:.6g}] (scale {(high - low) / 255:.6g})"
+    if layer.input_range is not None:
+        low, high = layer.input_range
+        what += f"; input range pinned to [{low:.4g}, {high:.4g}]"
+    return what
+
+
+def _fmt(values):
+    if len(values) > 4:
+        return f"{{{values[0]:.4g}, {values[1]:.4g}, ..., {values[-1]:.4g}}}"
+    return "{" + ", ".join(f"{v:.4g}" for v in values) + "}"

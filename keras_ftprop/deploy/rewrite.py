@@ -1,0 +1,79 @@
+"""The forward-only model the converter sees: the plan applied to a clone of the model.
+
+Each threshold becomes its export layer (``export_layers.rewrite``); a fused threshold's producer becomes the
+producer without activation, its clamp and int8 range (and for a staircase a requantization onto the
+threshold's grid), with the weights of ``fused_weights``, and the fused batch norm and threshold identities;
+each scaled producer's weights are multiplied by its factor.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.export_layers import ExportFusedOutput, ExportRequantize, rewrite
+from keras_ftprop.deploy.fused_weights import fused_weights
+from keras_ftprop.deploy.grids import output_range_of, staircase_output_range
+from keras_ftprop.deploy.thresholds import is_threshold, levels_of
+
+
+def fused_output_name(threshold):
+    """The name of the export layer that clamps a fused threshold's output."""
+    return f"{threshold}_fused"
+
+
+def requantized_name(threshold):
+    """The name of the export layer that requantizes a fused staircase's levels onto its grid."""
+    return f"{threshold}_requantized"
+
+
+def export_model(model, plan, int8):
+    """(the forward-only model the converter sees, {threshold: its ExportThreshold, or its FusedThreshold}),
+    the dict in the order of the clone."""
+    rewritten = {}
+    by_producer = {site.producer: site for site in plan.fused.values()}
+    bypassed = {name for site in plan.fused.values() for name in (site.threshold, site.batch_norm) if name}
+
+    def clone(layer):
+        if layer.name in by_producer:  # the threshold as this layer's requantization
+            site = by_producer[layer.name]
+            rewritten[site.threshold] = site
+            return _fused_producer(layer, model.get_layer(site.threshold))
+        if layer.name in bypassed:
+            identity = keras.layers.Identity(name=layer.name)
+            return lambda inputs, **kwargs: identity(inputs)
+        if not is_threshold(layer):  # the copy's own layer (the copy is not used after the export)
+            return layer
+        rewritten[layer.name] = rewrite(layer, int8, plan.max_abs.get(layer.name), requantize=plan.requantize)
+        return rewritten[layer.name]
+
+    export = keras.models.clone_model(model, clone_function=clone)
+    for name, factor in plan.scale_producers.items():
+        _scale_output(export.get_layer(name), factor)
+    for site in plan.fused.values():
+        export.get_layer(site.producer).set_weights(list(fused_weights(model, site)))
+    return export, rewritten
+
+
+def _fused_producer(producer, threshold):
+    """A call of ``producer`` (bias, no activation) whose output is ``threshold``'s, clamped onto its levels."""
+    new = type(producer).from_config({**producer.get_config(), "use_bias": True, "activation": None})
+    levels, _ = levels_of(threshold)
+    clamp = "n1_to_1" if levels[0] == -1.0 else "relu"
+    if not isinstance(threshold, ftprop_layers.Staircase):
+        fused = ExportFusedOutput(clamp, output_range_of(threshold), name=fused_output_name(threshold.name))
+        return lambda *args, **kwargs: fused(new(*args, **kwargs))
+    fused = ExportFusedOutput(clamp, staircase_output_range(threshold), name=fused_output_name(threshold.name))
+    requantize = ExportRequantize(output_range_of(threshold), name=requantized_name(threshold.name))
+    return lambda *args, **kwargs: requantize(fused(new(*args, **kwargs)))
+
+
+def _scale_output(layer, factor):
+    """Multiply ``layer``'s output by ``factor`` > 0 through its weights."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        scaled = [layer.gamma, layer.beta]
+    else:
+        scaled = [w for w in (getattr(layer, "kernel", None), getattr(layer, "depthwise_kernel", None),
+                              getattr(layer, "bias", None)) if w is not None]
+    for weight in scaled:
+        weight.assign(weight * factor)
