@@ -79,8 +79,8 @@ from keras_ftprop.deploy.export_layers import REWRITES
 from keras_ftprop.deploy.flatbuffer import inspect_tflite
 from keras_ftprop.deploy.fusion import FusedThreshold, fused_thresholds
 from keras_ftprop.deploy.grids import MIN_COMPARE_SCALE, STEP_INPUT_BITS, exact_output_range
+from keras_ftprop.deploy.qat import quantization_aware
 from keras_ftprop.deploy.report import ExportReport, TFLiteExport
-from keras_ftprop.quantization import quantization_aware
 
 __all__ = ["to_tflite", "quantization_aware", "inspect_tflite", "exact_output_range", "fused_thresholds",
            "FusedThreshold", "ExportReport", "TFLiteExport", "REWRITES", "STEP_INPUT_BITS", "MIN_COMPARE_SCALE"]

@@ -9,9 +9,10 @@ from keras_ftprop.deploy.convert import check_integer, convert
 from keras_ftprop.deploy.flatbuffer import inspect_tflite
 from keras_ftprop.deploy.functional import check_model, functional, unfused
 from keras_ftprop.deploy.plan import plan
+from keras_ftprop.deploy.qat import plain_model
+from keras_ftprop.deploy.quantized_layers import is_quantization_aware
 from keras_ftprop.deploy.report import TFLiteExport, report
 from keras_ftprop.deploy.rewrite import export_model
-from keras_ftprop.quantization import is_quantization_aware, plain_model
 
 QUANTIZE_CHOICES = ("int8", "float")
 

@@ -1,0 +1,156 @@
+"""Quantization-aware copies of threshold networks: the Keras model computes what its int8 TFLite model computes.
+
+    qat = deploy.quantization_aware(model, x_train[:500])   # same weights, the int8 rounding in the loop
+    qat.compile(...); qat.fit(...)                          # fine-tune
+    deploy.to_tflite(qat, x_train[:500])                    # the same integer codes
+
+Each rounding that the int8 model applies is a TensorFlow fake-quant op in the copy, with the range the
+export uses (so the export and the copy agree by construction, up to requantization ties):
+
+    kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]
+               (the converter's; batch norm folded in multiplies s by |f| and the codes by sign f);
+               gradient straight through, d w_q / d w = 1
+    input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
+    threshold  forward h(x_q), x_q on the export's pinned input range (``keras_ftprop.deploy``): the int8
+               compare; a step or staircase that the export fuses into its producer's requantization
+               compares x itself (the int8 accumulator is exact); backward the threshold's own (FTPROP) at
+               the unrounded x
+    sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
+               on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
+    output     the logits on the 256-code grid of their calibrated range
+
+The ranges are fixed when the copy is made (calibrated on ``representative_data``) and saved with it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.calibration import calibrate, max_abs_of, representative_batches
+from keras_ftprop.deploy.functional import check_model, functional, unfused
+from keras_ftprop.deploy.fusion import fused_thresholds
+from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
+from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
+from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedThreshold
+from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
+
+# Layers with weights that the int8 model computes as the float model does (batch norm folds into the kernel).
+_EXACT_WITH_WEIGHTS = (keras.layers.BatchNormalization,)
+
+
+def quantization_aware(model, representative_data, calibration_samples=500):
+    """A trainable copy of ``model`` (same weights) whose forward pass is its int8 TFLite model's.
+
+    See [`keras_ftprop.deploy.qat`][keras_ftprop.deploy.qat]. ``representative_data`` (as
+    ``to_tflite``'s) fixes the ranges of the input, the logits and the thresholds' inputs.
+
+    Raises:
+      ValueError: a layer with weights other than Conv2D, Dense and BatchNormalization (named), a threshold
+        given as ``activation=``, a nested model holding thresholds, a layer called more than once.
+    """
+    if representative_data is None:
+        raise ValueError("quantization_aware needs representative_data (a slice of the training inputs)")
+    check_model(model)
+    model, _ = unfused(functional(model))
+    _check_quantizable(model)
+    producers, consumers = graph(model)
+    fused, _ = fused_thresholds(model)
+    pinned = [layer for layer in model.layers if is_threshold(layer) and sole_input(layer, consumers) is not None]
+    batches = list(representative_batches(representative_data, calibration_samples))
+    operands = _requantized_operands(model, producers)
+    (input_low, input_high), ranges = calibrate(
+        model, [model.outputs[0]] + [model.get_layer(name).input[i] for name, i in operands]
+        + [layer.input for layer in pinned], batches)
+    (output_low, output_high), operand_ranges = ranges[0], ranges[1:1 + len(operands)]
+    pinned_max = dict(zip((layer.name for layer in pinned), max_abs_of(ranges[1 + len(operands):])))
+    operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
+                     for key, bounds in zip(operands, operand_ranges)}
+
+    def clone(layer):
+        if type(layer) in QUANTIZED:
+            return QUANTIZED[type(layer)].from_config(layer.get_config())
+        if layer in pinned:
+            is_fused = layer.name in fused
+            scaled = (not is_fused and thresholds_of(layer) == [0.0] and pinned_max[layer.name] > 0
+                      and scalable_producer(layer, producers, consumers) is not None)
+            threshold = layer.__class__.from_config({**layer.get_config(), "name": f"{layer.name}_unit"})
+            return QuantizedThreshold(threshold, pinned_max[layer.name], scaled, is_fused, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name.split(":")[0])
+    input_quant = FakeQuant(*nudged_range(input_low, input_high), name="input_quant")
+    rounded = []
+
+    def call(layer, *args, **kwargs):  # every reader of the input reads it rounded
+        def round_input(tensor):
+            if tensor is not inputs:
+                return tensor
+            if not rounded:
+                rounded.append(input_quant(inputs))
+            return rounded[0]
+
+        args = keras.tree.map_structure(round_input, args)
+        if isinstance(layer, keras.layers.Add):
+            args = ([operand_quant[(layer.name, i)](t) if (layer.name, i) in operand_quant else t
+                     for i, t in enumerate(args[0])], *args[1:])
+        return layer(*args, **kwargs)
+
+    body = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, call_function=call)
+    logits = FakeQuant(*nudged_range(output_low, output_high), name="output_quant")(body.outputs[0])
+    copy = keras.Model(inputs, logits, name=f"{model.name}_qat")
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
+
+
+def _check_quantizable(model):
+    """A ValueError naming a layer whose weights the copy would not quantize as the export does."""
+    for layer in ftprop_layers.leaf_layers(model):
+        if (layer.weights and type(layer) not in QUANTIZED and not isinstance(layer, _EXACT_WITH_WEIGHTS)) \
+                or isinstance(layer, keras.Model):
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}) cannot be made quantization-aware: only Conv2D "
+                "and Dense kernels (and batch norms, which the export folds into them) are quantized")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("quantization_aware needs a model with one input and one output")
+
+
+def _requantized_operands(model, producers):
+    """[(Add layer name, operand index)] of the operands of sums that the int8 model requantizes before adding.
+
+    A threshold's output (through max pools and padding, as a residual shortcut) is already on its grid."""
+    return [(layer.name, i) for layer in model.layers if isinstance(layer, keras.layers.Add)
+            for i, tensor in enumerate(layer.input) if threshold_source(tensor, producers) is None]
+
+
+def plain_model(model):
+    """(the model the export converts, {threshold name: (max_abs, scaled, fused)}) of a quantization-aware
+    ``model``.
+
+    Quantized layers become their plain layer with the kernel w_q (on the int8 grid, so the converter
+    rounds it to the same codes); each QuantizedThreshold becomes its threshold under the wrapper's name;
+    FakeQuant layers stay (the converter takes their ranges).
+    """
+    recorded = {}
+
+    def clone(layer):
+        if isinstance(layer, QuantizedThreshold):
+            recorded[layer.name] = (layer.max_abs, layer.scaled, layer.fused)
+            return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
+        for plain, quantized in QUANTIZED.items():
+            if type(layer) is quantized:
+                return plain.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        weights = layer.get_weights()
+        if type(layer) in QUANTIZED.values():
+            weights[0] = np.asarray(quantized_kernel(layer.kernel))
+        copy.get_layer(layer.name).set_weights(weights)
+    return copy, recorded

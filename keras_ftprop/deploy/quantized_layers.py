@@ -1,0 +1,102 @@
+"""The layers of a quantization-aware copy: each rounds what the int8 model rounds, with a TensorFlow fake-quant
+op. They are saved with the copy (registered as ``keras_ftprop>FakeQuant`` etc.)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_ftprop import layers as ftprop_layers
+from keras_ftprop.deploy.export_layers import export_threshold
+from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
+from keras_ftprop.deploy.thresholds import is_threshold
+
+_PACKAGE = "keras_ftprop"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FakeQuant(keras.layers.Layer):
+    """x_q on the int8 grid of [minimum, maximum] (256 codes); gradient 1 inside the range, 0 outside."""
+
+    def __init__(self, minimum, maximum, **kwargs):
+        super().__init__(**kwargs)
+        self.minimum, self.maximum = float(minimum), float(maximum)
+
+    def call(self, x):
+        return tf.quantization.fake_quant_with_min_max_args(tf.cast(x, tf.float32), self.minimum, self.maximum,
+                                                            num_bits=8)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "minimum": self.minimum, "maximum": self.maximum}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedConv2D(keras.layers.Conv2D):
+    """``Conv2D`` whose kernel is ``quantized_kernel(kernel)`` (the int8 codes times their scales)."""
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, quantized_kernel(kernel))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedDense(keras.layers.Dense):
+    """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b)."""
+
+    def call(self, inputs, training=None):
+        x = keras.ops.matmul(inputs, quantized_kernel(self.kernel))
+        if self.bias is not None:
+            x = keras.ops.add(x, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantizedThreshold(keras.layers.Layer):
+    """A HardThreshold or Staircase that compares its input as the int8 model does.
+
+    forward  y = h(x_q)  (the export's pinned compare, by the export's own layer)
+    backward dy/dx = the threshold's own gradient at x (x_q only decides the side)
+
+    ``max_abs``: the calibrated max|x| that fixes the threshold's pinned input range;
+    ``scaled``: the export scales the step's input through the producer's weights (see ``keras_ftprop.deploy``);
+    ``fused``: the export computes the threshold as its producer's requantization, on the exact accumulator:
+    the forward is h(x), unrounded.
+    """
+
+    def __init__(self, threshold, max_abs, scaled, fused=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(threshold, dict):
+            threshold = keras.saving.deserialize_keras_object(threshold)
+        if not is_threshold(threshold):
+            raise ValueError(f"QuantizedThreshold needs a HardThreshold or Staircase; got {threshold!r}")
+        self.threshold = threshold
+        self.max_abs, self.scaled, self.fused = float(max_abs), bool(scaled), bool(fused)
+        self.input_range = None if self.fused else pinned_input_range(threshold, self.max_abs, self.scaled)
+        self._compare = export_threshold(threshold, self.input_range)
+
+    def build(self, input_shape):
+        self.threshold.build(input_shape)
+
+    def call(self, inputs):
+        exact = self.threshold(inputs)  # the FTPROP backward
+        rounded = self._compare(inputs)
+        return tf.stop_gradient(rounded) + (exact - tf.stop_gradient(exact))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": keras.saving.serialize_keras_object(self.threshold),
+                "max_abs": self.max_abs, "scaled": self.scaled, "fused": self.fused}
+
+
+# The plain layers whose kernels the copy quantizes, and their quantized layers.
+QUANTIZED = {keras.layers.Conv2D: QuantizedConv2D, keras.layers.Dense: QuantizedDense}
+
+
+def is_quantization_aware(model):
+    """Whether ``model`` holds a layer of a quantization-aware copy."""
+    return any(isinstance(layer, (FakeQuant, QuantizedConv2D, QuantizedDense, QuantizedThreshold))
+               for layer in ftprop_layers.leaf_layers(model))
