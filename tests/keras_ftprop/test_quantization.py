@@ -282,3 +282,17 @@ def test_residual_sum_operands_are_rounded_as_in_the_int8_model():
     # at most one code apart (with TensorFlow 2.16's, 8% of these logits are).
     assert np.all(np.abs(logits - keras_logits) < 1.5 * scale)
     assert np.mean(logits.argmax(1) == keras_logits.argmax(1)) == 1.0
+
+
+@pytest.mark.parametrize("layer", [
+    quantization.FakeQuant(-1.0, 1.0, name="quant"), quantization.QuantizedConv2D(4, 3, name="conv"),
+    quantization.QuantizedDense(3, name="fc"),
+    quantization.QuantizedThreshold(Staircase(steps=3, name="act_unit"), 2.0, scaled=False, name="act")],
+    ids=["FakeQuant", "QuantizedConv2D", "QuantizedDense", "QuantizedThreshold"])
+def test_layers_saved_by_an_earlier_layout_still_load(layer):
+    """A .keras file names each layer by its registered name (``keras_ftprop>FakeQuant``) and by the module that
+    defined it, which was keras_ftprop.quantization before the copy's layers moved into keras_ftprop.deploy."""
+    config = keras.saving.serialize_keras_object(layer)
+    assert config["registered_name"] == f"keras_ftprop>{type(layer).__name__}"
+    loaded = keras.saving.deserialize_keras_object({**config, "module": "keras_ftprop.quantization"})
+    assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
