@@ -89,7 +89,7 @@ def pinned_range(thresholds, max_abs):
 def pinned_input_range(threshold, max_abs, scaled):
     """[min, max] the export pins the input of ``threshold`` (a HardThreshold or Staircase) to.
 
-    ``scaled``: a step whose input the export multiplies by k = 2**STEP_INPUT_BITS / max_abs through the
+    ``scaled``: a step whose input the export multiplies by ``k = 2**STEP_INPUT_BITS / max_abs`` through the
     producer's weights, pinned there to [-128/127, 1]; in the unscaled input's units that is
     [-128/127, 1] / k. Otherwise ``pinned_range`` of the calibrated ``max_abs``.
     """

@@ -91,7 +91,7 @@ def _scaled_inputs(targets, max_abs, recorded, producers, consumers):
     """(``max_abs`` with each scaled step's value scaled, {producer: factor k}).
 
     A step's sign survives a positive scale of its input: where the producer's weights can carry it, the input
-    is scaled by k = 2**STEP_INPUT_BITS / max |x| and pinned to [-128/127, 1] (scale 1/127, fine enough for
+    is scaled by ``k = 2**STEP_INPUT_BITS / max|x|`` and pinned to [-128/127, 1] (scale 1/127, fine enough for
     GREATER's rescaling); elsewhere it is pinned at MIN_COMPARE_SCALE or finer.
     """
     max_abs, scale_producers = dict(max_abs), {}
