@@ -76,7 +76,7 @@ def lost_peer_fit(tmp_path, error, last_saved, steps_per_epoch=10, strategy="mul
         write_dir=distribute.WriteDir(model_dir), settings={}, steps_per_epoch=steps_per_epoch,
         checkpoint=types.SimpleNamespace(last_saved=last_saved, batch_offset=0), eval_ds=None,
         epochs_done=epochs_done, batches_done=batches_done, model=_LostPeerModel(error), train_ds=None,
-        train_from=None, strategy=None)
+        train_from=None, strategy=types.SimpleNamespace(cluster_resolver=None))
     config = types.SimpleNamespace(flags_text="", diagnostics=0, verbose="0", strategy=strategy)
     return fit.fit(config, setup)
 
