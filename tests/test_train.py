@@ -740,6 +740,27 @@ def test_a_lost_worker_is_one_line_and_status_3(tmp_path):
                         r"worker to resume", line), line
 
 
+@pytest.mark.parametrize("last_saved, where", [
+    ((2, 5), "saved after epoch 2 and 5 batches of epoch 3 (step 25)"),
+    ((2, 0), "saved after epoch 2 (step 20)"),
+    (None, "none saved yet"),
+])
+def test_a_lost_peer_is_one_line_with_the_step_of_the_last_checkpoint_and_status_3(
+        tmp_path, capsys, monkeypatch, last_saved, where):
+    """A collective's DeadlineExceeded on worker 0 after worker 1 stopped, in a run of 10 batches an epoch."""
+    from tests.training.test_fit import LOST_PEER_MESSAGE, lost_peer_fit
+    from training import distribute, run
+
+    monkeypatch.setattr(distribute, "task", lambda strategy: ("worker", 0))
+    error = tf.errors.DeadlineExceededError(None, None, LOST_PEER_MESSAGE)
+    monkeypatch.setattr(run, "train", lambda config: lost_peer_fit(tmp_path, error, last_saved))
+    status, out, err = run_main(capsys, f"--model_dir={tmp_path}")
+    assert status == train.LOST_WORKER_STATUS == 3
+    assert "Traceback" not in out + err
+    assert error_lines(err) == [f"train.py: error: lost worker 1; the last checkpoint, {where}, is in "
+                                f"{tmp_path / 'checkpoints'}: rerun the same command on every worker to resume"]
+
+
 def _latest_checkpoint_number(model_dir):
     try:
         text = open(os.path.join(model_dir, "checkpoints", "checkpoint")).read()

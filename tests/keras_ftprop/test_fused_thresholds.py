@@ -22,13 +22,14 @@ from tests.keras_ftprop.test_deploy import decoded_outputs
 BN = dict(epsilon=0.25)  # with moving variance 0.75: f = gamma exactly
 
 
-def dense_network(units_per_case=6, inputs=5, seed=0):
-    """x -> step -> fc -> BN -> step (fused) -> fc2 -> step 0/1 (fused) -> logits, and {unit: its case}."""
+def dense_network(units_per_case=6, inputs=5, seed=0, zero_one=False):
+    """x -> step -> fc -> BN -> step (fused; {0, 1} if ``zero_one``) -> fc2 -> step 0/1 (fused) -> logits, and
+    {unit: its case}."""
     rng = np.random.default_rng(seed)
     x = keras.Input((inputs,), name="x")
     h0 = HardThreshold(name="act0")(x)
     z1 = keras.layers.Dense(4 * units_per_case + 2, name="fc")(h0)
-    h1 = HardThreshold(name="act1")(keras.layers.BatchNormalization(name="fc_bn", **BN)(z1))
+    h1 = HardThreshold(zero_one=zero_one, name="act1")(keras.layers.BatchNormalization(name="fc_bn", **BN)(z1))
     h2 = HardThreshold(zero_one=True, name="act2")(keras.layers.Dense(7, name="fc2")(h1))
     model = keras.Model(x, keras.layers.Dense(3, name="logits")(h2))
 
@@ -67,8 +68,13 @@ def dense_network(units_per_case=6, inputs=5, seed=0):
     return model, patterns.astype(np.float32), expected
 
 
-def test_fused_step_is_exact_at_every_accumulator_value_and_at_ties():
-    model, patterns, expected = dense_network()
+# act1 on {-1, +1} and on {0, 1}. The accumulator value nearest past a threshold (cases "below" and "above": the
+# threshold half a unit from a pattern's accumulator) is m//2 = 63 units past it, M = 8 output codes each: 504
+# codes, beyond the 255 from the {0, 1} step's level 0 to its level 1 (half the multiplier would give 252/255).
+@pytest.mark.parametrize("act1_zero_one", [False, True], ids=["act1_pm1", "act1_01"])
+def test_fused_step_is_exact_at_every_accumulator_value_and_at_ties(act1_zero_one):
+    model, patterns, expected = dense_network(zero_one=act1_zero_one)
+    low = 0.0 if act1_zero_one else -1.0
     flatbuffer = deploy.to_tflite(model, patterns, quantize="int8")
     report = flatbuffer.report
     assert report.fused == {"act1": "fc", "act2": "fc2"}
@@ -78,20 +84,20 @@ def test_fused_step_is_exact_at_every_accumulator_value_and_at_ties():
 
     # numpy, in integers: z = f s_in s_w (acc - t) with t = -bias / (s_in s_w), so h = 1[sign(f) (acc - t) > 0]
     acc, t, gamma = expected["acc"], expected["threshold"], expected["gamma"]
-    h1 = np.where(np.sign(gamma) * (acc - t) > 0, 1.0, -1.0)
-    h1[:, -2:] = np.where(expected["dead"] > 0, 1.0, -1.0)  # dead channels: h(f (b - mean) + beta)
+    h1 = np.where(np.sign(gamma) * (acc - t) > 0, 1.0, low)
+    h1[:, -2:] = np.where(expected["dead"] > 0, 1.0, low)  # dead channels: h(f (b - mean) + beta)
     ties = acc[:, :-2] == t[:-2]
-    assert ties.sum() >= 6 and np.all(h1[:, :-2][ties] == -1.0)  # step(0) = -1, whatever the sign of f
-    exact = dict(rtol=0, atol=1e-6)  # decoded codes: (q - z) s with s the float32 1/127
+    assert ties.sum() >= 6 and np.all(h1[:, :-2][ties] == low)  # step(0) = -1 (0), whatever the sign of f
+    exact = dict(rtol=0, atol=1e-6)  # decoded codes: (q - z) s with s the float32 1/127 (1/255)
     np.testing.assert_allclose(got["act1"], h1, **exact)
     cases = np.array(expected["case"])
     for case in ("tie", "above", "below", "beyond"):  # every case exercised on both sides
         values = h1[:, cases == case]
-        assert (values == 1).any() and (values == -1).any(), case
+        assert (values == 1).any() and (values == low).any(), case
     # act2 = step01(fc2(h1)): dyadic weights, so numpy's float64 sum is exact, ties (z = 0 -> 0) included.
     fc2_kernel, fc2_bias = (w.astype(np.float64) for w in model.get_layer("fc2").get_weights())
     h2 = np.where(h1 @ fc2_kernel + fc2_bias > 0, 1.0, 0.0)
-    # act2 takes act1's codes (+-127, m = 127): 0/1 by saturation of the int8 range
+    # act2 takes act1's codes (+-127, m = 127; or -128, 127, m = 255): 0/1 by saturation of the int8 range
     assert np.isclose(got["act2"][..., None], [0.0, 1.0], **exact).any(-1).all()
     np.testing.assert_allclose(got["act2"], h2, **exact)
     # Float Keras away from the ties only: at a tie its batch norm's rsqrt may be an ulp off on some CPUs,
@@ -358,3 +364,108 @@ def test_a_padded_max_pool_keeps_the_grid_for_fusion_and_for_a_residual_shortcut
     keras_act1, keras_act2 = probe(images)
     np.testing.assert_allclose(got["act1"], keras_act1.numpy(), rtol=0, atol=1e-6)
     assert np.mean(~np.isclose(got["act2"], keras_act2.numpy(), rtol=0, atol=1e-6)) < 1e-3
+
+
+def test_only_a_staircase_whose_lowest_level_is_0_is_fused():
+    """Staircases on [-0.5, 1], [0, 1] and [0.5, 1] behind 1x1 convolutions of a step's output: the fused one's
+    requantization writes levels from 0 (its RELU), so the others compare their input, and every unit is a
+    level of its own staircase."""
+    rng = np.random.default_rng(0)
+    x = keras.Input((1, 1, 6), name="x")
+    h0 = HardThreshold(name="act0")(x)
+    lows = {"act1": -0.5, "act2": 0.0, "act3": 0.5}
+    outputs = []
+    for i, (name, low) in enumerate(lows.items()):
+        conv = keras.layers.Conv2D(8, 1, name=f"fc{i + 1}")
+        outputs.append(keras.layers.Flatten(name=f"flatten{i + 1}")(Staircase(3, low=low, name=name)(conv(h0))))
+        conv.set_weights([rng.uniform(-0.15, 0.15, (1, 1, 6, 8)).astype(np.float32),  # z in [low - 1, 2]
+                          rng.uniform(low - 0.1, 1.1, 8).astype(np.float32)])
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Concatenate(name="all")(outputs)))
+    patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=6)), np.float32).reshape(-1, 1, 1, 6)
+    flatbuffer = deploy.to_tflite(model, patterns, quantize="int8")
+    got, _ = decoded_outputs(flatbuffer, list(lows), patterns)
+    probe = keras.Model(model.inputs, [model.get_layer(f"fc{i + 1}").output for i in range(3)]
+                        + [model.get_layer(name).output for name in lows])
+    values = [v.numpy().reshape(len(patterns), -1) for v in probe(patterns)]
+    for (name, low), z, keras_y in zip(lows.items(), values[:3], values[3:]):
+        levels = low + (1 - low) * np.arange(4) / 3
+        thresholds = low + (1 - low) * np.arange(3) / 2
+        decoded = got[name].reshape(len(patterns), -1)
+        assert np.isclose(decoded[..., None], levels, rtol=0, atol=1e-6).any(-1).all(), name  # levels only
+        assert len(np.unique(keras_y)) == 4, name  # every level occurs
+        # Equal to Keras's float unit where the int8 rounding of kernel and input cannot cross a threshold.
+        clear = np.abs(z[..., None] - thresholds).min(-1) > 0.02
+        assert clear.mean() > 0.8, name
+        np.testing.assert_allclose(decoded[clear], keras_y[clear], rtol=0, atol=1e-6, err_msg=name)
+    report = flatbuffer.report
+    assert report.fused == {"act2": "fc2"}
+    for name in ("act1", "act3"):
+        assert f"its lowest level is {lows[name]:g}, not 0" in report.unfused[name]
+
+
+def test_a_step_is_fused_behind_layers_that_keep_the_int8_grid_and_not_behind_an_average_pool():
+    """step -> max pool -> conv -> step (fused: the pool's codes are the step's +-127) and step -> average pool
+    -> conv -> step (not fused: averages of +-127 such as +-64 are not multiples of 127, and the fused step's bias
+    assumes they are). Every unit of both is -1 or +1: the step of its int8 input, away from 0."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((6, 6, 2), name="x")
+    h0 = HardThreshold(name="act0")(x)
+    pools = {"max": keras.layers.MaxPooling2D(2, name="max_pool"),
+             "avg": keras.layers.AveragePooling2D(2, name="avg_pool")}
+    outputs = [keras.layers.Flatten(name=f"flatten_{kind}")(HardThreshold(name=f"act_{kind}")(
+        keras.layers.Conv2D(16, 3, padding="same", name=f"conv_{kind}")(pool(h0)))) for kind, pool in pools.items()]
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Concatenate(name="all")(outputs)))
+    images = np.random.default_rng(0).normal(size=(64, 6, 6, 2)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, images, quantize="int8")
+    got, _ = decoded_outputs(flatbuffer, ["act0", "act_max", "act_avg"], images)
+    for kind, pool in pools.items():
+        decoded = got[f"act_{kind}"]
+        not_a_level = decoded[~np.isclose(np.abs(decoded), 1.0, rtol=0, atol=1e-6)]
+        assert not_a_level.size == 0, (kind, not_a_level[:5])  # -1 or +1
+        # Keras's layers on the int8 model's own act0, where rounding the kernel (and the average) to int8
+        # cannot cross 0
+        z = model.get_layer(f"conv_{kind}")(pool(np.round(got["act0"]).astype(np.float32))).numpy()
+        clear = np.abs(z) > 0.05
+        assert clear.mean() > 0.5, kind
+        np.testing.assert_allclose(decoded[clear], np.where(z > 0, 1.0, -1.0)[clear], rtol=0, atol=1e-6, err_msg=kind)
+    assert flatbuffer.report.fused == {"act_max": "conv_max"}
+    assert "'avg_pool' (AveragePooling2D), not a threshold" in flatbuffer.report.unfused["act_avg"]
+
+
+def staircase_then_step(steps, seed=1):
+    """x -> staircase (``steps`` levels on [0, 1]) -> 1x1 conv -> step -> logits."""
+    rng = np.random.default_rng(seed)
+    x = keras.Input((1, 1, 8), name="x")
+    h0 = Staircase(steps, name="act0")(x)
+    conv = keras.layers.Conv2D(32, 1, name="fc")
+    h1 = HardThreshold(name="act1")(conv(h0))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h1)))
+    conv.set_weights([rng.normal(size=(1, 1, 8, 32)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)])
+    return model
+
+
+# A step's input grid: 28, 31 and 32 staircase levels on [0, 1] are 9, 8 and 7 codes apart.
+@pytest.mark.parametrize("steps, codes_apart, fused", [(28, 9, True), (31, 8, True), (32, 7, False)])
+def test_a_step_is_fused_on_an_input_grid_of_8_codes_a_level_or_coarser(steps, codes_apart, fused):
+    found, unfused = deploy.fused_thresholds(staircase_then_step(steps))
+    if fused:
+        assert set(found) == {"act1"} and found["act1"].input_step == codes_apart
+    else:
+        assert not found and f"too fine (codes {codes_apart} apart)" in unfused["act1"]
+
+
+def test_a_step_fused_on_the_finest_input_grid_is_exact_at_every_accumulator_value():
+    """Behind a 31-level staircase (codes 8 apart: the accumulator's margin m//2 - m//4 is 2 units), the step
+    is that of the int8 model's own input levels k / 31 with the kernel's int8 codes: z = s_w (codes . h) + b."""
+    model = staircase_then_step(31)
+    images = np.random.default_rng(2).uniform(-0.1, 1.1, size=(200, 1, 1, 8)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, images, quantize="int8")
+    assert flatbuffer.report.fused == {"act1": "fc"}
+    got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], images)
+    conv = model.get_layer("fc")
+    codes, scale = quantization.kernel_codes(conv.kernel.numpy())
+    levels = np.round(got["act0"].reshape(len(images), 8) * 31) / 31
+    z = levels @ (codes.reshape(8, 32) * scale.astype(np.float64)) + conv.bias.numpy().astype(np.float64)
+    h1 = np.where(z > 0, 1.0, -1.0)
+    assert (h1 == 1).mean() > 0.2 and (h1 == -1).mean() > 0.2
+    np.testing.assert_allclose(got["act1"].reshape(len(images), -1), h1, rtol=0, atol=1e-6)

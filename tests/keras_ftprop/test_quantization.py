@@ -296,3 +296,40 @@ def test_layers_saved_by_an_earlier_layout_still_load(layer):
     assert config["registered_name"] == f"keras_ftprop>{type(layer).__name__}"
     loaded = keras.saving.deserialize_keras_object({**config, "module": "keras_ftprop.quantization"})
     assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
+
+
+def test_copy_logits_are_codes_of_their_calibrated_range_as_in_the_int8_model():
+    """The copy's last rounding: logits y on the 256 codes of [min(0, lowest), max(0, highest)] of the model's
+    logits over the representative data, nudged so that 0 is a code (TensorFlow's rule); the int8 model's."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Dense(16, name="fc0")(x))
+    h = HardThreshold(name="act1")(keras.layers.Dense(16, name="fc1")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
+    model.get_layer("logits").bias.assign([0.5, 0.2, -0.3])  # a range that is not symmetric about 0
+    data = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    qat = deploy.quantization_aware(model, data)
+
+    calibrated = model.predict(data, verbose=0).astype(np.float64)
+    low, high = min(calibrated.min(), 0.0), max(calibrated.max(), 0.0)
+    assert low < 0 < high and abs(low) != abs(high)
+    scale = (high - low) / 255
+    zero_point = np.round(-128 - low / scale)  # the nudge: 0 exactly a code
+    grid = {"minimum": (-128 - zero_point) * scale, "maximum": (127 - zero_point) * scale}
+    output_quant = qat.get_layer("output_quant")
+    for name, value in grid.items():
+        assert getattr(output_quant, name) == pytest.approx(value, rel=1e-6), name
+    # Its outputs are the float logits of the copy rounded onto that grid.
+    unrounded = keras.Model(qat.inputs, qat.get_layer("logits").output)(data).numpy().astype(np.float64)
+    codes = np.clip(np.round((unrounded - grid["minimum"]) / scale), 0, 255)
+    got = qat(data).numpy()
+    np.testing.assert_allclose(got, codes * scale + grid["minimum"], rtol=0, atol=1e-5 * scale)
+    assert len(np.unique(codes)) > 20  # many codes, not a few saturated ones
+    # And the int8 model's logits, up to the last requantization's rounding (at most one code, see above): the
+    # same class wherever the copy's first two are more than that apart.
+    _, tflite = decoded_outputs(deploy.to_tflite(qat, data), [], data)
+    assert np.all(np.abs(tflite - got) < 1.5 * scale)
+    second, first = np.sort(got, axis=1)[:, -2:].T
+    clear = first - second > 2.5 * scale
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(tflite.argmax(1)[clear], got.argmax(1)[clear])

@@ -3,12 +3,14 @@
 import csv
 import os
 import re
+import types
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from keras_ftprop import quantization
+from keras_ftprop import HardThreshold, quantization
 from tests.test_train import run_main
 from training import qat, recipes
 
@@ -50,3 +52,59 @@ def test_qat_epochs_fine_tunes_saves_exports_and_resumes(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert re.search(LINE.format(what=r"after 2 quantization-aware epoch\(s\) \(the fine-tuned copy\)"), out), out
+
+
+def stream_batch(index):
+    """Global batch ``index`` of the training stream: 8 examples that depend on the index alone."""
+    seed = tf.stack([tf.cast(index, tf.int32), 0])
+    x = tf.random.stateless_normal([8, 6], seed)
+    y = tf.random.stateless_uniform([8], seed + [0, 1], maxval=3, dtype=tf.int32)
+    return x, y
+
+
+def fine_tune_setup(model_dir, starts, epochs=2, steps=3):
+    """A run's set-up after its ``epochs`` epochs of ``steps`` batches; ``starts`` records the global batches
+    the fine-tune asks the stream for. Not the chief (no int8 exports: the slow test above checks them), but
+    writing to ``model_dir``, where a resumed fine-tune looks."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="x")
+    h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(x))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
+
+    def train_from(start):
+        starts.append(start)
+        return tf.data.Dataset.range(start, 2**62).map(stream_batch)
+
+    recipe = recipes.TrainingRecipe(optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=8, epochs=epochs,
+                                    lr_decay_epochs=(2,))
+    return types.SimpleNamespace(
+        resolved=types.SimpleNamespace(recipe=recipe), model=model, model_dir=model_dir,
+        write_dir=types.SimpleNamespace(path=model_dir, chief=False), strategy=tf.distribute.get_strategy(),
+        train_ds=tf.data.Dataset.range(2).map(stream_batch), eval_ds=tf.data.Dataset.range(2).map(stream_batch),
+        steps_per_epoch=steps, train_from=train_from)
+
+
+def fine_tuned_weights(model_dir, qat_epochs, starts):
+    config = types.SimpleNamespace(qat_epochs=qat_epochs, verbose="0", export_tflite="none")
+    lines = []
+    qat.fine_tune(config, fine_tune_setup(model_dir, starts), log=lines.append)
+    return keras.models.load_model(os.path.join(model_dir, qat.QAT_MODEL)).get_weights(), lines
+
+
+def test_a_resumed_fine_tune_reads_the_batches_the_uninterrupted_one_would(tmp_path):
+    """Fine-tune epochs of 3 batches after a 2-epoch schedule: the stream goes on from batch 2 x 3 = 6. Stopped
+    after its first epoch and resumed, the fine-tune reads batches 9, 10, 11 and ends as the one that was not."""
+    whole_starts, starts = [], []
+    whole, _ = fine_tuned_weights(str(tmp_path / "whole"), 2, whole_starts)
+    resumed_dir = str(tmp_path / "resumed")
+    first, _ = fine_tuned_weights(resumed_dir, 1, starts)
+    resumed, lines = fine_tuned_weights(resumed_dir, 2, starts)
+    assert "resuming the quantization-aware fine-tune after epoch 1 of 2" in lines
+    assert any(not np.allclose(a, b) for a, b in zip(first, resumed))  # the second epoch trained
+    for a, b in zip(resumed, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert whole_starts == [6] and starts == [6, 9]  # after the schedule's 6 batches; after the first epoch's
+    again, _ = fine_tuned_weights(resumed_dir, 2, starts)  # every epoch done: nothing more to read
+    assert starts == [6, 9]
+    for a, b in zip(again, resumed):
+        np.testing.assert_array_equal(a, b)

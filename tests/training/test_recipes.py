@@ -65,6 +65,32 @@ def test_convnet8_step_exempts_batch_norm_from_decay_and_says_why_unless_told_ot
     assert recipes.resolve("none", "convnet8", "step", "cifar10", {}).recipe.batch_norm_weight_decay == 0.0
 
 
+@pytest.mark.parametrize("recipe, model, activation, dataset, expected, source", [
+    ("paper", "convnet8", "step", "cifar10", 0.0, "deviation from the paper"),  # the deviation on
+    ("paper", "convnet8", "step", "digits", 0.0, "deviation from the paper"),
+    ("paper", "convnet8", "staircase", "cifar10", 5e-4, "as weight_decay"),  # other units: the paper's
+    ("paper", "convnet4", "step", "cifar10", 5e-4, "as weight_decay"),  # another network: the paper's
+    ("none", "convnet8", "step", "cifar10", 3e-4, "as weight_decay"),  # no recipe: no deviation from it
+])
+def test_the_batch_norm_decay_exemption_applies_to_the_paper_recipe_of_convnet8_step_alone(
+        recipe, model, activation, dataset, expected, source):
+    given = {"weight_decay": 3e-4} if recipe == "none" else {}
+    resolved = recipes.resolve(recipe, model, activation, dataset, given)
+    assert resolved.recipe.batch_norm_weight_decay == expected
+    assert resolved.sources["batch_norm_weight_decay"].startswith(source)
+
+
+def test_recipe_none_keeps_an_explicit_decay_on_batch_norm_in_front_of_steps_and_warns():
+    for overrides in ({"weight_decay": 5e-4}, {"batch_norm_weight_decay": 5e-4}):
+        resolved = recipes.resolve("none", "convnet8", "step", "cifar10", overrides)
+        assert resolved.recipe.batch_norm_weight_decay == 5e-4
+        assert recipes.batch_norm_decay_warning(resolved, "step", has_batch_norm=True) is not None
+    resolved = recipes.resolve("none", "convnet8", "step", "cifar10", {"weight_decay": 5e-4,
+                                                                      "batch_norm_weight_decay": 0.0})
+    assert (resolved.recipe.weight_decay, resolved.recipe.batch_norm_weight_decay) == (5e-4, 0.0)
+    assert recipes.batch_norm_decay_warning(resolved, "step", has_batch_norm=True) is None
+
+
 @pytest.mark.parametrize("model, activation, overrides, warns", [
     ("convnet8", "step", {}, False),  # the deviation: no decay on batch norm
     ("convnet8", "step", {"batch_norm_weight_decay": 5e-4}, True),
@@ -97,6 +123,34 @@ def test_a_shortened_paper_schedule_keeps_its_decays_at_the_same_fractions(model
     resolved = recipes.resolve("paper", model, "relu", "cifar10", {"epochs": epochs})
     assert resolved.recipe.lr_decay_epochs == expected
     assert "same fractions" in resolved.sources["lr_decay_epochs"]
+
+
+@pytest.mark.parametrize("epochs, expected, scaled", [
+    (299, (200, 250), True),  # one epoch short: 199.33 and 249.17 -> from epochs 200 and 250
+    (300, (200, 250), False),  # the paper's own length: its decays untouched
+    (301, (200, 250), False),  # longer: untouched
+])
+def test_the_decays_at_the_papers_own_epoch_count_and_one_epoch_either_side(epochs, expected, scaled):
+    resolved = recipes.resolve("paper", "convnet4", "relu", "cifar10", {"epochs": epochs})
+    assert resolved.recipe.lr_decay_epochs == expected
+    assert ("same fractions" in resolved.sources["lr_decay_epochs"]) == scaled
+    if not scaled:
+        assert resolved.sources["lr_decay_epochs"] == "paper recipe for convnet4/relu"
+
+
+@pytest.mark.parametrize("decay, expected", [
+    # d of 100 epochs scaled to 10: from epoch floor(d / 10 + 1/2) + 1, a half-way fraction rounded up
+    (24, 3), (25, 4), (26, 4),  # 2.4, 2.5 (a tie, even floor), 2.6
+    (34, 4), (35, 5), (36, 5),  # 3.4, 3.5 (a tie, odd floor), 3.6
+])
+def test_a_scaled_decay_at_a_half_way_fraction_rounds_up(decay, expected):
+    assert recipes.scaled_decay_epochs((decay,), 100, 10) == (expected,)
+
+
+def test_a_shortened_paper_schedule_with_a_half_way_fraction():
+    # AlexNet's 56, 64 of 80 epochs in 15: 10.5 (a tie) and 12 -> from epochs 12 and 13
+    resolved = recipes.resolve("paper", "alexnet", "relu", "cifar10", {"epochs": 15})
+    assert resolved.recipe.lr_decay_epochs == (12, 13)
 
 
 def test_given_decay_epochs_or_a_longer_run_keep_the_decays_as_they_are():

@@ -96,3 +96,16 @@ def make_idx(directory, gz=False, train=30, test=12, side=10, classes=5, seed=0,
         write_idx(os.path.join(directory, f"{prefix}{split}-labels{sep}idx1-ubyte"), labels, gz)
         arrays[split] = (images, labels)
     return arrays
+
+
+def assert_seekable(train_from, total, starts):
+    """``train_from(g)`` is ``train_from(0)`` without its first g batches, pixel for pixel, for each g of
+    ``starts`` (over ``total`` batches); returns the batches of ``train_from(0)``."""
+    whole = [(x.numpy(), y.numpy()) for x, y in train_from(0).take(total)]
+    for g in starts:
+        tail = [(x.numpy(), y.numpy()) for x, y in train_from(g).take(total - g)]
+        assert len(tail) == total - g
+        for (x, y), (x0, y0) in zip(tail, whole[g:]):
+            np.testing.assert_array_equal(y, y0, err_msg=f"labels, from batch {g}")
+            np.testing.assert_array_equal(x, x0, err_msg=f"images (crops and flips), from batch {g}")
+    return whole
