@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import keras
 
 import keras_ftprop
 from training import files, recipes, serving, tflite_export
+from training.callbacks import BEST_MODEL
 
 
 @dataclasses.dataclass
@@ -61,40 +63,34 @@ def print_header(config, setup):
 
 
 def save_outputs(config, setup, best):
-    """final.keras, export/final and export/best (every worker writes, the chief keeps), TFLite.
+    """final.keras, best.keras when the best epoch is not the last, export/final, TFLite; every worker writes,
+    the chief keeps.
 
-    The SavedModels serve raw images (``training.serving``).
-
-    When the best epoch is the last one, the best files are copies of the
-    final ones. Every branch depends only on what all workers share (the
-    synchronised metrics), so all workers save the same way. Returns {what: path}.
+    The models hold no optimizer state (the checkpoint keeps it, without the weights once final.keras has
+    them: ``TrainingCheckpoint.finish``). A best epoch that is the last one is stored once, as final.keras,
+    which best.json names. The SavedModel serves raw images (``training.serving``). Every branch depends only
+    on what all workers share (the synchronised metrics), so all workers save the same way. Returns {what: path}.
     """
     model, model_dir, write_path = setup.model, setup.model_dir, setup.write_dir.path
     final_model = os.path.join(write_path, files.FINAL_MODEL)
-    final_export = os.path.join(write_path, files.EXPORT_DIR, "final")
-    best_export = os.path.join(write_path, files.EXPORT_DIR, "best")
     best_is_final = best.best_epoch == setup.resolved.recipe.epochs
-    served = serving.ServingModel(model, setup.info)
+    if best.best_epoch is not None and not best_is_final:
+        best.apart_from_final(os.path.join(model_dir, files.FINAL_MODEL))  # before final.keras is replaced
     if best_is_final and best.saved_this_run:
-        files.atomic_copy(best.path, final_model)  # the same weights, saved moments ago
+        os.replace(best.path, final_model)  # the same weights, saved moments ago
     else:
-        files.atomic_save_model(model, final_model)
-    files.atomic_export(served, final_export)
+        files.atomic_save_model(model, final_model, include_optimizer=False)
+    if best_is_final:
+        best.same_as_final()
+    setup.checkpoint.finish()
+    files.atomic_export(serving.ServingModel(model, setup.info), os.path.join(write_path, files.EXPORT_DIR, "final"))
+    shutil.rmtree(os.path.join(write_path, files.EXPORT_DIR, "best"), ignore_errors=True)  # earlier versions'
     out = {
         "final model": os.path.join(model_dir, files.FINAL_MODEL),
         "final SavedModel": os.path.join(model_dir, files.EXPORT_DIR, "final"),
     }
     if best.best_epoch is not None:
-        if best_is_final:
-            files.atomic_copytree(final_export, best_export)
-        else:
-            # The chief's file when the best epoch is from an earlier run of this model_dir.
-            source = best.path if best.saved_this_run else os.path.join(model_dir, "best.keras")
-            model.load_weights(source)
-            files.atomic_export(served, best_export)
-            model.load_weights(final_model)  # what follows (the quantization-aware fine-tune) takes the final one
-        out["best model"] = os.path.join(model_dir, "best.keras")
-        out["best SavedModel"] = os.path.join(model_dir, files.EXPORT_DIR, "best")
+        out["best model"] = os.path.join(model_dir, files.FINAL_MODEL if best_is_final else BEST_MODEL)
     out["metrics"] = os.path.join(model_dir, files.METRICS_FILE)
     out["checkpoints"] = os.path.join(model_dir, files.CHECKPOINT_DIR)
     if os.path.isdir(os.path.join(write_path, files.TENSORBOARD_DIR)):
@@ -156,6 +152,24 @@ def print_summary(summary, config):
     log(f"  {'final':<6}{_format(final_top1):<22}{_format(final_top5)}")
     log(f"files in {summary.model_dir}:")
     for name, path in summary.files.items():
-        log(f"  {name + ':':<18}{path}")
-    if "TensorBoard" in summary.files:
-        log(f"view the curves: tensorboard --logdir {summary.files['TensorBoard']}")
+        same = name == "best model" and path == summary.files.get("final model")
+        log(f"  {name + ':':<18}{path}" + (" (the last epoch is the best)" if same else ""))
+    for line in usage_lines(summary.files, config.model):
+        log(line)
+
+
+def usage_lines(outputs, model_name):
+    """One line each: how to view the curves, load the .keras file, serve the SavedModel, run the TFLite file."""
+    lines = []
+    if "TensorBoard" in outputs:
+        lines.append(f"view the curves: tensorboard --logdir {outputs['TensorBoard']}")
+    lines.append("load the model (Python): import keras, keras_ftprop; "
+                 f"model = keras.saving.load_model({outputs['final model']!r})")
+    lines.append(f"serve the SavedModel (TensorFlow Serving): docker run -p 8501:8501 -v "
+                 f"{os.path.abspath(outputs['final SavedModel'])}:/models/{model_name}/1 -e MODEL_NAME={model_name} "
+                 "tensorflow/serving")
+    tflite = next((path for name, path in outputs.items() if name.startswith("TFLite")), None)
+    if tflite:
+        lines.append("run the TFLite model (Python): from ai_edge_litert.interpreter import Interpreter; "
+                     f"interpreter = Interpreter(model_path={tflite!r})")
+    return lines

@@ -240,6 +240,7 @@ def _build(config, recipe, info, strategy, model_dir, write_dir, stem=None):
                 read_dir=os.path.join(model_dir, files.CHECKPOINT_DIR),
                 write_dir=os.path.join(write_dir.path, files.CHECKPOINT_DIR),
                 every_steps=config.save_every_steps,
+                final_model=os.path.join(model_dir, files.FINAL_MODEL),
             )
             try:
                 epochs_done, batches_done = checkpoint.restore(model)
