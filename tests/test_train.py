@@ -101,6 +101,13 @@ def test_default_command_short_epoch_exports_loadable_savedmodel(tmp_path, capsy
     assert "instead of the recipe's" not in out  # --epochs was given
     # The digits demo keeps the paper's ImageNet stem (auto would take the CIFAR stem below 64 pixels).
     assert s["stem"] == "imagenet" and "stem: imagenet (digits adaptation" in out
+    # An Adam run without decay epochs: neither SGD's momentum nor the decay factor is listed.
+    assert not re.search(r"^ *(momentum|lr_decay) ", out, re.M), out
+    assert ("on ImageNet: python train.py --model=resnet18 --activation=step --dataset=imagenet2012 "
+            "--manual_dir=DIR (DIR holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)") in out
+    # One parameter count: the summary's.
+    assert re.search(r"^model: resnet18$", out, re.M) and "parameters" not in out and out.count("Params") == 1
+    assert re.search(r"^Params: [\d,]+ trainable \([\d,]+ bytes with the non-trainable weights\)$", out, re.M)
 
     rows = metrics(model_dir)
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
@@ -317,13 +324,16 @@ def test_folder_dataset_with_corrupt_jpeg(tmp_path, capsys):
         g.write(f.read()[:150])  # a truncated JPEG
     model_dir = str(tmp_path / "run")
     status, out, err = run_main(capsys, f"--dataset=folder:{root}", "--model=convnet4",
-                                "--image_size=16", "--epochs=1", "--steps_per_epoch=2",
+                                "--epochs=1", "--steps_per_epoch=2",
                                 "--batch_size=4", "--verbose=0", f"--model_dir={model_dir}")
     assert status == 0, err
     assert "skipped 1 unreadable image file(s)" in out
     s = settings(model_dir)
     assert s["skipped_files"] == 1 and s["num_classes"] == 2
-    assert s["train_examples"] == 12 and s["image_shape"] == [16, 16, 3]
+    # The 20x24 images at convnet4's own 32x32 (resized to 37 first: 1.85x, no warning), not ImageNet's 224.
+    assert s["train_examples"] == 12 and s["image_shape"] == [32, 32, 3]
+    assert "image size 32x32: convnet4's input size (--image_size=N for another)" in out
+    assert "upsampled" not in out
     # Not digits: the paper's convnet4 recipe, except what was given.
     assert s["sources"]["learning_rate"] == "paper recipe for convnet4/step"
     assert len(metrics(model_dir)) == 1
@@ -635,6 +645,7 @@ def test_helpfull_documents_every_flag():
                             text=True, env=subprocess_env(), timeout=180)
     assert result.returncode == 0  # absl exits 1 after printing help; asked-for help is a success
     text = result.stdout + result.stderr
+    assert text.count("oneDNN custom operations are on") <= 1  # two of TensorFlow's libraries log it
     for name in ("model", "activation", "target_loss", "staircase_steps", "no_scale_by_grad", "recipe",
                  "dataset", "data_dir", "manual_dir", "image_size", "epochs", "batch_size",
                  "optimizer", "learning_rate", "momentum", "weight_decay", "batch_norm_weight_decay", "lr_decay",

@@ -9,6 +9,7 @@ import shutil
 import keras
 
 import keras_ftprop
+import models
 from training import files, recipes, serving, tflite_export
 from training.callbacks import BEST_MODEL
 
@@ -27,6 +28,9 @@ class Summary:
     elapsed: float = 0.0
 
 
+IMAGENET_SIDE = 224  # the input side of the paper's ImageNet networks
+
+
 def log(message=""):
     print(message, flush=True)
 
@@ -38,9 +42,11 @@ def print_header(config, setup):
     if config.activation in ("step", "staircase"):
         what += f" ({config.target_loss}{'' if config.scale_by_grad else ', no grad scaling'})"
     log(f"train.py: {config.model}, {what}, on {info.name}")
-    if config.dataset == recipes.DIGITS_DATASET and "epochs" not in config.overrides:
-        log(f"digits is a small demo set: {recipe.epochs} epochs instead of the recipe's "
-            "(override with --epochs)")
+    if config.dataset == recipes.DIGITS_DATASET:
+        if "epochs" not in config.overrides:
+            log(f"digits is a small demo set: {recipe.epochs} epochs instead of the recipe's "
+                "(override with --epochs)")
+        log(paper_data_command(config))
     log(f"settings (--recipe={config.recipe}):")
     for line in setup.resolved.lines():
         log("  " + line)
@@ -48,10 +54,12 @@ def print_header(config, setup):
     log(f"data: {info.train_examples} train / {info.eval_examples} eval examples, "
         f"{info.num_classes} classes, images {shape}; "
         f"{setup.steps_per_epoch or 'all'} steps per epoch")
+    for note in setup.data_notes:
+        log(note)
     if setup.stem_reason:
         log(f"stem: {setup.settings['stem']} ({setup.stem_reason})")
     log(f"strategy: {setup.strategy_text}")
-    log(f"model: {setup.model.name}, {setup.model.count_params():,} parameters")
+    log(f"model: {setup.model.name}")  # its parameters: the summary's "Params" line
     keras_ftprop.summary(setup.model, print_fn=log)
     log(f"model_dir: {setup.model_dir}"
         + ("" if chief else " (this worker writes to a temporary directory)"))
@@ -60,6 +68,18 @@ def print_header(config, setup):
         if setup.batches_done:
             where += f" and {setup.batches_done} batches of epoch {setup.epochs_done + 1}"
         log(f"resuming from the checkpoint saved {where}")
+
+
+def paper_data_command(config):
+    """The command that trains ``config``'s network on the paper's data for it: ImageNet for the networks of
+    224x224 inputs, CIFAR-10 for the others."""
+    network = f"--model={config.model} --activation={config.activation}"
+    if config.activation in ("step", "staircase") and config.target_loss != "soft_hinge":
+        network += f" --target_loss={config.target_loss}"
+    if models.get_spec(config.model).input_shape[0] >= IMAGENET_SIDE:
+        return (f"on ImageNet: python train.py {network} --dataset=imagenet2012 --manual_dir=DIR "
+                "(DIR holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
+    return f"on CIFAR-10, the paper's data for {config.model}: python train.py {network} --dataset=cifar10"
 
 
 def save_outputs(config, setup, best):
