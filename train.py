@@ -35,6 +35,10 @@ if __name__ == "__main__":  # as a program, not when imported (by tests, say)
     # where this TensorFlow build leaves them off (TF_ENABLE_ONEDNN_OPTS=0 opts out).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    from training.console import once_each_on_stderr
+
+    with once_each_on_stderr():  # two of TensorFlow's libraries log the same start-up lines
+        import tensorflow  # noqa: F401
 
 from absl import app, flags, logging  # noqa: E402
 

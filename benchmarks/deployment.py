@@ -87,14 +87,13 @@ def parse_args(argv=None):
 
 def load_run(run_dir, calibration, eval_examples, model_file="final.keras"):
     """(name, model, calibration images, eval images, eval labels) of a train.py run."""
-    import models  # noqa: F401 (registers the models' own layers for load_model)
-    from training import config, data, setup
+    from training import config, data
 
     with open(os.path.join(run_dir, "settings.json")) as f:
         settings = config.upgrade_settings(json.load(f))
     model = keras.models.load_model(os.path.join(run_dir, model_file))
     train_ds, eval_ds, _ = data.load(settings["dataset"], batch_size=100, seed=0,
-                                     min_image_size=setup.min_image_side(settings["model"]))
+                                     image_size=settings["image_shape"][0])  # the side the run trained at
     calib = np.concatenate([x.numpy() for x, _ in train_ds.take(-(-calibration // 100))])[:calibration]
     xs, ys = [], []
     for x, y in eval_ds.take(-(-eval_examples // 100)):

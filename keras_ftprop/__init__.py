@@ -7,6 +7,7 @@ from keras_ftprop import _backend  # noqa: F401
 # isort: split
 from keras_ftprop import callbacks, deploy, diagnostics, ops, schedules, target_losses
 from keras_ftprop.layers import BatchNormThreshold, HardThreshold, SaturatedReLU, Staircase
+from keras_ftprop.pooling import PaddedMaxPooling2D
 from keras_ftprop.summary import summary
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNormThreshold",
     "HardThreshold",
+    "PaddedMaxPooling2D",
     "Staircase",
     "SaturatedReLU",
     "callbacks",

@@ -121,7 +121,7 @@ class ModelSummary:
             + [line(row) for row in rows[1:]]
             + [
                 rule,
-                f"Params: {self.params:,} ({self.param_bytes:,} bytes)",
+                f"Params: {self.params:,} trainable ({self.param_bytes:,} bytes with the non-trainable weights)",
                 f"MACs: {sum(macs.values()):,} = 1-bit {macs['1-bit']:,} + k-bit {macs['k-bit']:,}"
                 f" + float {macs['float']:,}",
                 f"Activation memory: {self.activation_bytes:,.0f} bytes vs {self.float_activation_bytes:,.0f} "

@@ -8,9 +8,13 @@ number of finished epochs and of finished batches of the current epoch) in
 ``tf.train`` checkpoints written through a ``tf.train.CheckpointManager``.
 A checkpoint becomes visible only once completely written (the ``checkpoint``
 index file is replaced atomically after the data files), and the previous
-one is kept, so a SIGKILL at any moment leaves the last complete state
-readable. It saves at the end of every epoch and, with ``every_steps``, every
-that many batches within an epoch.
+one is deleted only after that, so a SIGKILL at any moment leaves the last
+complete state readable while the directory holds one checkpoint at rest. It
+saves at the end of every epoch and, with ``every_steps``, every that many
+batches within an epoch. Once the run has written its final model,
+``finish`` replaces the last checkpoint by one without the weights
+(``final-<step>``: optimiser slots and counters), which a rerun with a larger
+``--epochs`` restores together with the final model's weights.
 
 Keras's own ``BackupAndRestore`` was not used because in Keras 3 it writes its
 weight file in place (``double_checkpoint=True`` keeps a copy of the previous
@@ -20,6 +24,10 @@ restarts an interrupted epoch from its first batch, and lets every worker of
 a multi-worker run write to the same file. ``ModelCheckpoint(save_best_only=True,
 initial_value_threshold=...)`` was not used for ``best.keras`` because it
 too writes in place and does not record which epoch it kept (``best.json``).
+
+``BestModelSaver`` writes ``best.keras`` without optimizer state. Once the run
+is over, a best epoch that is the last one is stored once: ``best.keras`` goes
+and ``best.json`` says ``"file": "final.keras"``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ import tensorflow as tf
 
 from keras_ftprop.callbacks import TargetDiagnostics, TargetLossSchedule
 from training import files, recipes
+
+BEST_MODEL = "best.keras"
+_FINISHED = "final"  # the name of ``TrainingCheckpoint.finish``'s checkpoints: final-<step>
+_OPTIMIZER_STATE = "optimizer_state"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,16 +92,20 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         read_dir: where to look for the checkpoint to resume from (the chief's).
         write_dir: where this process writes (differs on non-chief workers).
         every_steps: also save every this many batches (0: only at epoch ends).
-        batch_offset: batches of the first epoch already done before this
-            ``fit`` (a resumed mid-epoch state), to count positions right.
-        max_to_keep: complete checkpoints kept on disk.
+        final_model: the ``.keras`` file whose weights a finished run's checkpoint
+            (``finish``) leaves out: restored from there (the chief's).
+        max_to_keep: complete checkpoints kept on disk at rest.
+
+    ``batch_offset`` (set before a ``fit``): batches of its first epoch already
+    done (a resumed mid-epoch state), to count positions right.
     """
 
-    def __init__(self, read_dir, write_dir, every_steps=0, max_to_keep=2):
+    def __init__(self, read_dir, write_dir, every_steps=0, final_model=None, max_to_keep=1):
         super().__init__()
         self.read_dir = read_dir
         self.write_dir = write_dir
         self.every_steps = int(every_steps or 0)
+        self.final_model = final_model
         self.max_to_keep = max_to_keep
         self.batch_offset = 0
         self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -114,6 +130,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         optimizer = model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
+        self._optimizer = optimizer
         state = dict(model=model, optimizer=optimizer, epochs_done=self._epochs_done,
                      batches_done=self._batches_done)
         self._checkpoint = tf.train.Checkpoint(**state, metric_state=self._metric_state)
@@ -123,10 +140,19 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         path = tf.train.latest_checkpoint(self.read_dir)
         if path is None:
             return 0, 0
-        # Checkpoints of earlier versions have no metric sums: restore them without.
-        has_metrics = any(name.startswith("metric_state/") for name, _ in tf.train.list_variables(path))
-        restorer = self._checkpoint if has_metrics else tf.train.Checkpoint(**state)
+        names = [name for name, _ in tf.train.list_variables(path)]
+        finished = any(name.startswith(f"{_OPTIMIZER_STATE}/") for name in names)  # written by ``finish``
+        if finished and not (self.final_model and os.path.exists(self.final_model)):
+            raise ValueError(f"the checkpoint {path} holds no weights: they are in the final model "
+                             f"{self.final_model}, which is missing; use another --model_dir")
         try:
+            if finished:
+                model.load_weights(self.final_model)
+                restorer = self._without_weights()
+            else:
+                # Checkpoints of earlier versions have no metric sums: restore them without.
+                has_metrics = any(name.startswith("metric_state/") for name in names)
+                restorer = self._checkpoint if has_metrics else tf.train.Checkpoint(**state)
             restorer.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -138,6 +164,28 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.last_saved = state
         self._restore_metrics = state[1] > 0
         return state
+
+    def _without_weights(self):
+        """The checkpoint of ``finish``: the optimizer's variables (slots, iteration count) and the counters."""
+        return tf.train.Checkpoint(**{_OPTIMIZER_STATE: list(self._optimizer.variables)},
+                                   epochs_done=self._epochs_done, batches_done=self._batches_done,
+                                   metric_state=self._metric_state)
+
+    def finish(self):
+        """Replace the last checkpoint by one without the model's weights, once ``final_model`` holds them.
+
+        Call after the last epoch, the final model written: a rerun with a larger ``--epochs`` restores the
+        weights from ``final_model`` and the optimizer's state and counters from here. Nothing to do when the
+        last checkpoint is already one of these (or there is none).
+        """
+        latest = tf.train.latest_checkpoint(self.write_dir)
+        if latest is None or os.path.basename(latest).startswith(f"{_FINISHED}-"):
+            return
+        self._metric_state.assign(tf.zeros([0], tf.float64))
+        manager = tf.train.CheckpointManager(self._without_weights(), self.write_dir, max_to_keep=1,
+                                             checkpoint_name=_FINISHED)
+        # Saved under another name than the full one it replaces (same step), which is deleted once it is complete.
+        manager.save(checkpoint_number=int(self._optimizer.iterations.numpy()))
 
     def _metric_variables(self):
         """The variables of the model's running-mean metrics (the loss, accuracies: Keras ``Mean``s,
@@ -192,11 +240,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
 
 class BestModelSaver(keras.callbacks.Callback):
-    """Keeps ``best.keras`` (and ``best.json``) for the best value of ``monitor``.
+    """Keeps ``best.keras`` (no optimizer state) and ``best.json`` for the best value of ``monitor``.
 
     Files are written to a temporary name and renamed, so a kill never leaves
     a half-written best model. ``best`` (the value to beat) is read back from
-    ``best.json`` in ``read_dir`` when a run resumes.
+    ``best.json`` in ``read_dir`` when a run resumes. ``best.json`` holds the
+    epoch, the values and ``file``: ``best.keras``, or ``final.keras`` once
+    ``same_as_final`` has found the best epoch to be the last.
     """
 
     def __init__(self, read_dir, write_dir, monitor="val_top1", extra=("val_top5",)):
@@ -204,15 +254,17 @@ class BestModelSaver(keras.callbacks.Callback):
         self.monitor = monitor
         self.extra = tuple(extra)
         self.write_dir = write_dir
-        self.path = os.path.join(write_dir, "best.keras")
+        self.path = os.path.join(write_dir, BEST_MODEL)
         self.info_path = os.path.join(write_dir, "best.json")
         self.best = -math.inf
         self.best_epoch = None  # 1-based
         self.saved_this_run = False
-        info = read_best_info(read_dir)
-        if info is not None and monitor in info:
-            self.best = float(info[monitor])
-            self.best_epoch = int(info["epoch"])
+        self.info = read_best_info(read_dir) or {}
+        if monitor in self.info:
+            self.best = float(self.info[monitor])
+            self.best_epoch = int(self.info["epoch"])
+        else:
+            self.info = {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -220,13 +272,38 @@ class BestModelSaver(keras.callbacks.Callback):
         if value is None or not np.isfinite(value) or value <= self.best:
             return
         self.best, self.best_epoch = float(value), epoch + 1
-        files.atomic_save_model(self.model, self.path)
+        files.atomic_save_model(self.model, self.path, include_optimizer=False)
         self.saved_this_run = True
         info = {"epoch": epoch + 1, self.monitor: float(value)}
         for key in self.extra:
             if key in logs:
                 info[key] = float(logs[key])
+        self._write_info({**info, "file": BEST_MODEL})
+
+    def _write_info(self, info):
+        self.info = info
         files.atomic_write_text(self.info_path, json.dumps(info, indent=2) + "\n")
+
+    @property
+    def in_final(self):
+        """Whether ``best.json`` says the best model is the final one (no ``best.keras`` of its own)."""
+        return self.info.get("file") == files.FINAL_MODEL
+
+    def same_as_final(self):
+        """The best epoch is the last: ``best.json`` points to ``final.keras`` and ``best.keras`` goes.
+
+        Call once ``final.keras`` holds the best epoch's weights."""
+        if not self.in_final:
+            self._write_info({**self.info, "file": files.FINAL_MODEL})
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    def apart_from_final(self, previous_final):
+        """A best epoch that is no longer the last gets its own ``best.keras``: copied from ``previous_final``
+        (the final model it was, before this run overwrites it) when ``best.json`` points there."""
+        if self.in_final:
+            files.atomic_copy(previous_final, self.path)
+            self._write_info({**self.info, "file": BEST_MODEL})
 
 
 def read_best_info(directory):

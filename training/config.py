@@ -71,9 +71,10 @@ class Config:
     manual_dir: str | None = option("string", "Directory holding manually downloaded files (the "
                                     "ILSVRC2012 tars for imagenet2012).", None)
     image_size: int | None = option(
-        "integer", "Side of the (square) training images; default: the data set's own (CIFAR 32, "
-        "ImageNet crops 224), at least the model's minimal input (digits are resized to 32, 60 "
-        "for alexnet).", None, lower_bound=1)
+        "integer", "Side of the (square) training images; default: small images (digits, idx:, CIFAR, "
+        "MNIST) their own, at least the model's minimal input (digits and MNIST are resized to 32, 60 for "
+        "alexnet); large ones (folder:, ImageNet) are cropped to the network's own input (32 for the "
+        "convnets, 224 for alexnet and the resnets).", None, lower_bound=1)
     steps_per_epoch: int | None = option("integer", "Batches per epoch (default: one pass over the "
                                          "training split).", None, lower_bound=1)
     eval_steps: int | None = option("integer", "Evaluate on this many batches only (default: the "

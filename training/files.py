@@ -21,6 +21,8 @@ import os
 import shutil
 import tempfile
 
+import keras
+
 METRICS_FILE = "metrics.csv"
 SETTINGS_FILE = "settings.json"
 FLAGS_FILE = "flags.txt"
@@ -61,13 +63,32 @@ def atomic_write_text(path, text):
             os.remove(tmp)
 
 
-def atomic_save_model(model, path):
-    """``model.save(path)`` (a ``.keras`` file), atomically."""
+def without_optimizer(model):
+    """``model`` uncompiled: a functional one as a new ``keras.Model`` on the same layers (no copy of the
+    weights), a ``Sequential`` one cloned with its weights.
+
+    Saved, it writes the architecture and the weights but no optimizer state: Keras 3's ``.keras`` format has no
+    ``include_optimizer=False``, and saves the optimizer of a compiled model.
+    """
+    if isinstance(model, keras.Sequential):
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        return copy
+    try:
+        inputs, outputs = model.input, model.output
+    except (AttributeError, ValueError):
+        raise TypeError(f"a functional or Sequential model is needed, got {type(model).__name__}") from None
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def atomic_save_model(model, path, include_optimizer=True):
+    """``model.save(path)`` (a ``.keras`` file), atomically; ``include_optimizer=False``: architecture and
+    weights alone (``without_optimizer``), loaded uncompiled."""
     tmp = _temporary(path, suffix=".keras")
     # Keras insists on the .keras extension; the temporary name ends with it.
     target = tmp[: -len(".tmp")]
     try:
-        model.save(target)
+        (model if include_optimizer else without_optimizer(model)).save(target)
         os.replace(target, path)
     finally:
         for leftover in (tmp, target):
@@ -104,11 +125,6 @@ def _replace_dir(path, write):
         for leftover in (tmp, old):
             if leftover and os.path.exists(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
-
-
-def atomic_copytree(source, path):
-    """Copy the directory ``source`` to ``path``, replacing any old one whole."""
-    _replace_dir(path, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
 
 
 def atomic_export(model, path, verbose=False):

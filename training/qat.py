@@ -6,7 +6,7 @@ After the main schedule, ``fine_tune`` makes ``keras_ftprop.deploy.quantization_
 
     qat/model.keras      the copy after each epoch (weights, optimizer state, ranges): resume point
     qat/metrics.csv      one row per fine-tune epoch
-    qat.keras            the fine-tuned copy
+    qat.keras            the fine-tuned copy (no optimizer state)
     export/model_qat_int8.tflite   its int8 export (with --export_tflite=int8 or both)
 
 It prints the top-1 agreement of Keras and the int8 model and their accuracies on the evaluation split
@@ -107,7 +107,7 @@ def fine_tune(config, setup, log=print):
         qat.fit(data, initial_epoch=done, epochs=config.qat_epochs,
                 steps_per_epoch=setup.steps_per_epoch, validation_data=setup.eval_ds, callbacks=callbacks,
                 verbose=fit_lib.fit_verbosity(config.verbose), shuffle=False)
-    files.atomic_save_model(qat, os.path.join(write_path, QAT_MODEL))
+    files.atomic_save_model(qat, os.path.join(write_path, QAT_MODEL), include_optimizer=False)
     out = {"QAT model": os.path.join(model_dir, QAT_MODEL)}
     if chief:
         path = os.path.join(model_dir, files.EXPORT_DIR, QAT_EXPORT) if config.export_tflite in ("int8", "both") \

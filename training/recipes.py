@@ -150,10 +150,19 @@ class Resolved:
     recipe: TrainingRecipe
     sources: dict  # field -> "paper recipe" | "digits adaptation" | "--flag" | ...
 
+    def used(self):
+        """The settings this run uses, in FIELDS order: momentum only with SGD, lr_decay only with decay epochs."""
+        unused = set()
+        if self.recipe.optimizer != "sgd":
+            unused.add("momentum")
+        if not self.recipe.lr_decay_epochs:
+            unused.add("lr_decay")
+        return tuple(name for name in FIELDS if name not in unused)
+
     def lines(self):
-        """Human-readable ``name = value   (source)`` lines, in FIELDS order."""
+        """Human-readable ``name = value   (source)`` lines of the ``used`` settings, in FIELDS order."""
         out = []
-        for name in FIELDS:
+        for name in self.used():
             value = getattr(self.recipe, name)
             if name == "lr_decay_epochs":
                 value = ",".join(str(e) for e in value) or "(none)"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import keras
 
 import keras_ftprop
+import models
 from training import files, recipes, serving, tflite_export
+from training.callbacks import BEST_MODEL
 
 
 @dataclasses.dataclass
@@ -25,6 +28,9 @@ class Summary:
     elapsed: float = 0.0
 
 
+IMAGENET_SIDE = 224  # the input side of the paper's ImageNet networks
+
+
 def log(message=""):
     print(message, flush=True)
 
@@ -36,9 +42,11 @@ def print_header(config, setup):
     if config.activation in ("step", "staircase"):
         what += f" ({config.target_loss}{'' if config.scale_by_grad else ', no grad scaling'})"
     log(f"train.py: {config.model}, {what}, on {info.name}")
-    if config.dataset == recipes.DIGITS_DATASET and "epochs" not in config.overrides:
-        log(f"digits is a small demo set: {recipe.epochs} epochs instead of the recipe's "
-            "(override with --epochs)")
+    if config.dataset == recipes.DIGITS_DATASET:
+        if "epochs" not in config.overrides:
+            log(f"digits is a small demo set: {recipe.epochs} epochs instead of the recipe's "
+                "(override with --epochs)")
+        log(paper_data_command(config))
     log(f"settings (--recipe={config.recipe}):")
     for line in setup.resolved.lines():
         log("  " + line)
@@ -46,10 +54,12 @@ def print_header(config, setup):
     log(f"data: {info.train_examples} train / {info.eval_examples} eval examples, "
         f"{info.num_classes} classes, images {shape}; "
         f"{setup.steps_per_epoch or 'all'} steps per epoch")
+    for note in setup.data_notes:
+        log(note)
     if setup.stem_reason:
         log(f"stem: {setup.settings['stem']} ({setup.stem_reason})")
     log(f"strategy: {setup.strategy_text}")
-    log(f"model: {setup.model.name}, {setup.model.count_params():,} parameters")
+    log(f"model: {setup.model.name}")  # its parameters: the summary's "Params" line
     keras_ftprop.summary(setup.model, print_fn=log)
     log(f"model_dir: {setup.model_dir}"
         + ("" if chief else " (this worker writes to a temporary directory)"))
@@ -60,41 +70,47 @@ def print_header(config, setup):
         log(f"resuming from the checkpoint saved {where}")
 
 
+def paper_data_command(config):
+    """The command that trains ``config``'s network on the paper's data for it: ImageNet for the networks of
+    224x224 inputs, CIFAR-10 for the others."""
+    network = f"--model={config.model} --activation={config.activation}"
+    if config.activation in ("step", "staircase") and config.target_loss != "soft_hinge":
+        network += f" --target_loss={config.target_loss}"
+    if models.get_spec(config.model).input_shape[0] >= IMAGENET_SIDE:
+        return (f"on ImageNet: python train.py {network} --dataset=imagenet2012 --manual_dir=DIR "
+                "(DIR holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
+    return f"on CIFAR-10, the paper's data for {config.model}: python train.py {network} --dataset=cifar10"
+
+
 def save_outputs(config, setup, best):
-    """final.keras, export/final and export/best (every worker writes, the chief keeps), TFLite.
+    """final.keras, best.keras when the best epoch is not the last, export/final, TFLite; every worker writes,
+    the chief keeps.
 
-    The SavedModels serve raw images (``training.serving``).
-
-    When the best epoch is the last one, the best files are copies of the
-    final ones. Every branch depends only on what all workers share (the
-    synchronised metrics), so all workers save the same way. Returns {what: path}.
+    The models hold no optimizer state (the checkpoint keeps it, without the weights once final.keras has
+    them: ``TrainingCheckpoint.finish``). A best epoch that is the last one is stored once, as final.keras,
+    which best.json names. The SavedModel serves raw images (``training.serving``). Every branch depends only
+    on what all workers share (the synchronised metrics), so all workers save the same way. Returns {what: path}.
     """
     model, model_dir, write_path = setup.model, setup.model_dir, setup.write_dir.path
     final_model = os.path.join(write_path, files.FINAL_MODEL)
-    final_export = os.path.join(write_path, files.EXPORT_DIR, "final")
-    best_export = os.path.join(write_path, files.EXPORT_DIR, "best")
     best_is_final = best.best_epoch == setup.resolved.recipe.epochs
-    served = serving.ServingModel(model, setup.info)
+    if best.best_epoch is not None and not best_is_final:
+        best.apart_from_final(os.path.join(model_dir, files.FINAL_MODEL))  # before final.keras is replaced
     if best_is_final and best.saved_this_run:
-        files.atomic_copy(best.path, final_model)  # the same weights, saved moments ago
+        os.replace(best.path, final_model)  # the same weights, saved moments ago
     else:
-        files.atomic_save_model(model, final_model)
-    files.atomic_export(served, final_export)
+        files.atomic_save_model(model, final_model, include_optimizer=False)
+    if best_is_final:
+        best.same_as_final()
+    setup.checkpoint.finish()
+    files.atomic_export(serving.ServingModel(model, setup.info), os.path.join(write_path, files.EXPORT_DIR, "final"))
+    shutil.rmtree(os.path.join(write_path, files.EXPORT_DIR, "best"), ignore_errors=True)  # earlier versions'
     out = {
         "final model": os.path.join(model_dir, files.FINAL_MODEL),
         "final SavedModel": os.path.join(model_dir, files.EXPORT_DIR, "final"),
     }
     if best.best_epoch is not None:
-        if best_is_final:
-            files.atomic_copytree(final_export, best_export)
-        else:
-            # The chief's file when the best epoch is from an earlier run of this model_dir.
-            source = best.path if best.saved_this_run else os.path.join(model_dir, "best.keras")
-            model.load_weights(source)
-            files.atomic_export(served, best_export)
-            model.load_weights(final_model)  # what follows (the quantization-aware fine-tune) takes the final one
-        out["best model"] = os.path.join(model_dir, "best.keras")
-        out["best SavedModel"] = os.path.join(model_dir, files.EXPORT_DIR, "best")
+        out["best model"] = os.path.join(model_dir, files.FINAL_MODEL if best_is_final else BEST_MODEL)
     out["metrics"] = os.path.join(model_dir, files.METRICS_FILE)
     out["checkpoints"] = os.path.join(model_dir, files.CHECKPOINT_DIR)
     if os.path.isdir(os.path.join(write_path, files.TENSORBOARD_DIR)):
@@ -156,6 +172,24 @@ def print_summary(summary, config):
     log(f"  {'final':<6}{_format(final_top1):<22}{_format(final_top5)}")
     log(f"files in {summary.model_dir}:")
     for name, path in summary.files.items():
-        log(f"  {name + ':':<18}{path}")
-    if "TensorBoard" in summary.files:
-        log(f"view the curves: tensorboard --logdir {summary.files['TensorBoard']}")
+        same = name == "best model" and path == summary.files.get("final model")
+        log(f"  {name + ':':<18}{path}" + (" (the last epoch is the best)" if same else ""))
+    for line in usage_lines(summary.files, config.model):
+        log(line)
+
+
+def usage_lines(outputs, model_name):
+    """One line each: how to view the curves, load the .keras file, serve the SavedModel, run the TFLite file."""
+    lines = []
+    if "TensorBoard" in outputs:
+        lines.append(f"view the curves: tensorboard --logdir {outputs['TensorBoard']}")
+    lines.append("load the model (Python): import keras, keras_ftprop; "
+                 f"model = keras.saving.load_model({outputs['final model']!r})")
+    lines.append(f"serve the SavedModel (TensorFlow Serving): docker run -p 8501:8501 -v "
+                 f"{os.path.abspath(outputs['final SavedModel'])}:/models/{model_name}/1 -e MODEL_NAME={model_name} "
+                 "tensorflow/serving")
+    tflite = next((path for name, path in outputs.items() if name.startswith("TFLite")), None)
+    if tflite:
+        lines.append("run the TFLite model (Python): from ai_edge_litert.interpreter import Interpreter; "
+                     f"interpreter = Interpreter(model_path={tflite!r})")
+    return lines

@@ -22,15 +22,20 @@ Layout of the run directory (``model_dir``)::
     flags.txt            every flag value, reusable with --flagfile
     metrics.csv          one row per epoch: loss, top1, top5, val_*, learning_rate
                          (and target_loss/<parameter> of a scheduled target loss)
-    checkpoints/         tf.train checkpoints of the full training state (resume)
+    checkpoints/         the tf.train checkpoint of the training state (resume); once the run is over, without
+                         the weights, which are final.keras's (``TrainingCheckpoint.finish``)
     tensorboard/         TensorBoard logs (train/ and validation/)
-    best.keras           the model of the best val_top1 so far (best.json: which epoch)
+    best.json            the epoch of the best val_top1 and its file: best.keras, or final.keras when it is
+                         the last epoch (stored once)
+    best.keras           the model of the best val_top1, when that epoch is not the last
     final.keras          the model after the last epoch
     export/final/        SavedModel of final.keras, serving raw images (``training.serving``)
-    export/best/         SavedModel of best.keras
     export/model_int8.tflite, export/model_float.tflite   with --export_tflite
     qat.keras, qat/      with --qat_epochs: the fine-tuned quantization-aware copy, its resume state and
                          metrics (``training.qat``); export/model_qat_int8.tflite with --export_tflite=int8
+
+The .keras files hold the architecture and weights, not the optimizer state (they load uncompiled), and
+load with ``keras_ftprop`` alone.
 """
 
 import time

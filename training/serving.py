@@ -132,8 +132,9 @@ class ServingModel:
     def export(self, path, verbose=False):
         """Write the SavedModel with the signatures of the module docstring to ``path``."""
         recipe, size = self.recipe, self.recipe.size
+        # Not ``archive.track(self.model)``: it stores every variable a second time beside the endpoints' own
+        # (a SavedModel twice the weights' size); the endpoints save the variables they capture.
         archive = keras.export.ExportArchive()
-        archive.track(self.model)
         archive.add_endpoint(
             "serving_default", lambda images: self._outputs(transform_images(images, recipe)),
             [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])

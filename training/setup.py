@@ -25,6 +25,8 @@ from training.report import log
 # Images smaller than CIFAR's (digits 8x8, MNIST 28x28) are resized up to this
 # side, or to the model's minimum input side if that is larger.
 SMALL_IMAGE_SIDE = 32
+# Source images enlarged more than this many times get a warning.
+UPSAMPLING_WARNING = 2.0
 
 
 @dataclasses.dataclass
@@ -47,6 +49,7 @@ class Setup:
     settings: dict
     train_from: object = None  # global batch -> the training stream from it (None: cannot seek)
     stem_reason: str | None = None  # why the network has its stem (None: it has no stem option)
+    data_notes: tuple = ()  # lines printed after the data's: where the image size came from, upsampling
 
 
 def default_model_dir(config, now=None):
@@ -79,6 +82,27 @@ def resolve_stem(config, image_shape):
     if stem == "cifar":
         why += "; a deviation from the paper's ImageNet layout"
     return stem, why
+
+
+def model_image_side(model):
+    """The side large images (a folder, ImageNet) are cropped to for ``model`` by default: its own input's."""
+    return models.get_spec(model).input_shape[0]
+
+
+def image_size_notes(config, info):
+    """One line when the image side is the model's input side, one warning when the images are enlarged more
+    than ``UPSAMPLING_WARNING`` times (not for the digits demo, enlarged by design)."""
+    from training import data
+
+    side, notes = info.image_shape[0], []
+    if info.size_from_model:
+        notes.append(f"image size {side}x{side}: {config.model}'s input size (--image_size=N for another)")
+    factor = data.upsampling(info)
+    if factor and factor > UPSAMPLING_WARNING and config.dataset != recipes.DIGITS_DATASET:
+        notes.append(f"warning: the images are upsampled {factor:.1f}x (shorter side {info.native_side} to "
+                     f"{info.recipe.resize} pixels): more time and memory, no more detail; --image_size=N sets "
+                     "another side")
+    return tuple(notes)
 
 
 def _check_image_shape(model, image_shape):
@@ -171,7 +195,7 @@ def setup(config):
         train_ds, eval_ds, info = data.load(
             config.dataset, batch_size=recipe.batch_size, image_size=config.image_size,
             data_dir=config.data_dir, manual_dir=config.manual_dir, seed=config.seed,
-            min_image_size=min_image_side(config.model))
+            min_image_size=min_image_side(config.model), model_image_size=model_image_side(config.model))
     except data.DatasetError as error:
         raise UsageError(str(error)) from error
     if info.skipped_files:
@@ -214,7 +238,7 @@ def setup(config):
         log(warning)
     return Setup(strategy, strategy_text, resolved, info, train_ds, eval_ds, steps_per_epoch,
                  model_dir, write_dir, model, checkpoint, epochs_done, batches_done, settings, train_from,
-                 stem_reason)
+                 stem_reason, image_size_notes(config, info))
 
 
 def _build(config, recipe, info, strategy, model_dir, write_dir, stem=None):
@@ -240,6 +264,7 @@ def _build(config, recipe, info, strategy, model_dir, write_dir, stem=None):
                 read_dir=os.path.join(model_dir, files.CHECKPOINT_DIR),
                 write_dir=os.path.join(write_dir.path, files.CHECKPOINT_DIR),
                 every_steps=config.save_every_steps,
+                final_model=os.path.join(model_dir, files.FINAL_MODEL),
             )
             try:
                 epochs_done, batches_done = checkpoint.restore(model)

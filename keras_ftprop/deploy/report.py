@@ -81,9 +81,8 @@ def _describe_fused(site, threshold):
 
 def _describe(layer):
     how = "GREATER + SELECT_V2"
-    if layer.requantized is not None:
-        how = "a 1x1 depthwise requantization" + (" + LEAKY_RELU" if layer.requantized[3] else "") + \
-            " (GREATER + SELECT_V2 where the input is not 4-D)"
+    if layer.requantized is not None and len(layer.output.shape) == 4:  # other ranks keep the selects
+        how = "a 1x1 depthwise requantization" + (" + LEAKY_RELU" if layer.requantized[3] else "")
     what = f"{len(layer.thresholds)} threshold(s) as {how}, levels {_fmt(layer.levels)}"
     if layer.output_range is not None:
         low, high = layer.output_range

@@ -232,6 +232,29 @@ def test_int8_model_computes_in_integers_only():
     assert not any(op["op"] in ("QUANTIZE", "DEQUANTIZE") for op in graph["ops"])
 
 
+def test_the_report_names_the_ops_each_threshold_became():
+    """A Dense-only network's thresholds (2-D inputs) stay compares and selects, and the report says so; a
+    convolution's unfused threshold (4-D) is a depthwise requantization, as the report says."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = HardThreshold(name="act0")(keras.layers.Dense(8, name="fc0")(inputs))
+    x = Staircase(steps=3, name="act1")(keras.layers.Dense(8, name="fc1")(x))
+    dense_only = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    flatbuffer = deploy.to_tflite(dense_only, np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32),
+                                  quantize="int8")
+    report = flatbuffer.report
+    assert not any(op == "DEPTHWISE_CONV_2D" for op, _ in report.ops) and report.ops[("SELECT_V2", "INT8")] == 4
+    for name, steps in (("act0", 1), ("act1", 3)):
+        assert report.rewritten[name].startswith(f"{steps} threshold(s) as GREATER + SELECT_V2, levels"), name
+        assert "depthwise" not in report.rewritten[name]
+
+    model = models.get_model("convnet8", activation="step", input_shape=(32, 32, 3), classes=10)
+    images = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+    report = deploy.to_tflite(model, images, quantize="int8").report
+    assert report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1  # conv0_act, the one threshold not fused
+    assert report.rewritten["conv0_act"].startswith("1 threshold(s) as a 1x1 depthwise requantization, levels")
+
+
 def test_trained_digits_network_agrees_with_keras(tmp_path):
     from sklearn.datasets import load_digits
 

@@ -184,6 +184,15 @@ def test_batch_norm_threshold_counts_as_its_threshold_with_the_batch_norm_weight
     assert result.layers[2].macs == {"1-bit": 0, "k-bit": 6 * 6 * 6 * 36, "float": 0}
 
 
+def test_the_printout_gives_one_parameter_count_and_the_bytes_of_every_weight():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, use_bias=False),
+                              BatchNormThreshold(Staircase(steps=3), name="bn")])
+    lines = [line for line in str(summary(model, print_fn=None)).splitlines() if "Params" in line]
+    trainable = 3 * 3 * 3 * 4 + 2 * 4  # kernel; gamma, beta
+    every = trainable + 2 * 4  # and the moving mean and variance
+    assert lines == [f"Params: {trainable:,} trainable ({4 * every:,} bytes with the non-trainable weights)"]
+
+
 def _conv_after(activation, *layers, input_shape=(6, 6, 2)):
     return summary(keras.Sequential([keras.Input(input_shape), activation, *layers]), print_fn=None)
 

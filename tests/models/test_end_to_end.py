@@ -17,6 +17,7 @@ from tests.models.helpers import (
     compile_for_one_step,
     tiny_batch,
 )
+from tests.package_alone import predict_with_package_alone
 
 PAPER_MODELS = ("convnet4", "convnet8", "alexnet", "resnet18")
 # The ImageNet nets' export and MirroredStrategy checks take 5-15 s each on two
@@ -134,6 +135,25 @@ def test_keras_file_round_trip_gives_identical_outputs_and_gradients(
                                 gradients(loaded, images, labels)):
             np.testing.assert_allclose(theirs.numpy(), ours.numpy(),
                                        rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow  # ~20 s on two cores; the default run checks one layer (test_pooling) and train.py's ResNet-18
+def test_every_paper_network_loads_with_the_package_alone(tmp_path):
+    """Every layer, regulariser and initializer the networks save is Keras's or keras_ftprop's: the files load
+    in a fresh interpreter that sees the installed package and not this checkout's ``models``."""
+    cases = [("convnet4", "step", {"batch_norm": True}), ("convnet8", "staircase", {}),
+             ("alexnet", "step", {}), ("resnet18", "saturated_relu", {}), ("resnet18", "staircase", {})]
+    paths, images, expected = [], [], []
+    for i, (name, activation, extra) in enumerate(cases):
+        model = tiny_model(name, activation, target_loss="sste", weight_decay=1e-4, **extra)
+        randomise_batch_norm_statistics(model)
+        paths.append(tmp_path / f"{i}-{name}.keras")
+        model.save(paths[-1])
+        images.append(tiny_batch(TINY_INPUT_SHAPES[name], seed=i)[0])
+        expected.append(keras.ops.convert_to_numpy(model(images[-1], training=False)))
+    loaded = predict_with_package_alone(list(zip(paths, images)), tmp_path)
+    for path, got, want in zip(paths, loaded, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(path))
 
 
 @pytest.mark.parametrize("activation", ["relu", "saturated_relu"])

@@ -64,7 +64,7 @@ def test_restore_continues_from_mid_epoch_state(tmp_path):
                   callbacks=[saver, Interrupt(epoch=1, batch=3)])
     # epoch 0: saves after 2 and 4 batches and at its end (5); epoch 1: after 2 (7).
     assert saver.last_saved == (1, 2)
-    assert checkpoint_numbers(directory) == [5, 7]  # the previous one is kept too
+    assert checkpoint_numbers(directory) == [7]  # one at rest: each is deleted once the next is complete
     trained = [w.numpy() for w in model.weights]
     iterations = int(model.optimizer.iterations.numpy())
     assert iterations == 8  # the interrupted batch 3 ran past the last save
@@ -127,7 +127,7 @@ def test_epoch_end_saves_only_and_weights_round_trip(tmp_path):
     saver = callbacks.TrainingCheckpoint(directory, directory, every_steps=0)
     saver.restore(model)
     model.fit(dataset(), epochs=2, steps_per_epoch=STEPS, verbose=0, callbacks=[saver])
-    assert checkpoint_numbers(directory) == [STEPS, 2 * STEPS]
+    assert checkpoint_numbers(directory) == [2 * STEPS]
     fresh = tiny_model()
     assert callbacks.TrainingCheckpoint(directory, directory).restore(fresh) == (2, 0)
     for a, b in zip(model.weights, fresh.weights):
@@ -147,6 +147,56 @@ def test_non_chief_reads_chief_dir_and_writes_its_own(tmp_path):
               callbacks=[other])
     assert checkpoint_numbers(chief_dir) == [STEPS]
     assert checkpoint_numbers(own_dir) == [2 * STEPS]
+
+
+def _finished_run(tmp_path):
+    """A 1-epoch run whose final model is saved and whose checkpoint ``finish`` made weightless."""
+    directory, final = str(tmp_path / "checkpoints"), str(tmp_path / "final.keras")
+    model = tiny_model()
+    saver = callbacks.TrainingCheckpoint(directory, directory, final_model=final)
+    saver.restore(model)
+    model.fit(dataset(), epochs=1, steps_per_epoch=STEPS, verbose=0, callbacks=[saver])
+    from training import files
+
+    files.atomic_save_model(model, final, include_optimizer=False)
+    saver.finish()
+    return model, directory, final
+
+
+def test_finish_leaves_one_checkpoint_without_the_weights_and_a_rerun_continues_exactly(tmp_path):
+    model, directory, final = _finished_run(tmp_path)
+    assert os.path.basename(tf.train.latest_checkpoint(directory)) == f"final-{STEPS}"
+    assert sorted(os.listdir(directory)) == ["checkpoint", f"final-{STEPS}.data-00000-of-00001",
+                                             f"final-{STEPS}.index"]
+    stored = tf.train.list_variables(tf.train.latest_checkpoint(directory))
+    assert {name.split("/")[0] for name, _ in stored} == {  # no weights
+        "optimizer_state", "epochs_done", "batches_done", "metric_state", "save_counter",
+        "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    values = sum(int(np.prod(shape)) for name, shape in stored if name.startswith("optimizer_state/"))
+    assert values == sum(int(np.prod(v.shape)) for v in model.optimizer.variables)  # Adam's slots, step, rate
+    mtime = os.stat(tf.train.latest_checkpoint(directory) + ".index").st_mtime_ns
+    callbacks.TrainingCheckpoint(directory, directory, final_model=final).finish()  # no saver bound: nothing
+    fresh = tiny_model()
+    resumed = callbacks.TrainingCheckpoint(directory, directory, final_model=final)
+    assert resumed.restore(fresh) == (1, 0)
+    resumed.finish()  # already finished: nothing rewritten
+    assert os.stat(tf.train.latest_checkpoint(directory) + ".index").st_mtime_ns == mtime
+    for a, b in zip(model.optimizer.variables + model.weights, fresh.optimizer.variables + fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # A rerun with more epochs trains on exactly as the first run would have.
+    model.fit(dataset(), initial_epoch=1, epochs=2, steps_per_epoch=STEPS, verbose=0)
+    fresh.fit(dataset(), initial_epoch=1, epochs=2, steps_per_epoch=STEPS, verbose=0, callbacks=[resumed])
+    for a, b in zip(model.weights, fresh.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    assert checkpoint_numbers(directory) == [2 * STEPS]  # the full checkpoint of the new epoch replaced it
+
+
+def test_a_finished_checkpoint_without_its_final_model_is_a_clear_error(tmp_path):
+    _, directory, final = _finished_run(tmp_path)
+    os.remove(final)
+    with pytest.raises(ValueError, match="holds no weights: they are in the final model .*final.keras, which is "
+                                         "missing"):
+        callbacks.TrainingCheckpoint(directory, directory, final_model=final).restore(tiny_model())
 
 
 def test_restore_into_another_model_is_a_clear_error(tmp_path):
@@ -195,14 +245,15 @@ def test_best_model_saver(tmp_path):
     saver.on_epoch_end(2, {"val_top1": float("nan")})
     assert os.stat(tmp_path / "best.keras").st_mtime_ns == first
     assert json.loads((tmp_path / "best.json").read_text()) == {
-        "epoch": 1, "val_top1": 0.5, "val_top5": 0.9}
+        "epoch": 1, "val_top1": 0.5, "val_top5": 0.9, "file": "best.keras"}
     # A resumed run reads the value to beat back.
     again = callbacks.BestModelSaver(str(tmp_path), str(tmp_path))
     assert (again.best, again.best_epoch) == (0.5, 1)
     again.set_model(model)
     again.on_epoch_end(3, {"val_top1": 0.75})
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 4
-    assert keras.models.load_model(tmp_path / "best.keras").count_params() == model.count_params()
+    loaded = keras.models.load_model(tmp_path / "best.keras")
+    assert loaded.count_params() == model.count_params() and not loaded.compiled  # no optimizer state
     assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]
 
 

@@ -5,6 +5,7 @@ import stat
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from training import files
@@ -97,21 +98,52 @@ def test_atomic_save_and_export_replace_whole(tmp_path):
     assert os.listdir(tmp_path / "export") == ["final"]
 
 
-def test_atomic_copy_and_copytree(tmp_path):
-    source = tmp_path / "src"
-    (source / "variables").mkdir(parents=True)
-    (source / "saved_model.pb").write_text("new")
-    (source / "variables" / "v").write_text("data")
-    target = tmp_path / "export" / "best"
-    target.mkdir(parents=True)
-    (target / "stale").write_text("old")
-    files.atomic_copytree(str(source), str(target))
-    assert sorted(os.listdir(target)) == ["saved_model.pb", "variables"]
-    assert (target / "variables" / "v").read_text() == "data"
-    files.atomic_copy(str(source / "saved_model.pb"), str(tmp_path / "copy.pb"))
-    assert (tmp_path / "copy.pb").read_text() == "new"
-    assert sorted(os.listdir(tmp_path)) == ["copy.pb", "export", "src"]
-    assert os.listdir(tmp_path / "export") == ["best"]
+def test_atomic_copy(tmp_path):
+    (tmp_path / "src.keras").write_text("new")
+    (tmp_path / "copy.keras").write_text("old")
+    files.atomic_copy(str(tmp_path / "src.keras"), str(tmp_path / "copy.keras"))
+    assert (tmp_path / "copy.keras").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["copy.keras", "src.keras"]
+
+
+def _trained_model():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(6)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x), name="tiny")
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(32, 4)), rng.integers(0, 3, 32), epochs=2, batch_size=8, verbose=0)
+    return model
+
+
+def test_a_model_saved_without_optimizer_holds_its_weights_alone_and_predicts_the_same(tmp_path):
+    model = _trained_model()
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    files.atomic_save_model(model, str(tmp_path / "with.keras"))
+    files.atomic_save_model(model, str(tmp_path / "without.keras"), include_optimizer=False)
+    with_optimizer = keras.saving.load_model(tmp_path / "with.keras")
+    loaded = keras.saving.load_model(tmp_path / "without.keras")
+    assert with_optimizer.optimizer.built and not loaded.compiled  # no optimizer state
+    assert loaded.name == "tiny" and [(type(a), a.name) for a in loaded.layers] == [
+        (type(b), b.name) for b in model.layers]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    for got, want in zip(loaded.weights, model.weights):  # batch-norm statistics included
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # Adam's two slots per weight are gone: the file shrinks by about twice the trainable weights' bytes.
+    trainable_bytes = sum(w.numpy().nbytes for w in model.trainable_weights)
+    saved = os.path.getsize(tmp_path / "with.keras") - os.path.getsize(tmp_path / "without.keras")
+    assert saved > 1.5 * trainable_bytes
+    assert model.optimizer.built and model.compiled  # the model itself keeps its optimizer
+
+
+def test_without_optimizer_refuses_a_subclassed_model():
+    class Subclassed(keras.Model):
+        def call(self, inputs):
+            return inputs
+
+    with pytest.raises(TypeError, match="functional or Sequential"):
+        files.without_optimizer(Subclassed())
 
 
 def test_widen_adds_columns_and_readers_skip_na(tmp_path):

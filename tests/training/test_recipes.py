@@ -230,3 +230,25 @@ def test_learning_rate_steps_at_one_based_decay_epochs():
     assert recipes.learning_rate_at(r, 89) == pytest.approx(0.001)
     flat = recipes.resolve("paper", "resnet18", "step", "digits", {}).recipe
     assert {recipes.learning_rate_at(flat, e) for e in range(10)} == {1e-3}
+
+
+def _printed(resolved):
+    return [line.split()[0] for line in resolved.lines()]
+
+
+def test_the_printed_settings_are_those_the_optimizer_and_schedule_use():
+    # The digits demo of ResNet-18: Adam, no decay epochs: neither SGD's momentum nor the decay factor.
+    adam = recipes.resolve("paper", "resnet18", "step", "digits", {})
+    assert adam.recipe.optimizer == "adam" and adam.recipe.lr_decay_epochs == ()
+    assert "momentum" not in _printed(adam) and "lr_decay" not in _printed(adam)
+    assert _printed(adam) == ["optimizer", "learning_rate", "batch_size", "epochs", "lr_decay_epochs",
+                              "weight_decay", "batch_norm_weight_decay"]
+    # The paper's ResNet-18 on ImageNet: SGD with momentum 0.9, decays at 30 and 60.
+    sgd = recipes.resolve("paper", "resnet18", "step", "imagenet2012", {})
+    assert _printed(sgd) == list(recipes.FIELDS)
+    assert any(line.split()[:2] == ["momentum", "0.9"] for line in sgd.lines())
+    # Adam with decay epochs (convnet4 on CIFAR-10): the factor, not the momentum.
+    decayed = recipes.resolve("paper", "convnet4", "step", "cifar10", {})
+    assert "lr_decay" in _printed(decayed) and "momentum" not in _printed(decayed)
+    # The record keeps every setting.
+    assert set(adam.as_dict()) == set(recipes.FIELDS)

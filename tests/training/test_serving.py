@@ -242,3 +242,22 @@ def test_recipes_of_the_sources_say_grey_or_rgb():
     large = serving.preprocessing_settings(data.large_recipe(image_size=112))
     assert (large["transform"], large["image_size"], large["resize_size"], large["color"]) == (
         "centre_crop", 112, 128, "rgb")
+
+
+def test_the_saved_model_stores_each_variable_once(tmp_path):
+    """Keras's ``ExportArchive.track`` would store every variable a second time: twice the weights' bytes."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    labels = np.zeros(3, np.int32)
+    _, evaluation, info = pipelines.in_memory(
+        "rgb", (images, labels, images, labels), num_classes=3, class_names=("a", "b", "c"),
+        stats=data.channel_stats(images), batch_size=3, image_size=8, seed=0, min_image_size=None)
+    model = tiny_model(8, 3)
+    serving.ServingModel(model, info).export(str(tmp_path / "export"))
+    stored = tf.train.list_variables(str(tmp_path / "export" / "variables" / "variables"))
+    assert sum(int(np.prod(shape)) for name, shape in stored if name.endswith("VARIABLE_VALUE")) == \
+        model.count_params()
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    x = next(iter(evaluation))[0]
+    np.testing.assert_allclose(loaded.signatures["serving_float"](images=x)["logits"].numpy(),
+                               model(x, training=False).numpy(), rtol=1e-6, atol=1e-6)

@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from training import setup
+from training import data, setup
 from training.errors import UsageError
 
 SETTINGS = {"model": "convnet4", "activation": "step", "target_loss": "soft_hinge",
@@ -76,3 +76,41 @@ def test_a_run_with_another_stem_is_not_resumed(tmp_path):
     model_dir = run_dir(tmp_path, {**SETTINGS, "model": "resnet18", "stem": "imagenet"})
     with pytest.raises(UsageError, match="stem='imagenet', this command has stem='cifar'"):
         setup.check_same_run(model_dir, {**SETTINGS, "model": "resnet18", "stem": "cifar"})
+
+
+@pytest.mark.parametrize("model, side", [("convnet4", 32), ("convnet8", 32), ("alexnet", 224), ("resnet18", 224)])
+def test_large_images_default_to_the_models_own_input_side(model, side):
+    assert setup.model_image_side(model) == side
+
+
+def _info(side=224, **fields):
+    """A folder's DatasetInfo at crop ``side`` (resize side round(256 / 224 side)), or digits' at 32."""
+    from training import data
+
+    recipe = data.large_recipe(image_size=side)
+    base = dict(name="x", num_classes=2, image_shape=(side, side, 3), train_examples=8, eval_examples=2,
+                recipe=recipe)
+    return data.DatasetInfo(**{**base, **fields})
+
+
+def _config(**fields):
+    from training import config
+
+    return config.Config(**{"model": "resnet18", "dataset": "folder:/data", **fields})
+
+
+def test_image_size_notes_say_where_the_size_came_from_and_warn_above_2x():
+    # A folder of 40x48 images at ResNet-18's 224: resized to 256 first, 6.4x.
+    notes = setup.image_size_notes(_config(), _info(native_side=40, size_from_model=True))
+    assert notes == (
+        "image size 224x224: resnet18's input size (--image_size=N for another)",
+        "warning: the images are upsampled 6.4x (shorter side 40 to 256 pixels): more time and memory, no more "
+        "detail; --image_size=N sets another side")
+    # Exactly 2x is not warned about; --image_size (not the model) set the side: no first line.
+    assert setup.image_size_notes(_config(image_size=224), _info(native_side=128)) == ()
+    assert len(setup.image_size_notes(_config(), _info(native_side=127))) == 1
+    # The digits demo is enlarged 4x by design: no warning.
+    digits = _info(32, native_side=8, recipe=data.small_recipe(8, name="digits", mean=(0,) * 3, std=(1,) * 3,
+                                                                min_image_size=32))
+    assert setup.image_size_notes(_config(dataset="digits"), digits) == ()
+    assert len(setup.image_size_notes(_config(dataset="idx:/mnist"), digits)) == 1

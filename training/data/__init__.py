@@ -31,9 +31,10 @@ from training.data.base import (
     channel_stats,
     large_recipe,
     small_recipe,
+    upsampling,
 )
 from training.data.digits import digits_split
-from training.data.folder import IMAGE_EXTENSIONS, readable_files, scan_folder
+from training.data.folder import IMAGE_EXTENSIONS, probe_files, readable_files, scan_folder
 from training.data.idx import find_idx_files, read_idx
 from training.data.pipelines import large_pipelines, small_pipelines
 from training.data.transforms import (
@@ -74,6 +75,7 @@ __all__ = [
     "normalize",
     "normalize_rgb",
     "pad_random_crop",
+    "probe_files",
     "random_flip",
     "read_idx",
     "readable_files",
@@ -82,6 +84,7 @@ __all__ = [
     "scan_folder",
     "small_pipelines",
     "small_recipe",
+    "upsampling",
 ]
 
 
@@ -99,8 +102,14 @@ def load(
     manual_dir=None,
     seed: int | None = None,
     min_image_size: int | None = None,
+    model_image_size: int | None = None,
 ):
     """Returns (train, eval, info) for ``spec`` (docs/data.md).
+
+    Images are resized to ``image_size``, else: small ones (native side up to
+    ``SMALL_MAX_SIDE``) keep their side, at least ``min_image_size``; large ones
+    (a folder, ImageNet) are cropped to ``model_image_size`` (the network's
+    own input side; 224 if None), at least ``min_image_size``.
 
     train: shuffled (seeded), augmented, batched with drop_remainder=True,
     prefetched, NOT repeated. eval: deterministic, batched (remainder kept),
@@ -110,19 +119,22 @@ def load(
     _check_positive("batch_size", batch_size)
     if image_size is not None:
         _check_positive("image_size", image_size)
-    if min_image_size is not None:
-        _check_positive("min_image_size", min_image_size)
+    for name, value in (("min_image_size", min_image_size), ("model_image_size", model_image_size)):
+        if value is not None:
+            _check_positive(name, value)
     spec = str(spec).strip()
     opts = dict(batch_size=int(batch_size), image_size=image_size, seed=seed,
                 min_image_size=min_image_size)
     if spec == "digits":
         train, evaluation, info = digits.load(**opts)
     elif spec.startswith("folder:"):
-        train, evaluation, info = folder.load(spec, _spec_path(spec, "folder:"), **opts)
+        train, evaluation, info = folder.load(spec, _spec_path(spec, "folder:"), model_image_size=model_image_size,
+                                              **opts)
     elif spec.startswith("idx:"):
         train, evaluation, info = idx.load(spec, _spec_path(spec, "idx:"), **opts)
     else:
-        train, evaluation, info = tfds.load(spec, data_dir=data_dir, manual_dir=manual_dir, **opts)
+        train, evaluation, info = tfds.load(spec, data_dir=data_dir, manual_dir=manual_dir,
+                                            model_image_size=model_image_size, **opts)
     logging.info(
         "dataset %s: %s train / %s eval examples, %d classes, images %s%s",
         info.name, info.train_examples, info.eval_examples, info.num_classes,

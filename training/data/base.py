@@ -45,10 +45,21 @@ class DatasetInfo:
     class_names: tuple | None = None
     skipped_files: int = 0
     recipe: Recipe | None = None  # the preprocessing of the pipelines (their evaluation transform is served)
+    # The shorter side of the source images (a folder's: the median over its training files; None if unknown).
+    native_side: int | None = None
+    size_from_model: bool = False  # the side is the model's input side (large images, no --image_size)
     # The training stream from global batch g (pass g // B, batch g % B of it, B batches a pass),
     # a function of the seed and g alone (pipelines.seekable_stream); None if the split's size is unknown.
     train_from: Callable[[int], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False,
                                                                            compare=False)
+
+
+def upsampling(info):
+    """How many times the source images are enlarged: the recipe's resize side / their shorter side (None if
+    either is unknown)."""
+    if not info.native_side or info.recipe is None:
+        return None
+    return info.recipe.resize / info.native_side
 
 
 class DatasetError(ValueError):
@@ -91,9 +102,10 @@ def small_recipe(native_side, *, name, mean, std, image_size=None, min_image_siz
     )
 
 
-def large_recipe(*, image_size=None, min_image_size=None):
-    """ImageNet-style recipe: C = image_size or max(224, min_image_size), R = round(256/224 C)."""
-    crop = image_size or max(IMAGENET_CROP, int(min_image_size or 0))
+def large_recipe(*, image_size=None, min_image_size=None, model_image_size=None):
+    """ImageNet-style recipe: C = image_size or max(model_image_size (default 224), min_image_size),
+    R = round(256/224 C)."""
+    crop = image_size or max(int(model_image_size or IMAGENET_CROP), int(min_image_size or 0))
     return Recipe(
         family="large",
         size=crop,

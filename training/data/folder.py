@@ -84,17 +84,20 @@ def scan_folder(root):
 
 
 def _probe(index, path):
-    """index if the file decodes, else -1 (or an error, dropped by ignore_errors).
+    """(index, shorter side) if the file decodes, else (-1, 0) (or an error, dropped by ignore_errors).
 
-    JPEG: decode at 1/8 scale (DCT scaling still walks the whole stream);
-    other formats: full decode.
+    JPEG: decode at 1/8 scale (DCT scaling still walks the whole stream), the
+    side from its header; other formats: full decode.
     """
     contents = tf.io.read_file(path)
-    shape = tf.cond(
-        is_jpeg(contents),
-        lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8))[:2],
-        lambda: tf.shape(decode_rgb(contents))[:2])
-    return tf.where(tf.reduce_min(shape) > 0, index, tf.constant(-1, tf.int64))
+
+    def jpeg():
+        decoded = tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8))[:2]
+        return tf.where(tf.reduce_min(decoded) > 0, tf.image.extract_jpeg_shape(contents)[:2], 0)
+
+    shape = tf.cond(is_jpeg(contents), jpeg, lambda: tf.shape(decode_rgb(contents))[:2])
+    side = tf.cast(tf.reduce_min(shape), tf.int64)
+    return tf.where(side > 0, index, tf.constant(-1, tf.int64)), side
 
 
 def _path_tensor(paths):
@@ -102,33 +105,43 @@ def _path_tensor(paths):
     return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
-def readable_files(paths, batch=4096):
-    """Boolean mask of the files that decode as images (one parallel tf.data pass)."""
-    ok = np.zeros(len(paths), bool)
+def probe_files(paths, batch=4096):
+    """(mask of the files that decode as images, their shorter sides, 0 where they do not), one parallel
+    tf.data pass."""
+    ok, sides = np.zeros(len(paths), bool), np.zeros(len(paths), np.int64)
     if not paths:
-        return ok
+        return ok, sides
     probes = tf.data.Dataset.from_tensor_slices(_path_tensor(paths)).enumerate()
     probes = probes.map(_probe, num_parallel_calls=AUTOTUNE, deterministic=False)
     probes = probes.ignore_errors().batch(batch)
-    for indices in probes.as_numpy_iterator():
-        ok[indices[indices >= 0]] = True
-    return ok
+    for indices, found in probes.as_numpy_iterator():
+        good = indices >= 0
+        ok[indices[good]] = True
+        sides[indices[good]] = found[good]
+    return ok, sides
 
 
-def load(name, root, *, batch_size, image_size, seed, min_image_size):
+def readable_files(paths, batch=4096):
+    """Boolean mask of the files that decode as images (``probe_files``)."""
+    return probe_files(paths, batch)[0]
+
+
+def load(name, root, *, batch_size, image_size, seed, min_image_size, model_image_size=None):
     class_names, splits = scan_folder(root)
-    kept, skipped = {}, []
+    kept, skipped, sides = {}, [], {}
     for split, (paths, labels) in splits.items():
-        ok = readable_files(paths)
+        ok, sides[split] = probe_files(paths)
         skipped.extend(p for p, good in zip(paths, ok) if not good)
         kept[split] = ([p for p, good in zip(paths, ok) if good], labels[ok])
+        sides[split] = sides[split][ok]
         if not kept[split][0]:
             raise DatasetError(f"folder: none of the {len(paths)} image files under "
                                f"{os.path.join(root, split)} could be decoded")
     if skipped:
         logging.warning("folder: skipped %d unreadable image file(s), e.g. %s",
                         len(skipped), ", ".join(skipped[:3]))
-    recipe = large_recipe(image_size=image_size, min_image_size=min_image_size)
+    recipe = large_recipe(image_size=image_size, min_image_size=min_image_size,
+                          model_image_size=model_image_size)
 
     def examples(split):
         paths, labels = kept[split]
@@ -141,5 +154,6 @@ def load(name, root, *, batch_size, image_size, seed, min_image_size):
     info = DatasetInfo(
         name=name, num_classes=len(class_names), image_shape=(recipe.size, recipe.size, 3),
         train_examples=len(kept["train"][0]), eval_examples=len(kept["val"][0]),
-        class_names=class_names, skipped_files=len(skipped), train_from=train_from, recipe=recipe)
+        class_names=class_names, skipped_files=len(skipped), train_from=train_from, recipe=recipe,
+        native_side=int(np.median(sides["train"])), size_from_model=not image_size and bool(model_image_size))
     return train, evaluation, info

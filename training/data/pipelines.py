@@ -157,5 +157,5 @@ def in_memory(name, arrays, *, num_classes, class_names, stats, batch_size, imag
     info = DatasetInfo(
         name=name, num_classes=num_classes, image_shape=(recipe.size, recipe.size, 3),
         train_examples=len(x_train), eval_examples=len(x_eval), class_names=class_names,
-        train_from=train_from, recipe=recipe)
+        train_from=train_from, recipe=recipe, native_side=int(min(x_train.shape[1:3])))
     return train, evaluation, info

@@ -96,7 +96,8 @@ def _measured_stats(ds):
     return channel_stats(images)
 
 
-def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_size):
+def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_size,
+         model_image_size=None):
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir)
@@ -145,12 +146,15 @@ def load(name, *, data_dir, manual_dir, batch_size, image_size, seed, min_image_
                                             skip_decoding=True)
         eval_ds, eval_count = _tfds_split(builder, eval_split, train=False, seed=seed,
                                           skip_decoding=True)
-        recipe = large_recipe(image_size=image_size, min_image_size=min_image_size)
+        recipe = large_recipe(image_size=image_size, min_image_size=min_image_size,
+                              model_image_size=model_image_size)
         train, evaluation, train_from = large_pipelines(
             train_ds, eval_ds, recipe, shuffle_buffer=_LARGE_SHUFFLE_BUFFER, train_count=train_count,
             **options)
     info = DatasetInfo(
         name=name, num_classes=int(label_feature.num_classes),
         image_shape=(recipe.size, recipe.size, 3), train_examples=train_count,
-        eval_examples=eval_count, class_names=class_names, train_from=train_from, recipe=recipe)
+        eval_examples=eval_count, class_names=class_names, train_from=train_from, recipe=recipe,
+        native_side=min(height, width) if height and width else None,
+        size_from_model=not small and not image_size and bool(model_image_size))
     return train, evaluation, info

@@ -149,3 +149,35 @@ def test_folder_training_stream_from_batch_g_is_the_stream_from_0_without_its_fi
     whole = assert_seekable(info.train_from, 10, starts=(6,))
     images, labels = (np.concatenate(arrays) for arrays in zip(*whole))
     assert sorted(labels[:8]) != sorted(labels[8:16]) or not np.array_equal(images[:8], images[8:16])
+
+
+def test_folder_images_default_to_the_models_input_side_and_the_median_side_is_measured(tmp_path):
+    # Shorter sides 12 (train, 4 images), 9 (train, 2 images of 9x30 PNG) and 40 (val): median of train = 12.
+    make_folder(str(tmp_path), classes=("a", "b"), train_per_class=2, val_per_class=1, size=(12, 16))
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        write_image(os.path.join(tmp_path, "train", "a", f"wide{i}.png"),
+                    rng.integers(0, 256, size=(30, 9, 3), dtype=np.uint8))
+    write_image(os.path.join(tmp_path, "val", "b", "big.jpg"), rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8))
+    _, evaluation, info = data.load(f"folder:{tmp_path}", batch_size=2, model_image_size=32)
+    assert info.image_shape == (32, 32, 3) and info.size_from_model
+    assert (info.native_side, info.recipe.resize) == (12, 37)  # R = round(256 / 224 * 32)
+    assert data.upsampling(info) == pytest.approx(37 / 12)
+    assert batches(evaluation)[0].shape[1:] == (32, 32, 3)
+    given = data.load(f"folder:{tmp_path}", batch_size=2, image_size=16, model_image_size=32)[2]
+    assert given.image_shape == (16, 16, 3) and not given.size_from_model and given.recipe.resize == 18
+    # Without a model's side, the ImageNet crop (benchmarks and earlier callers).
+    assert data.load(f"folder:{tmp_path}", batch_size=2)[2].image_shape == (224, 224, 3)
+
+
+def test_probe_files_reads_each_shorter_side(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for name, shape in (("a.jpg", (20, 33)), ("b.png", (41, 17)), ("c.jpg", (8, 8))):
+        paths.append(os.path.join(tmp_path, name))
+        write_image(paths[-1], rng.integers(0, 256, size=shape + (3,), dtype=np.uint8))
+    paths.append(os.path.join(tmp_path, "broken.jpg"))
+    with open(paths[-1], "wb") as f:
+        f.write(b"\xff\xd8not a jpeg")
+    ok, sides = data.probe_files(paths)
+    assert ok.tolist() == [True, True, True, False] and sides.tolist() == [20, 17, 8, 0]

@@ -59,6 +59,18 @@ def test_tfds_imagenet_mock_large_recipe():
     assert info.num_classes == 1000 and info.image_shape == (16, 16, 3)
     assert x.shape == (4, 16, 16, 3) and x_eval.shape == (6, 16, 16, 3)
     assert np.all(np.isfinite(x_eval))
+    assert not info.size_from_model and info.native_side is None  # ImageNet's images vary in size
+
+
+def test_tfds_large_images_default_to_the_models_side_small_ones_keep_theirs():
+    with tfds.testing.mock_data(num_examples=6):
+        _, evaluation, info = data.load("imagenet2012", batch_size=4, seed=0, manual_dir="unused",
+                                        model_image_size=32)
+        x_eval, _ = batches(evaluation)
+        _, _, cifar = data.load("cifar10", batch_size=4, seed=0, min_image_size=32, model_image_size=224)
+    assert info.image_shape == (32, 32, 3) and x_eval.shape == (6, 32, 32, 3) and info.size_from_model
+    assert cifar.image_shape == (32, 32, 3) and not cifar.size_from_model  # CIFAR keeps its own 32x32
+    assert (cifar.native_side, cifar.recipe.resize) == (32, 32)
 
 
 def test_tfds_unknown_and_not_image_classification():
