@@ -47,6 +47,7 @@ def print_header(config, setup):
         f"{info.num_classes} classes, images {shape}; "
         f"{setup.steps_per_epoch or 'all'} steps per epoch")
     log(f"strategy: {setup.strategy_text}")
+    log(execution_text(config, setup.model))
     log(f"model: {setup.model.name}, {setup.model.count_params():,} parameters")
     keras_ftprop.summary(setup.model, print_fn=log)
     log(f"model_dir: {setup.model_dir}"
@@ -56,6 +57,20 @@ def print_header(config, setup):
         if setup.batches_done:
             where += f" and {setup.batches_done} batches of epoch {setup.epochs_done + 1}"
         log(f"resuming from the checkpoint saved {where}")
+
+
+def execution_text(config, model):
+    """One line: the dtype policy ``model`` computes in and the ``jit_compile`` its ``compile`` resolved.
+
+    ``train.py`` passes ``--jit_compile`` to ``compile`` as True or False, never
+    Keras's "auto" (which turns XLA off under every tf.distribute strategy); Keras
+    still turns a True off when op determinism is on or a layer does not support XLA.
+    """
+    text = f"execution: dtype policy {model.dtype_policy.name}, jit_compile={model.jit_compile}"
+    if config.jit_compile and not model.jit_compile:
+        text += (" (--jit_compile was given, but Keras compiles without XLA under --deterministic "
+                 "or for a layer that does not support it)")
+    return text
 
 
 def save_outputs(config, setup, best):

@@ -28,3 +28,34 @@ def test_save_outputs_leaves_the_final_weights_in_the_model_after_exporting_the_
     saved_best = keras.models.load_model(outputs["best model"])
     np.testing.assert_array_equal(saved_best.get_weights()[0], final[0] + 1.0)
     assert os.path.isdir(os.path.join(str(tmp_path), files.EXPORT_DIR, "best"))
+
+
+class _NoXLA(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False
+
+    def call(self, x):
+        return x
+
+
+def test_execution_text_gives_the_policy_and_the_jit_compile_keras_resolved():
+    def compiled(jit_compile, *layers):
+        model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+        return model
+
+    given = types.SimpleNamespace(jit_compile=True)
+    assert report.execution_text(given, compiled(True)) == "execution: dtype policy float32, jit_compile=True"
+    assert report.execution_text(types.SimpleNamespace(jit_compile=False), compiled(False)) == (
+        "execution: dtype policy float32, jit_compile=False")
+    # Keras turns XLA off for a layer that does not support it: said, not hidden.
+    text = report.execution_text(given, compiled(True, _NoXLA()))
+    assert text.startswith("execution: dtype policy float32, jit_compile=False (--jit_compile was given, but Keras ")
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = compiled(True)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert report.execution_text(given, model) == "execution: dtype policy mixed_bfloat16, jit_compile=True"
