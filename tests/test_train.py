@@ -452,6 +452,7 @@ def test_mirrored_over_two_virtual_cpus(tmp_path, capsys):
                                 f"--model_dir={model_dir}")
     assert status == 0, err
     assert "strategy: MirroredStrategy, 2 replica(s) on CPU:0, CPU:1" in out
+    assert "execution: dtype policy float32, jit_compile=False" in out  # passed explicitly, not "auto"
     assert settings(model_dir)["strategy"].startswith("MirroredStrategy, 2 replica(s)")
     assert len(metrics(model_dir)) == 1
 
@@ -478,6 +479,8 @@ BAD_INPUTS = {
     "no staircase steps": (["--staircase_steps=0"], "--staircase_steps=0"),
     "image too small": (["--model=alexnet", "--image_size=32"], "at least"),
     "missing device": (["--devices=/gpu:0"], "no such device /device:GPU:0"),
+    "XLA over two devices": (["--devices=/cpu:0,/cpu:1", "--jit_compile"],
+                             "--jit_compile cannot compile a step mirrored over 2 devices of one process"),
     "multi_worker without TF_CONFIG": (["--strategy=multi_worker"],
                                        "--strategy=multi_worker needs the TF_CONFIG"),
     "extra argument": (["cifar10"], "unexpected arguments: cifar10"),
@@ -1010,6 +1013,7 @@ def test_mixed_precision_and_xla_keep_float32_logits(tmp_path, capsys):
     status, out, err = run_main(capsys, "--model=convnet4", "--mixed_precision", "--jit_compile",
                                 "--epochs=1", *QUICK, f"--model_dir={model_dir}")
     assert status == 0, err
+    assert "execution: dtype policy mixed_bfloat16, jit_compile=True" in out
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     model = keras.models.load_model(os.path.join(model_dir, "final.keras"))
     assert model.output.dtype == "float32"

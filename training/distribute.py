@@ -168,6 +168,36 @@ def make_strategy(name, devices=()):
     return tf.distribute.get_strategy()
 
 
+def check_jit_compile(strategy, jit_compile):
+    """Refuse ``--jit_compile`` where Keras cannot compile the training step with XLA.
+
+    ``model.compile(jit_compile=True)`` makes Keras 3 compile its whole step,
+    ``strategy.run`` over every local replica included, as one XLA computation on
+    one device. Under a strategy with several local devices that computation
+    would read the variables of the others, which XLA refuses at the first step
+    ("Trying to access resource ... located in device ..."); under a multi-worker
+    strategy on CPUs it would hold the all-reduce, which XLA does not implement for
+    CPUs. One device per process (the default strategy, a mirrored one over one
+    device, one GPU per worker) compiles. Raises UsageError.
+    """
+    if not jit_compile:
+        return
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except (AttributeError, RuntimeError, NotImplementedError):  # the default strategy: one device
+        return
+    if len(devices) > 1:
+        raise UsageError(
+            f"--jit_compile cannot compile a step mirrored over {len(devices)} devices of one process "
+            f"({', '.join(_short(d) for d in devices)}): Keras 3 compiles the step of all replicas as one "
+            "XLA computation, which cannot use the variables of the other devices; drop --jit_compile, "
+            "or train on one device per process")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and all(
+            ":CPU:" in _canonical(d) for d in devices):
+        raise UsageError("--jit_compile with --strategy=multi_worker on CPUs: XLA does not implement "
+                         "the all-reduce across workers for CPU devices; drop --jit_compile")
+
+
 def _mirrored(devices):
     """``MirroredStrategy`` over ``devices``; CPUs sum gradients on one device.
 

@@ -59,6 +59,7 @@ def print_header(config, setup):
     if setup.stem_reason:
         log(f"stem: {setup.settings['stem']} ({setup.stem_reason})")
     log(f"strategy: {setup.strategy_text}")
+    log(execution_text(config, setup.model))
     log(f"model: {setup.model.name}")  # its parameters: the summary's "Params" line
     keras_ftprop.summary(setup.model, print_fn=log)
     log(f"model_dir: {setup.model_dir}"
@@ -80,6 +81,20 @@ def paper_data_command(config):
         return (f"on ImageNet: python train.py {network} --dataset=imagenet2012 --manual_dir=DIR "
                 "(DIR holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
     return f"on CIFAR-10, the paper's data for {config.model}: python train.py {network} --dataset=cifar10"
+
+
+def execution_text(config, model):
+    """One line: the dtype policy ``model`` computes in and the ``jit_compile`` its ``compile`` resolved.
+
+    ``train.py`` passes ``--jit_compile`` to ``compile`` as True or False, never
+    Keras's "auto" (which turns XLA off under every tf.distribute strategy); Keras
+    still turns a True off when op determinism is on or a layer does not support XLA.
+    """
+    text = f"execution: dtype policy {model.dtype_policy.name}, jit_compile={model.jit_compile}"
+    if config.jit_compile and not model.jit_compile:
+        text += (" (--jit_compile was given, but Keras compiles without XLA under --deterministic "
+                 "or for a layer that does not support it)")
+    return text
 
 
 def save_outputs(config, setup, best):

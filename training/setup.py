@@ -172,6 +172,7 @@ def setup(config):
     devices = distribute.parse_devices(config.devices)
     distribute.configure_devices(devices)
     strategy = distribute.make_strategy(config.strategy, devices)
+    distribute.check_jit_compile(strategy, config.jit_compile)
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)

@@ -142,6 +142,50 @@ def test_output_and_gradient_dtypes_follow_the_input(op, dtype):
     np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected_y, atol=1e-2)
 
 
+HALF_EPSILON = {tf.float16: 2.0**-10, tf.bfloat16: 2.0**-7}
+
+
+@pytest.mark.parametrize("names", [pytest.param(("soft_hinge", "sste", "ede"), id="ftp_sh-sste-ede"),
+                                   pytest.param(tuple(ref.LOSSES), id="every-loss", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_gradients_keep_the_input_dtype_and_the_numpy_values(dtype, jit_compile, names):
+    """Under mixed_float16 / mixed_bfloat16 a unit's input is half precision: its FTPROP gradient must come
+    back in that dtype (a float32 gradient breaks the XLA-compiled step), equal to the numpy formulas
+    to its rounding. x on a grid of quarters, exact in both dtypes and off every threshold that is
+    itself rounded (SSTE-v2's sqrt(3), the truncated log loss's 1.85)."""
+    x = np.arange(-2.5, 3.75, 0.25, dtype=np.float32)
+    g = np.random.default_rng(0).choice(np.array([-1.25, -0.5, 0.0, 0.75, 1.0], np.float32), size=x.shape)
+    cases = [(name, scale_by_grad, kind) for name in names for scale_by_grad in (True, False)
+             for kind in ("step", "staircase")]
+
+    def op(name, scale_by_grad, kind):
+        if kind == "step":
+            return lambda v: ops.hard_threshold(v, _loss(name), scale_by_grad)
+        return lambda v: ops.staircase(v, 3, _loss(name), scale_by_grad, low=-1.0, high=3.0)
+
+    @tf.function(jit_compile=jit_compile)
+    def gradients(v, upstream):
+        out = []
+        for case in cases:
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = op(*case)(v)
+            out.append(tape.gradient(y, v, output_gradients=upstream))
+        return out
+
+    for (name, scale_by_grad, kind), grad in zip(cases, gradients(tf.cast(x, dtype), tf.cast(g, dtype))):
+        assert grad.dtype == dtype, (name, scale_by_grad, kind)
+        if kind == "step":
+            expected = ref.step_grad(name, x, g, scale_by_grad, False)
+        else:
+            expected = ref.staircase_grad(name, x, g, 3, -1.0, 3.0, scale_by_grad)
+        # A few roundings of the dtype, relative to the largest value (swish_sign's reaches 5 |g|).
+        atol = 4 * HALF_EPSILON[dtype] * max(1.0, np.abs(expected).max())
+        np.testing.assert_allclose(tf.cast(grad, tf.float32).numpy(), expected, rtol=0, atol=atol,
+                                   err_msg=f"{name}, scale_by_grad={scale_by_grad}, {kind}")
+
+
 @pytest.mark.parametrize("name", ["soft_hinge", "sste", "truncated_hinge"])
 @pytest.mark.parametrize("scale_by_grad", [True, False])
 def test_gradients_under_xla_equal_eager(name, scale_by_grad):

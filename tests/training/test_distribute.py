@@ -72,6 +72,31 @@ def test_multi_worker_needs_a_valid_tf_config(monkeypatch):
         distribute.make_strategy("multi_worker")
 
 
+def test_check_jit_compile_refuses_xla_over_several_devices_of_one_process():
+    cpus = ["/device:CPU:0", "/device:CPU:1"]
+    for strategy in (distribute.make_strategy("default"), distribute.make_strategy("mirrored", cpus[:1])):
+        distribute.check_jit_compile(strategy, True)  # one device: XLA compiles the step
+    mirrored = distribute.make_strategy("mirrored", cpus)
+    distribute.check_jit_compile(mirrored, False)
+    with pytest.raises(ValueError, match=r"--jit_compile cannot compile a step mirrored over 2 devices of one "
+                                         r"process \(CPU:0, CPU:1\)"):
+        distribute.check_jit_compile(mirrored, True)
+
+
+def test_keras_cannot_compile_a_step_mirrored_over_two_devices_with_xla():
+    """Why check_jit_compile refuses: Keras 3 compiles strategy.run over all replicas as one XLA
+    computation, which cannot read the second device's variables. Should this test fail, Keras
+    compiles such a step now, and the refusal can go."""
+    import keras
+
+    strategy = distribute.make_strategy("mirrored", ["/device:CPU:0", "/device:CPU:1"])
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Trying to access resource .* located in device"):
+        model.fit(tf.ones((4, 3)), tf.ones((4, 2)), batch_size=4, epochs=1, verbose=0)
+
+
 def test_chief_task():
     assert distribute.chief_task(None, None, {})
     assert distribute.chief_task("worker", 0, {"worker": ["a", "b"]})

@@ -109,3 +109,34 @@ def test_closing_lines_say_how_to_load_serve_and_run_each_file(tmp_path):
         "interpreter = Interpreter(model_path='runs/a/export/model_int8.tflite')",
     ]
     assert len(report.usage_lines({k: v for k, v in outputs.items() if k.startswith("final")}, "convnet4")) == 2
+
+
+class _NoXLA(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_jit = False
+
+    def call(self, x):
+        return x
+
+
+def test_execution_text_gives_the_policy_and_the_jit_compile_keras_resolved():
+    def compiled(jit_compile, *layers):
+        model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+        return model
+
+    given = types.SimpleNamespace(jit_compile=True)
+    assert report.execution_text(given, compiled(True)) == "execution: dtype policy float32, jit_compile=True"
+    assert report.execution_text(types.SimpleNamespace(jit_compile=False), compiled(False)) == (
+        "execution: dtype policy float32, jit_compile=False")
+    # Keras turns XLA off for a layer that does not support it: said, not hidden.
+    text = report.execution_text(given, compiled(True, _NoXLA()))
+    assert text.startswith("execution: dtype policy float32, jit_compile=False (--jit_compile was given, but Keras ")
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = compiled(True)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert report.execution_text(given, model) == "execution: dtype policy mixed_bfloat16, jit_compile=True"
