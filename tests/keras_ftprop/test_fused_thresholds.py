@@ -391,12 +391,14 @@ def test_only_a_staircase_whose_lowest_level_is_0_is_fused():
         levels = low + (1 - low) * np.arange(4) / 3
         thresholds = low + (1 - low) * np.arange(3) / 2
         decoded = got[name].reshape(len(patterns), -1)
-        assert np.isclose(decoded[..., None], levels, rtol=0, atol=1e-6).any(-1).all(), name  # levels only
+        # Within 1.5 output codes: TensorFlow 2.16's converter puts a level a code off (0.67059 for 2/3).
+        code = 1.5 * (1 - low) / 255
+        assert np.isclose(decoded[..., None], levels, rtol=0, atol=code).any(-1).all(), name  # levels only
         assert len(np.unique(keras_y)) == 4, name  # every level occurs
         # Equal to Keras's float unit where the int8 rounding of kernel and input cannot cross a threshold.
         clear = np.abs(z[..., None] - thresholds).min(-1) > 0.02
         assert clear.mean() > 0.8, name
-        np.testing.assert_allclose(decoded[clear], keras_y[clear], rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(decoded[clear], keras_y[clear], rtol=0, atol=code, err_msg=name)
     report = flatbuffer.report
     assert report.fused == {"act2": "fc2"}
     for name in ("act1", "act3"):

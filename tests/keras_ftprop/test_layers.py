@@ -253,6 +253,9 @@ MIRRORED_LOSS_TOLERANCE = 0.1
 def test_mixed_bfloat16_under_mirrored_strategy_keeps_one_device_losses(unit, learning_rate):
     """train.py's --mixed_precision on CPUs (mixed_bfloat16, float32 logits), mirrored over the two
     logical CPUs: 50 steps of fit stay finite and within the tolerance of one device's losses."""
+    if tuple(int(part) for part in keras.__version__.split(".")[:2]) < (3, 7):
+        pytest.skip(f"Keras {keras.__version__}'s fit under MirroredStrategy differs from one device for a plain "
+                    "float32 model too (tests/keras_ftprop/test_quantization.py)")
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(cpus) == 2, "tests/conftest.py should provide two logical CPUs"
     x, y = _data(n=16)
