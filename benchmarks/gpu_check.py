@@ -27,10 +27,12 @@ Verdict, the last line: ``gpu_check: OK`` or ``gpu_check: FAILED: <what>``
 another dtype than its unit (the compute dtype) or its weight (float32), or a
 mixed-precision run strays from float32 beyond the tolerances: the first
 step's loss (same weights, same batch: the forward's rounding only) by more
-than ``--first_loss_eps`` (16) machine epsilons of the compute dtype, relative
-(12.5% for bfloat16, 1.6% for float16: units within rounding of a threshold
-flip, so step networks move more than ReLU's), or the loss fallen over the run by
-less than ``--fall_tolerance`` (0.5) of float32's fall (see ``check_mixed``).
+than ``--first_loss_tolerance`` (10%) relative, or the loss fallen over the
+run by less than ``--fall_tolerance`` (0.5) of float32's fall (see
+``check_mixed``). Step units within rounding of 0 flip, and a flip changes
+the next layer's input by 2, so a step network's first loss moves by a few
+per cent under rounding alone (ResNet-18, 64x64, batch 16, float16: 1.9%;
+convnet4, 16x16, batch 4, bfloat16: 7.2%); a broken cast moves it by more.
 
 A batch that does not fit (``ResourceExhaustedError``) is halved and the
 setting retried. Settings that would exceed ``--budget_minutes`` are skipped
@@ -72,7 +74,6 @@ from training.errors import UsageError  # noqa: E402
 
 ACTIVATIONS = ("relu", "step", "staircase")  # step and staircase with FTP-SH (soft_hinge)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-EPSILON = {"mixed_float16": 2.0 ** -10, "mixed_bfloat16": 2.0 ** -7}  # of the compute dtypes
 BASELINE = "relu"
 SCALING_ACTIVATION = "step"
 # Layers whose inputs' gradients are reported: ReLU's, and the FTPROP custom gradients.
@@ -129,9 +130,8 @@ def define_flags(flag_values):
                          "512 on GPUs, 32 on CPUs).", lower_bound=0, **define)
     flags.DEFINE_float("budget_minutes", None, "Skip settings that would end the check later (default: 8 "
                        "on GPUs, 4 on CPUs).", **define)
-    flags.DEFINE_float("first_loss_eps", 16.0, "Largest relative difference of a mixed-precision first-step "
-                       "loss from float32's, in machine epsilons of its compute dtype (bfloat16 2^-7, "
-                       "float16 2^-10).", **define)
+    flags.DEFINE_float("first_loss_tolerance", 0.1, "Largest relative difference of a mixed-precision "
+                       "first-step loss from float32's.", **define)
     flags.DEFINE_float("fall_tolerance", 0.5, "Smallest fall of a mixed-precision loss over the run, as "
                        "a fraction of float32's fall (when float32's loss fell).", **define)
     flags.DEFINE_integer("seed", 0, "Seed of the weights and of the synthetic batch.", **define)
@@ -470,23 +470,22 @@ def check_gradient_dtypes(row, context, model):
         row.problems.append(f"weight gradients {row.weight_grads}, expected float32")
 
 
-def check_mixed(rows, first_loss_eps, fall_tolerance):
+def check_mixed(rows, first_loss_tolerance, fall_tolerance):
     """Add a problem to every mixed-precision row that strays from float32's row of the same
     activation, XLA setting and batch (same initial weights, same batch of data):
 
-    * first step: |L1 - L1_f32| > first_loss_eps * eps * |L1_f32|, eps the machine epsilon of the
-      row's compute dtype: the first forward pass differs by rounding alone;
-    * the run: when float32's loss fell, (L1 - Ln) < fall_tolerance * (L1_f32 - Ln_f32): mixed
+    * first step: |L1 - L1_f32| > first_loss_tolerance |L1_f32| (the first forward differs by
+      rounding alone, which flips step units within rounding of 0);
+    * the run: when float32's loss fell, (L1 - Ln) < fall_tolerance (L1_f32 - Ln_f32): mixed
       precision learnt the batch by less than the tolerance allows."""
     reference = {(r.activation, r.xla, r.batch): r for r in rows if r.precision == "float32" and r.ok}
     for row in rows:
         ref = reference.get((row.activation, row.xla, row.batch))
         if row.precision == "float32" or ref is None or not row.ok:
             continue
-        tolerance = first_loss_eps * EPSILON[row.precision]
-        if abs(row.first_loss - ref.first_loss) > tolerance * abs(ref.first_loss):
+        if abs(row.first_loss - ref.first_loss) > first_loss_tolerance * abs(ref.first_loss):
             row.problems.append(f"first loss {row.first_loss:.4f} vs float32 {ref.first_loss:.4f} "
-                                f"(tolerance {tolerance:.2%})")
+                                f"(tolerance {first_loss_tolerance:.0%})")
         ref_fall, fall = ref.first_loss - ref.last_loss, row.first_loss - row.last_loss
         if ref_fall > 0 and fall < fall_tolerance * ref_fall:
             row.problems.append(f"loss fell by {fall:.3f}, float32's by {ref_fall:.3f} "
@@ -583,7 +582,7 @@ def check(flags_):
             new_rows, batch = run_setting(context, activations, precision, jit_compile, one_device, batch)
             print(f" {time.perf_counter() - start:.0f} s", flush=True)
             rows += new_rows
-    check_mixed(rows, flags_.first_loss_eps, flags_.fall_tolerance)
+    check_mixed(rows, flags_.first_loss_tolerance, flags_.fall_tolerance)
 
     if flags_.scaling:
         rows += scaling_rows(context, rows, skipped)

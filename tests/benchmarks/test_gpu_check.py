@@ -14,8 +14,11 @@ import tensorflow as tf
 
 from benchmarks import gpu_check
 
+# At batch 4 the step network's first loss moves by 7% in bfloat16 on this suite's CPUs (units within
+# rounding of 0 flip), and other CPUs round otherwise: a wider first-loss tolerance than the 10% a
+# batch of 256 gets.
 TINY = ["gpu_check", "--model=convnet4", "--image_size=16", "--batch_size=4", "--steps=4", "--warmup_steps=1",
-        "--chunk_steps=1", "--activations=relu,step", "--jpegs=8"]
+        "--chunk_steps=1", "--activations=relu,step", "--jpegs=8", "--first_loss_tolerance=0.25"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def test_cpu_mode_trains_every_precision_and_passes(tiny_run):
     for activation in ("relu", "step"):  # the same weights and batch: the same loss in float32, rounded otherwise
         reference = by_setting[activation, "float32"].first_loss
         for precision in ("mixed_float16", "mixed_bfloat16"):
-            assert by_setting[activation, precision].first_loss == pytest.approx(reference, rel=0.15)
+            assert by_setting[activation, precision].first_loss == pytest.approx(reference, rel=0.25)
 
 
 def test_cpu_mode_mirrors_over_both_logical_cpus_and_measures_the_input(tiny_run):
@@ -81,30 +84,30 @@ def _row(activation, precision, first, last, xla="off", batch=256):
 
 
 def test_mixed_precision_within_the_tolerances_passes():
-    rows = [_row("step", "float32", 6.90, 4.00), _row("step", "mixed_float16", 6.90 * (1 + 15 * 2**-10), 4.5),
-            _row("step", "mixed_bfloat16", 6.90 * (1 - 15 * 2**-7), 4.6)]  # fell by 1.49; half of 2.9 is 1.45
-    gpu_check.check_mixed(rows, first_loss_eps=16, fall_tolerance=0.5)
+    rows = [_row("step", "float32", 6.90, 4.00), _row("step", "mixed_float16", 6.90 * 1.099, 4.5),
+            _row("step", "mixed_bfloat16", 6.90 * 0.901, 4.75)]  # fell by 1.467; half of 2.9 is 1.45
+    gpu_check.check_mixed(rows, first_loss_tolerance=0.1, fall_tolerance=0.5)
     assert all(row.ok for row in rows)
 
 
 def test_mixed_precision_that_strays_from_float32_fails():
-    rows = [_row("step", "float32", 6.90, 4.00), _row("step", "mixed_float16", 6.90 * (1 + 17 * 2**-10), 4.0),
+    rows = [_row("step", "float32", 6.90, 4.00), _row("step", "mixed_float16", 6.90 * 1.101, 4.0),
             _row("step", "mixed_bfloat16", 6.90, 6.00),  # learnt 0.9 where float32 learnt 2.9
             _row("relu", "mixed_bfloat16", 6.90, 1.00)]  # no float32 row to compare with
-    gpu_check.check_mixed(rows, first_loss_eps=16, fall_tolerance=0.5)
+    gpu_check.check_mixed(rows, first_loss_tolerance=0.1, fall_tolerance=0.5)
     assert rows[0].ok and rows[3].ok
-    assert rows[1].problems == ["first loss 7.0146 vs float32 6.9000 (tolerance 1.56%)"]
+    assert rows[1].problems == ["first loss 7.5969 vs float32 6.9000 (tolerance 10%)"]
     assert rows[2].problems == ["loss fell by 0.900, float32's by 2.900 (tolerance: at least 0.5 of it)"]
     ok, line = gpu_check.verdict(rows, skipped=[])
     assert not ok and line == (
-        "gpu_check: FAILED: step, mixed_float16, XLA off: first loss 7.0146 vs float32 6.9000 (tolerance 1.56%); "
+        "gpu_check: FAILED: step, mixed_float16, XLA off: first loss 7.5969 vs float32 6.9000 (tolerance 10%); "
         "step, mixed_bfloat16, XLA off: loss fell by 0.900, float32's by 2.900 (tolerance: at least 0.5 of it)")
 
 
 def test_float32_that_did_not_learn_leaves_the_fall_unchecked_and_other_batches_uncompared():
     rows = [_row("step", "float32", 6.9, 7.5), _row("step", "mixed_float16", 6.9, 9.0),
             _row("relu", "float32", 6.9, 1.0), _row("relu", "mixed_float16", 3.0, 3.0, batch=128)]
-    gpu_check.check_mixed(rows, first_loss_eps=16, fall_tolerance=0.5)
+    gpu_check.check_mixed(rows, first_loss_tolerance=0.1, fall_tolerance=0.5)
     assert all(row.ok for row in rows)
 
 
