@@ -18,13 +18,20 @@ step time over rounds and its ratio to ReLU (target: <= 1.10). With
 instead of the wall clock: on a core shared with other processes it leaves
 out the time the step waited for the core.
 
+With ``--site NxHxWxC`` it times instead one activation site of those
+networks alone, batch norm and its activation as the builders make them
+(``BatchNormThreshold`` for step and staircase, batch norm then ReLU
+otherwise), forward and backward on a fixed input and upstream gradient:
+what a training step costs beyond its convolutions, so the ratio a machine
+whose convolutions are fast (a GPU, AMX) approaches.
+
 With ``--profile`` it then traces ``--steps`` steps of every configuration
 with ``tf.profiler`` and prints where the time goes: the time of each
 TensorFlow (or, with ``--jit``, XLA) op type per step, summed over the
 trace, for the op types whose time differs most from ReLU's.
 
     python benchmarks/activation_overhead.py [--models convnet8,resnet18] [--rounds 9] [--steps 5] [--jit]
-                                             [--cpu-time] [--profile]
+                                             [--cpu-time] [--profile] [--site 32x56x56x64]
 """
 
 import argparse
@@ -48,6 +55,8 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 from models import get_model  # noqa: E402
+from models.activations import activation_factory  # noqa: E402
+from models.layers import ActivationSites  # noqa: E402
 
 CONFIGS = {  # name: get_model arguments (the configurations of benchmarks/reproduce.py)
     "relu": dict(activation="relu"),
@@ -104,6 +113,48 @@ def time_configs(model_name, *, image_size, batch_size, classes=10, rounds=9, st
             for _ in range(steps):
                 loss = model.train_on_batch(images, labels)
             float(np.asarray(loss))  # the last step has finished
+            times[config].append((clock() - start) / steps)
+    return times
+
+
+SITE_STAIRCASE_STEPS = 5  # ResNet-18's; the steps change the forward's levels only
+
+
+def site_model(shape, activation="relu", target_loss="soft_hinge", fuse_batch_norm=True):
+    """One site of the paper's networks on inputs of ``shape`` (batch first): batch norm and the activation,
+    built by the builders' ``ActivationSites`` (fused into a ``BatchNormThreshold`` where they fuse)."""
+    inputs = keras.Input(shape[1:])
+    factory = activation_factory(activation, target_loss=target_loss, steps=SITE_STAIRCASE_STEPS)
+    sites = ActivationSites(factory, fuse_batch_norm)
+    return keras.Model(inputs, sites.after_batch_norm(inputs, keras.layers.BatchNormalization(), "act"))
+
+
+def time_sites(shape, *, rounds=9, steps=5, jit=False, configs=tuple(CONFIGS), clock=time.perf_counter):
+    """{config: [seconds per forward and backward of its site, one per round]}: the gradients with respect
+    to the input and the batch-norm weights for a fixed upstream gradient, in interleaved rounds."""
+    rng = np.random.default_rng(0)
+    inputs, upstream = (tf.constant(rng.standard_normal(shape).astype("float32")) for _ in range(2))
+    functions = {}
+    for config in configs:
+        keras.utils.set_random_seed(0)
+        model = site_model(shape, **CONFIGS[config])
+
+        @tf.function(jit_compile=jit)
+        def forward_backward(z, g, model=model):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                h = model(z, training=True)
+            return tape.gradient(h, [z, *model.trainable_variables], output_gradients=g)[0]
+
+        forward_backward(inputs, upstream).numpy()  # traced, compiled
+        functions[config] = forward_backward
+    times = {config: [] for config in configs}
+    for r in range(rounds):
+        for config in configs[::1 if r % 2 else -1]:  # who goes first alternates
+            start = clock()
+            for _ in range(steps):
+                out = functions[config](inputs, upstream)
+            out.numpy()
             times[config].append((clock() - start) / steps)
     return times
 
@@ -191,10 +242,27 @@ def main(argv=None):
                         help="time by the process's CPU time instead of the wall clock")
     parser.add_argument("--profile", action="store_true",
                         help="then trace --steps steps of each configuration: time per op type against ReLU")
+    parser.add_argument("--site", default=None, metavar="NxHxWxC",
+                        help="time one batch norm + activation site on inputs of this shape instead of --models")
     args = parser.parse_args(argv)
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
     if "relu" not in configs:
         parser.error("--configs must include relu, the baseline")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.site:
+        try:
+            shape = tuple(int(d) for d in args.site.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 4 or min(shape) < 1:
+            parser.error(f"--site takes a shape NxHxWxC, e.g. 32x56x56x64; got {args.site!r}")
+        times = time_sites(shape, rounds=args.rounds, steps=args.steps, jit=args.jit, configs=configs, clock=clock)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\none site, batch norm + activation, forward and backward, {args.site}, jit_compile={args.jit}, "
+              f"{'CPU' if args.cpu_time else 'wall-clock'} time, median of {args.rounds} interleaved rounds x "
+              f"{args.steps} calls, {os.cpu_count()} CPUs, load average {load:.2f}\n")
+        print(table(times).replace("ms/step", "ms/call"), flush=True)
+        return {"site": times}
     results = {}
     for model_name in (m.strip() for m in args.models.split(",") if m.strip()):
         side, batch = DEFAULT_SHAPES[model_name]
@@ -202,7 +270,7 @@ def main(argv=None):
         models = warm_models(model_name, image_size=side, batch_size=batch, jit=args.jit, configs=configs)
         times = time_configs(model_name, image_size=side, batch_size=batch, rounds=args.rounds,
                              steps=args.steps, jit=args.jit, configs=configs,
-                             clock=time.process_time if args.cpu_time else time.perf_counter, models=models)
+                             clock=clock, models=models)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\n{model_name}, {side}x{side}x3, batch {batch}, jit_compile={args.jit}, "
               f"{'CPU' if args.cpu_time else 'wall-clock'} time, median of "

@@ -71,13 +71,19 @@ class TargetStatistics:
 
     def observe(self, inputs, outputs):
         """Identity on ``outputs``; while recording, its backward adds the statistics of the layer's unit
-        (``layer.target_unit(inputs)``) against the gradient of ``outputs`` to the sums."""
+        (``layer.target_unit(inputs)``) against the gradient of ``outputs`` to the sums.
+
+        ``inputs``: the layer's input, or a zero-argument function computing it, called only while
+        recording (inside the branch); a fused layer recomputes its input so, and an XLA-compiled step
+        then does not write the input out on every step to hand it to the branch.
+        """
 
         @tf.custom_gradient
         def _observe(y):
             def grad(g):
                 # A side effect, kept by automatic control dependencies; nothing reads it in the step.
-                tf.cond(self.recording, lambda: self._accumulate(inputs, g), lambda: None)
+                tf.cond(self.recording, lambda: self._accumulate(inputs() if callable(inputs) else inputs, g),
+                        lambda: None)
                 return g
 
             return tf.identity(y), grad

@@ -37,9 +37,20 @@ class _Threshold(_Activation):
         super().build(input_shape)
         self.target_statistics = TargetStatistics(self)
 
-    def _observed(self, inputs, outputs, training):
-        """``outputs``, with the target statistics in their backward pass when training."""
-        return self.target_statistics.observe(inputs, outputs) if training else outputs
+    def call(self, inputs, training=None):
+        return self.threshold(inputs, training=training)
+
+    def threshold(self, inputs, training=False, observed=None):
+        """The activation of ``inputs``; in training, with the target statistics in its backward pass.
+
+        ``observed``: what the statistics read instead of ``inputs``, a zero-argument function that
+        recomputes them (``BatchNormThreshold``'s backward), called only while they record.
+        """
+        inputs = self._floating(inputs)
+        outputs = self._activation(inputs)
+        if not training:
+            return outputs
+        return self.target_statistics.observe(inputs if observed is None else observed, outputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -56,12 +67,10 @@ class HardThreshold(_Threshold):
         self.scale_by_grad = bool(scale_by_grad)
         self.zero_one = bool(zero_one)
 
-    def call(self, inputs, training=None):
-        inputs = self._floating(inputs)
-        outputs = ops.hard_threshold(
+    def _activation(self, inputs):
+        return ops.hard_threshold(
             inputs, target_loss=self.target_loss, scale_by_grad=self.scale_by_grad, zero_one=self.zero_one
         )
-        return self._observed(inputs, outputs, training)
 
     def target_unit(self, inputs):
         """The unit the target loss sees: u = x."""
@@ -92,9 +101,8 @@ class Staircase(_Threshold):
         self.target_loss = target_losses.get(target_loss)
         self.scale_by_grad = bool(scale_by_grad)
 
-    def call(self, inputs, training=None):
-        inputs = self._floating(inputs)
-        outputs = ops.staircase(
+    def _activation(self, inputs):
+        return ops.staircase(
             inputs,
             steps=self.steps,
             target_loss=self.target_loss,
@@ -102,7 +110,6 @@ class Staircase(_Threshold):
             low=self.low,
             high=self.high,
         )
-        return self._observed(inputs, outputs, training)
 
     def target_unit(self, inputs):
         """The unit the target loss sees: u = 2 x' - 1, x' = (x - a) / (b - a)."""
@@ -254,12 +261,13 @@ class BatchNormThreshold(keras.layers.BatchNormalization):
         axes = self._axes(z_float)
         mean, variance = keras.ops.moments(z_float, axes=axes)
         h = batch_norm_threshold(threshold, self._normalize, z, mean, variance, axes=axes, epsilon=self.epsilon,
-                                 gamma=gamma, beta=beta, residual=residual)
+                                 gamma=gamma, beta=beta, residual=residual, lazy_x=True)
         return h, (mean, variance)
 
-    def _threshold(self, x, training=False):
-        """The activation's forward and FTPROP backward (``call``: no Keras wrapping)."""
-        return self.activation.call(x, training=training)
+    def _threshold(self, x, x_again=None, training=False):
+        """The activation's forward and FTPROP backward (no Keras wrapping); ``x_again``: a function
+        recomputing x for the target statistics (see ``_Threshold.threshold``)."""
+        return self.activation.threshold(x, training=training, observed=x_again)
 
     def get_config(self):
         return {**super().get_config(), "activation": keras.saving.serialize_keras_object(self.activation)}

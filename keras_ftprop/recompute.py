@@ -56,7 +56,7 @@ def threshold_of(pre_activation, threshold, inputs):
 
 
 def batch_norm_threshold(threshold, normalize, z, mean, variance, *, axes, epsilon, gamma=None, beta=None,
-                         residual=None):
+                         residual=None, lazy_x=False):
     """``h = threshold(x)``, ``x = normalize(z, mean, variance, gamma, beta, residual)``, with batch norm's backward
     in closed form from the forward's batch moments.
 
@@ -84,6 +84,9 @@ def batch_norm_threshold(threshold, normalize, z, mean, variance, *, axes, epsil
       gamma: batch norm's scale, or None (absent).
       beta: batch norm's offset, or None.
       residual: a tensor added after batch norm, or None.
+      lazy_x: the backward calls ``threshold(x, x_again)``, ``x_again`` a zero-argument function
+        recomputing x, for what reads x only sometimes (the target statistics, while recording):
+        given x itself, a compiled step would write x out on every step to pass it on.
 
     Returns:
       h.
@@ -112,7 +115,7 @@ def batch_norm_threshold(threshold, normalize, z, mean, variance, *, axes, epsil
             with tf.control_dependencies([dh]), tf.GradientTape() as tape:
                 z, x = pre_activation()
                 tape.watch(x)
-                h = threshold(x)
+                h = threshold(x, lambda: pre_activation()[1]) if lazy_x else threshold(x)
             dx = tape.gradient(h, x, output_gradients=dh)
             dx_z = tf.cast(dx, dtype)
             inv = tf.math.rsqrt(variance + tf.cast(epsilon, dtype))

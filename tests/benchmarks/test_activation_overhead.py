@@ -66,3 +66,21 @@ def test_op_type_of_tensorflow_and_xla_events():
     assert activation_overhead._op_type("multiply_subtract_fusion.3") == "multiply_subtract_fusion"
     for scope in ("ExecutorState::Process", "__inference_one_step_on_data_820", "EagerLocalExecute: __inference_f_1"):
         assert activation_overhead._op_type(scope) is None
+
+
+def test_a_site_is_batch_norm_and_its_activation_as_the_builders_make_it():
+    from keras_ftprop import BatchNormThreshold, HardThreshold
+
+    def kinds(config):
+        model = activation_overhead.site_model((2, 4, 4, 3), **activation_overhead.CONFIGS[config])
+        return [type(layer).__name__ for layer in model.layers[1:]]
+
+    assert kinds("relu") == ["BatchNormalization", "ReLU"]
+    assert kinds("step-ftp_sh") == [BatchNormThreshold.__name__]
+    assert kinds("step-ftp_sh-unfused") == ["BatchNormalization", HardThreshold.__name__]
+
+
+def test_times_every_site_in_rounds():
+    times = activation_overhead.time_sites((2, 4, 4, 3), rounds=2, steps=1, configs=("relu", "staircase-ftp_sh"))
+    assert list(times) == ["relu", "staircase-ftp_sh"]
+    assert all(len(samples) == 2 and min(samples) > 0 for samples in times.values())

@@ -1,5 +1,6 @@
 import glob
 import importlib.util
+import re
 
 import keras
 import numpy as np
@@ -199,6 +200,39 @@ def test_a_threshold_inside_batch_norm_threshold_is_logged_like_the_plain_pair(j
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     assert 0.0 < plain[0][1]["h1/target_satisfied"] < 1.0
+
+
+def _handed_to_the_statistics(layer, shape):
+    """(activation-sized tensors the compiled (XLA) gradient of ``layer`` computes and hands to the
+    statistics' conditional, the number of conditionals) from the optimized HLO of the step."""
+    model = keras.Sequential([keras.Input(shape[1:]), layer])
+    z, g = tf.random.normal(shape), tf.random.normal(shape)
+
+    @tf.function(jit_compile=True)
+    def gradients(z, g):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            h = model(z, training=True)
+        return tape.gradient(h, [z, *model.trainable_variables], output_gradients=g)
+
+    hlo = gradients.experimental_get_compiler_ir(z, g)(stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    defined = dict(re.findall(r"^\s*(?:ROOT )?(%[\w.\-]+) = (.*)$", entry, re.M))
+    sized = "f32[" + ",".join(map(str, shape)) + "]"
+    computed = {name for name, rhs in defined.items()
+                if rhs.startswith(sized) and not re.search(r" (parameter|bitcast)\(", rhs)}
+    branch_operands = re.findall(r"conditional\(%[\w.\-]+, (%[\w.\-]+)", entry)
+    handed = {name for operand in branch_operands for name in re.findall(r"%[\w.\-]+", defined[operand])}
+    return computed & handed, len(branch_operands)
+
+
+@pytest.mark.parametrize("threshold", [HardThreshold, Staircase])
+def test_a_compiled_step_does_not_write_x_out_for_the_statistics(threshold):
+    """The statistics' branch recomputes a fused layer's x itself: handed x, XLA would compute x and write
+    it out on every step, recording or not, to pass it to the branch (a fifth of the site's time, batch
+    norm and its threshold, at 32x56x56x64; docs/performance.md)."""
+    handed, conditionals = _handed_to_the_statistics(BatchNormThreshold(threshold()), (8, 6, 6, 4))
+    assert conditionals == 1 and not handed
 
 
 def test_probe_pre_activation_of_batch_norm_threshold_is_its_threshold_input():
