@@ -78,6 +78,24 @@ def test_paired_differences_by_seed(tmp_path, capsys):
     assert "| step-ftp_sh - step-sste | 3 | +2.00, +1.00, +2.00 | +1.67 ± 0.58 | 3/3 | 1.53 | yes |" in table
 
 
+def test_gap_to_relu_is_each_configurations_mean_final_minus_relus(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")
+    for seed, final in ((1, 0.80), (2, 0.84)):
+        _write_run(runs, "step-ftp_sh", seed, [0.9, final], [0.9, 0.99])  # best 0.9: the gap uses the final
+    _write_run(runs, "step-sste", 1, [0.5, 0.79], [0.9, 0.99])
+    argv = ["--report_only", "--seeds=2", "--configs=step-ftp_sh,step-sste,relu", "--epochs=2",
+            f"--output_dir={tmp_path}"]
+    results, _ = reproduce.main(argv)
+    assert reproduce.gaps_to_relu(results) == {}  # no ReLU run yet: no gap, no table
+    assert "Gap to ReLU" not in open(os.path.join(tmp_path, "results.md")).read()
+    _write_run(runs, "relu", 1, [0.5, 0.85], [0.9, 0.99])
+    reproduce.main(argv)
+    gaps = json.load(open(os.path.join(tmp_path, "results.json")))["gap_to_relu"]
+    assert gaps == {"step-ftp_sh": pytest.approx(-0.03), "step-sste": pytest.approx(-0.06)}
+    table = open(os.path.join(tmp_path, "results.md")).read()
+    assert "| step-ftp_sh | 2 | -3.00 |" in table and "| step-sste | 1 | -6.00 |" in table
+
+
 def test_report_lists_every_seed_beside_the_papers_numbers(tmp_path, capsys):
     runs = os.path.join(tmp_path, "runs")
     _write_run(runs, "step-sste", 1, [0.5, 0.7, 0.6], [0.9, 0.9, 0.9])
