@@ -1,5 +1,7 @@
 """benchmarks/deployment.py: both conversions, interleaved timing, the table."""
 
+import pytest
+
 from benchmarks import deployment
 
 
@@ -58,3 +60,33 @@ def test_profile_attributes_each_layer_its_ops():
     assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
     assert rows["conv1_act"] == "DEPTHWISE_CONV_2D"
     assert rows["conv2_act"] == rows["fc1_act"] == ""  # fused: nothing beyond their convolution's ops
+
+
+def test_micro_targets_are_checked_at_their_bounds():
+    from keras_ftprop.deploy import ExportReport
+
+    def report(size, arena, note=""):
+        return ExportReport(quantize="int8", size_bytes=size, ops={("CONV_2D", "INT8"): 4, ("MEAN", "INT8"): 1},
+                            rewritten={}, folded={}, arena_bytes=arena, arena_note=note)
+
+    assert deployment.missed_micro_targets(report(256 * 1024, 64 * 1024)) == []
+    missed = deployment.missed_micro_targets(report(256 * 1024 + 1, 64 * 1024 + 1))
+    assert missed == ["flatbuffer 262,145 bytes > 262,144", "TFLite Micro arena 65,537 bytes > 65,536"]
+    note = "not measured: the tflite-micro package is not installed"
+    assert deployment.missed_micro_targets(report(1000, None, note)) == [f"TFLite Micro arena {note}"]
+
+
+@pytest.mark.slow
+def test_micro_section_measures_the_example_network(capsys):
+    from keras_ftprop import micro
+
+    result = deployment.main(["--micro", "--micro_epochs=1", "--micro_qat_epochs=0"])
+    flatbuffer, report = result["flatbuffer"], result["report"]
+    assert report.size_bytes == len(bytes(flatbuffer)) <= deployment.FLASH_TARGET_BYTES
+    assert report.arena_bytes == micro.arena_bytes(flatbuffer) <= deployment.ARENA_TARGET_BYTES
+    out = capsys.readouterr().out
+    assert f"| flatbuffer (flash) | {len(bytes(flatbuffer)):,} bytes | 256 KB |" in out
+    assert f"| TFLite Micro arena | {report.arena_bytes:,} bytes | 64 KB |" in out
+    tflm = 100 * result["accuracy"]["int8 TFLite Micro"]
+    assert f"| test top-1: int8 under TFLite Micro / on XNNPACK | {tflm:.2f}% / " in out
+    assert "CONV_2D x4" in out and result["test_images"] == 450
