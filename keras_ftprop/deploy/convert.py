@@ -18,8 +18,9 @@ def convert(export_model, model, quantize, io_dtype, batches):
     """The flatbuffer of ``export_model`` (through a SavedModel); errors name the layer of ``model``.
 
     ``quantize="int8"``: full-integer, calibrated on ``batches``; ``io_dtype="int8"``: int8 input and output,
-    and a static batch of 1 (every shape fixed, as TFLite Micro plans its arena; no SHAPE, STRIDED_SLICE and
-    PACK computing a reshape's batch at run time). Otherwise the batch stays dynamic (``resize_tensor_input``).
+    and a static batch of 1 (with a fixed input shape every shape fixed, as TFLite Micro plans its arena; no
+    SHAPE, STRIDED_SLICE and PACK computing a reshape's batch at run time). Otherwise the batch stays dynamic
+    (``resize_tensor_input``).
     """
     with tempfile.TemporaryDirectory() as saved_model:
         # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6).
@@ -48,14 +49,9 @@ def convert(export_model, model, quantize, io_dtype, batches):
 
 def static_batch_signature(model):
     """``Model.export``'s input signature of the functional ``model`` with batch size 1: one argument, the
-    structure of its inputs, each ``(1, *shape[1:])``."""
-    def spec(tensor):
-        if any(size is None for size in tensor.shape[1:]):
-            raise ValueError(f"a static batch needs every other dimension known; input {tensor.name!r} has "
-                             f"shape {tuple(tensor.shape)}")
-        return keras.InputSpec(shape=(1, *tensor.shape[1:]), dtype=tensor.dtype)
-
-    return [keras.tree.map_structure(spec, model.input)]
+    structure of its inputs, each ``(1, *shape[1:])`` (a dimension the model leaves open stays open)."""
+    return [keras.tree.map_structure(lambda tensor: keras.InputSpec(shape=(1, *tensor.shape[1:]), dtype=tensor.dtype),
+                                     model.input)]
 
 
 def check_integer(graph, model):

@@ -30,7 +30,8 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
       quantize: "int8" (full-integer: every op an int8 builtin) or "float".
       path: also write the flatbuffer there.
       io_dtype: "float32" or "int8" input and output of the int8 model; "int8" also fixes the batch at 1
-        (every shape static, as TensorFlow Lite Micro plans its arena), "float32" keeps it dynamic.
+        (every shape static if the input's is, as TensorFlow Lite Micro plans its arena), "float32" keeps it
+        dynamic.
       threshold_input: "pinned" (threshold inputs on the thresholds' own range) or "calibrated".
       calibration_samples: at most this many examples of ``representative_data`` are used.
       fuse_thresholds: int8 only: compute each threshold that can be fused as its convolution's (dense

@@ -1,7 +1,5 @@
 """benchmarks/deployment.py: both conversions, interleaved timing, the table."""
 
-import pytest
-
 from benchmarks import deployment
 
 
@@ -62,7 +60,7 @@ def test_profile_attributes_each_layer_its_ops():
     assert rows["conv2_act"] == rows["fc1_act"] == ""  # fused: nothing beyond their convolution's ops
 
 
-def test_micro_targets_are_checked_at_their_bounds():
+def test_micro_targets_are_checked_at_their_bounds_and_tabulated():
     from keras_ftprop.deploy import ExportReport
 
     def report(size, arena, note=""):
@@ -75,18 +73,10 @@ def test_micro_targets_are_checked_at_their_bounds():
     note = "not measured: the tflite-micro package is not installed"
     assert deployment.missed_micro_targets(report(1000, None, note)) == [f"TFLite Micro arena {note}"]
 
-
-@pytest.mark.slow
-def test_micro_section_measures_the_example_network(capsys):
-    from keras_ftprop import micro
-
-    result = deployment.main(["--micro", "--micro_epochs=1", "--micro_qat_epochs=0"])
-    flatbuffer, report = result["flatbuffer"], result["report"]
-    assert report.size_bytes == len(bytes(flatbuffer)) <= deployment.FLASH_TARGET_BYTES
-    assert report.arena_bytes == micro.arena_bytes(flatbuffer) <= deployment.ARENA_TARGET_BYTES
-    out = capsys.readouterr().out
-    assert f"| flatbuffer (flash) | {len(bytes(flatbuffer)):,} bytes | 256 KB |" in out
-    assert f"| TFLite Micro arena | {report.arena_bytes:,} bytes | 64 KB |" in out
-    tflm = 100 * result["accuracy"]["int8 TFLite Micro"]
-    assert f"| test top-1: int8 under TFLite Micro / on XNNPACK | {tflm:.2f}% / " in out
-    assert "CONV_2D x4" in out and result["test_images"] == 450
+    accuracy = {"float": 0.9756, "quantization-aware": 0.98, "int8 TFLite Micro": 0.9778, "int8 XNNPACK": 0.98}
+    table = deployment.micro_table({"report": report(111_536, 37_776), "test_images": 450, "accuracy": accuracy,
+                                    "agreement": {"TFLite Micro": 0.9956, "XNNPACK": 1.0}, "identical_logits": 0.553})
+    assert "| flatbuffer (flash) | 111,536 bytes | 256 KB |" in table
+    assert "| TFLite Micro arena | 37,776 bytes | 64 KB |" in table
+    assert "| test top-1: int8 under TFLite Micro / on XNNPACK | 97.78% / 98.00% | |" in table
+    assert "copy: TFLite Micro / XNNPACK | 99.6% / 100.0% | |" in table and "ops: CONV_2D x4, MEAN x1" in table
