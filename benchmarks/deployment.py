@@ -21,6 +21,7 @@ Run from the repository root::
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
     python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
     python benchmarks/deployment.py --models convnet8 --no_fuse   # every threshold as GREATER + SELECT_V2
+    python benchmarks/deployment.py --micro   # the microcontroller targets (docs/deployment.md's table)
 
 ``--flips N``: for each run, the fraction of units of every threshold layer
 whose int8 output differs from Keras's (decoded from the interpreter's
@@ -32,6 +33,13 @@ one layer's), rounded as the int8 model rounds them.
 ``--profile int8|float``: LiteRT's Python package has no per-op profiler, so
 each layer's time is that of the model cut after it minus that of the model
 cut before it (all cuts timed interleaved; medians).
+
+``--micro``: ``examples/microcontroller.py``'s step network (trained on the
+digits at 32x32, ``--micro_epochs`` + ``--micro_qat_epochs`` quantization-aware),
+exported with int8 input and output: its export report's flatbuffer bytes
+(flash, target <= ``FLASH_TARGET_BYTES``) and TFLite Micro arena (target <=
+``ARENA_TARGET_BYTES``), checked (exit status 1 when missed), and the test
+accuracy of the int8 model under TFLite Micro beside the float model's.
 """
 
 import argparse
@@ -56,6 +64,8 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from keras_ftprop import BatchNormThreshold, deploy  # noqa: E402
 
 QUANTIZATIONS = ("int8", "float")
+FLASH_TARGET_BYTES = 256 * 1024  # the int8 flatbuffer of --micro, stored in a microcontroller's flash
+ARENA_TARGET_BYTES = 64 * 1024  # its TFLite Micro arena, in RAM
 
 
 def parse_args(argv=None):
@@ -82,6 +92,10 @@ def parse_args(argv=None):
     parser.add_argument("--profile", choices=QUANTIZATIONS, default=None,
                         help="instead: per-layer batch-1 time of the --models' int8 or float TFLite model "
                              "(unfused, 1 thread) by differencing the times of prefix models")
+    parser.add_argument("--micro", action="store_true",
+                        help="instead: the microcontroller network's flash and arena targets and accuracies")
+    parser.add_argument("--micro_epochs", type=int, default=15, help="--micro: training epochs")
+    parser.add_argument("--micro_qat_epochs", type=int, default=2, help="--micro: quantization-aware epochs")
     return parser.parse_args(argv)
 
 
@@ -340,8 +354,55 @@ def table(rows, threads):
     return "\n".join(lines)
 
 
+def missed_micro_targets(report):
+    """What of the microcontroller targets the export ``report`` misses (empty: all met)."""
+    missed = []
+    if report.size_bytes > FLASH_TARGET_BYTES:
+        missed.append(f"flatbuffer {report.size_bytes:,} bytes > {FLASH_TARGET_BYTES:,}")
+    if report.arena_bytes is None:
+        missed.append(f"TFLite Micro arena {report.arena_note}")
+    elif report.arena_bytes > ARENA_TARGET_BYTES:
+        missed.append(f"TFLite Micro arena {report.arena_bytes:,} bytes > {ARENA_TARGET_BYTES:,}")
+    return missed
+
+
+def micro_table(result):
+    """The table of docs/deployment.md "On a microcontroller" from ``examples/microcontroller.measure``'s
+    result."""
+    report, accuracy, agreement = result["report"], result["accuracy"], result["agreement"]
+    arena = f"{report.arena_bytes:,} bytes" if report.arena_bytes is not None else report.arena_note
+    return "\n".join([
+        "| | value | target |", "|---|---:|---:|",
+        f"| flatbuffer (flash) | {report.size_bytes:,} bytes | {FLASH_TARGET_BYTES // 1024} KB |",
+        f"| TFLite Micro arena | {arena} | {ARENA_TARGET_BYTES // 1024} KB |",
+        f"| test top-1 ({result['test_images']} digits): float Keras / quantization-aware copy "
+        f"| {100 * accuracy['float']:.2f}% / {100 * accuracy['quantization-aware']:.2f}% | |",
+        f"| test top-1: int8 under TFLite Micro / on XNNPACK "
+        f"| {100 * accuracy['int8 TFLite Micro']:.2f}% / {100 * accuracy['int8 XNNPACK']:.2f}% | |",
+        f"| top-1 agreement with the quantization-aware copy: TFLite Micro / XNNPACK "
+        f"| {100 * agreement['TFLite Micro']:.1f}% / {100 * agreement['XNNPACK']:.1f}% | |",
+        f"| int8 logits identical between TFLite Micro and XNNPACK | {100 * result['identical_logits']:.1f}% of "
+        "images | |",
+        "", "ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(report.op_counts.items())),
+    ])
+
+
+def micro(args):
+    """``--micro``: prints the table; SystemExit naming the missed targets, if any. Returns the result."""
+    from examples import microcontroller
+
+    result = microcontroller.measure(args.micro_epochs, args.micro_qat_epochs)
+    print(micro_table(result), flush=True)
+    missed = missed_micro_targets(result["report"])
+    if missed:
+        raise SystemExit("microcontroller targets missed: " + "; ".join(missed))
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.micro:
+        return micro(args)
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
     sources = [("run", r) for r in args.runs.split(",") if r] + [("model", m) for m in args.models.split(",") if m]

@@ -88,11 +88,27 @@ def _captured_output():
 
 
 def arena_bytes(flatbuffer, max_arena=1 << 24):
-    """Bytes of the arena that TFLM's recording allocator uses for ``flatbuffer`` (one inference)."""
+    """Bytes of the arena that TFLM's recording allocator uses for ``flatbuffer`` (one inference).
+
+    Raises:
+      ImportError: the ``tflite-micro`` package is not installed.
+      RuntimeError: TFLite Micro cannot plan the model in ``max_arena`` bytes (an op it lacks, a larger
+        arena); the message holds what it printed.
+    """
     runtime = _runtime()
-    interpreter = runtime.Interpreter.from_bytes(_bytes(flatbuffer), arena_size=max_arena)
+    data = _bytes(flatbuffer)
     with _captured_output() as text:
-        interpreter.print_allocations()
+        try:
+            interpreter = runtime.Interpreter.from_bytes(data, arena_size=max_arena)
+            interpreter.print_allocations()
+        except RuntimeError as error:
+            failure = error
+        else:
+            failure = None
+    if failure is not None:
+        printed = " ".join(text[0].split())[:300]
+        raise RuntimeError(f"TFLite Micro could not allocate the model: {failure}"
+                           + (f" ({printed})" if printed else "")) from failure
     match = _ARENA_TOTAL.search(text[0])
     if match is None:
         raise RuntimeError(f"TFLite Micro printed no arena total: {text[0][:200]!r}")

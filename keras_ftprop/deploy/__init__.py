@@ -1,7 +1,7 @@
 """TFLite export of hard-threshold networks: full-integer (int8) with exact activation codes, or float.
 
     flatbuffer = to_tflite(model, images[:500], quantize="int8", path="model_int8.tflite")
-    print(flatbuffer.report)            # ops by type and dtype, size, rewritten and folded layers
+    print(flatbuffer.report)            # flash and arena bytes, ops by type and dtype, rewritten and folded layers
 
 The export converts a functional clone of ``model`` in which each threshold layer (a ``HardThreshold``
 or ``Staircase``, subclasses included; ``REWRITES``) is replaced by a forward-only graph of TFLite

@@ -7,6 +7,7 @@ import inspect
 import re
 import tempfile
 
+import keras
 import tensorflow as tf
 
 from keras_ftprop.deploy.flatbuffer import layer_of, non_integer_ops
@@ -16,12 +17,17 @@ from keras_ftprop.deploy.graph import find_layer, layer_names
 def convert(export_model, model, quantize, io_dtype, batches):
     """The flatbuffer of ``export_model`` (through a SavedModel); errors name the layer of ``model``.
 
-    ``quantize="int8"``: full-integer, calibrated on ``batches``; ``io_dtype="int8"``: int8 input and output.
+    ``quantize="int8"``: full-integer, calibrated on ``batches``; ``io_dtype="int8"``: int8 input and output,
+    and a static batch of 1 (with a fixed input shape every shape fixed, as TFLite Micro plans its arena; no
+    SHAPE, STRIDED_SLICE and PACK computing a reshape's batch at run time). Otherwise the batch stays dynamic
+    (``resize_tensor_input``).
     """
     with tempfile.TemporaryDirectory() as saved_model:
         # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6).
-        quiet = {"verbose": False} if "verbose" in inspect.signature(export_model.export).parameters else {}
-        export_model.export(saved_model, format="tf_saved_model", **quiet)
+        options = {"verbose": False} if "verbose" in inspect.signature(export_model.export).parameters else {}
+        if io_dtype == "int8" and quantize == "int8":
+            options["input_signature"] = static_batch_signature(export_model)
+        export_model.export(saved_model, format="tf_saved_model", **options)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantize == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -39,6 +45,13 @@ def convert(export_model, model, quantize, io_dtype, batches):
             found = re.search(r"'tf\.\w+' op [^\n]*", message)
             detail = found.group(0) if found else message.strip().splitlines()[0][:300]
             raise ValueError(f"{where} does not convert to {quantize} TFLite builtins: {detail}") from error
+
+
+def static_batch_signature(model):
+    """``Model.export``'s input signature of the functional ``model`` with batch size 1: one argument, the
+    structure of its inputs, each ``(1, *shape[1:])`` (a dimension the model leaves open stays open)."""
+    return [keras.tree.map_structure(lambda tensor: keras.InputSpec(shape=(1, *tensor.shape[1:]), dtype=tensor.dtype),
+                                     model.input)]
 
 
 def check_integer(graph, model):

@@ -20,7 +20,8 @@ QUANTIZE_CHOICES = ("int8", "float")
 def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dtype="float32",
               threshold_input="pinned", calibration_samples=500, fuse_thresholds=True):
     """Convert ``model`` to TFLite; returns the flatbuffer
-    ([`TFLiteExport`][keras_ftprop.deploy.TFLiteExport], ``bytes`` with ``.report``).
+    ([`TFLiteExport`][keras_ftprop.deploy.TFLiteExport], ``bytes`` with ``.report``: flash bytes, TFLite
+    Micro arena, ops, what each threshold became).
 
     Args:
       model: functional or Sequential Keras model (threshold layers applied as layers).
@@ -28,7 +29,9 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         of x or (x, y) batches, or an iterable of batches; a slice of the training data.
       quantize: "int8" (full-integer: every op an int8 builtin) or "float".
       path: also write the flatbuffer there.
-      io_dtype: "float32" or "int8" input and output of the int8 model.
+      io_dtype: "float32" or "int8" input and output of the int8 model; "int8" also fixes the batch at 1
+        (every shape static if the input's is, as TensorFlow Lite Micro plans its arena), "float32" keeps it
+        dynamic.
       threshold_input: "pinned" (threshold inputs on the thresholds' own range) or "calibrated".
       calibration_samples: at most this many examples of ``representative_data`` are used.
       fuse_thresholds: int8 only: compute each threshold that can be fused as its convolution's (dense

@@ -1,4 +1,5 @@
-"""The export report: ops by type and dtype, size, what each threshold became, and its tensors."""
+"""The export report: flash size, TFLite Micro arena, ops by type and dtype, what each threshold became,
+and its tensors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import collections
 import dataclasses
 
 from keras_ftprop import layers as ftprop_layers
+from keras_ftprop import micro
 from keras_ftprop.deploy.flatbuffer import activation_tensors
 from keras_ftprop.deploy.grids import output_range_of
 from keras_ftprop.deploy.rewrite import fused_output_name, requantized_name
@@ -14,19 +16,31 @@ from keras_ftprop.deploy.thresholds import levels_of
 
 @dataclasses.dataclass
 class ExportReport:
-    """What ``to_tflite`` produced: ops by (type, output dtype), size, rewritten and folded layers."""
+    """What ``to_tflite`` produced: flash (flatbuffer) bytes, TFLite Micro arena bytes, ops by (type, output
+    dtype), rewritten and folded layers."""
 
     quantize: str
-    size_bytes: int
+    size_bytes: int  # the flatbuffer: the flash a microcontroller stores it in
     ops: dict  # {(op name, output dtype): count}
     rewritten: dict  # {layer name: description}
     folded: dict  # {batch-norm layer name: layer it folds into}
     activation_tensors: dict = dataclasses.field(default_factory=dict)  # {layer: (input, output) tensor names}
     fused: dict = dataclasses.field(default_factory=dict)  # {threshold: producer whose requantization computes it}
     unfused: dict = dataclasses.field(default_factory=dict)  # {threshold: why it is not fused}
+    arena_bytes: int | None = None  # TFLite Micro's recording allocator, one inference (micro.arena_bytes)
+    arena_note: str = ""  # why arena_bytes is None
+
+    @property
+    def op_counts(self):
+        """{op name: count}, over every output dtype."""
+        counts = collections.Counter()
+        for (name, _), count in self.ops.items():
+            counts[name] += count
+        return dict(counts)
 
     def __str__(self):
-        lines = [f"TFLite {self.quantize} model: {self.size_bytes:,} bytes"]
+        arena = f"{self.arena_bytes:,} bytes" if self.arena_bytes is not None else self.arena_note
+        lines = [f"TFLite {self.quantize} model: {self.size_bytes:,} bytes of flash, TFLite Micro arena {arena}"]
         lines.append("ops: " + ", ".join(f"{name} {dtype.lower()} x{count}"
                                          for (name, dtype), count in sorted(self.ops.items())))
         for name, what in self.rewritten.items():
@@ -61,10 +75,21 @@ def report(graph, flatbuffer, quantize, model, plan, rewritten, split):
         tensors[name] = activation_tensors(graph, name, fused_layers)
     described = {name: (_describe_fused(site, model.get_layer(name)) if name in plan.fused else _describe(site))
                  for name, site in rewritten.items()}
+    arena, arena_note = measured_arena(flatbuffer)
     return ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten={**split, **described},
                         folded=plan.folded, activation_tensors=tensors,
                         fused={name: site.producer for name, site in plan.fused.items()},
-                        unfused=dict(plan.unfused))
+                        unfused=dict(plan.unfused), arena_bytes=arena, arena_note=arena_note)
+
+
+def measured_arena(flatbuffer):
+    """(``micro.arena_bytes(flatbuffer)``, "") or (None, why it was not measured)."""
+    try:
+        return micro.arena_bytes(flatbuffer), ""
+    except ImportError:
+        return None, "not measured: the tflite-micro package is not installed (pip install 'keras-ftprop[deploy]')"
+    except RuntimeError as error:
+        return None, f"not measured: {error}"
 
 
 def _describe_fused(site, threshold):

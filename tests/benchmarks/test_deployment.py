@@ -58,3 +58,25 @@ def test_profile_attributes_each_layer_its_ops():
     assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
     assert rows["conv1_act"] == "DEPTHWISE_CONV_2D"
     assert rows["conv2_act"] == rows["fc1_act"] == ""  # fused: nothing beyond their convolution's ops
+
+
+def test_micro_targets_are_checked_at_their_bounds_and_tabulated():
+    from keras_ftprop.deploy import ExportReport
+
+    def report(size, arena, note=""):
+        return ExportReport(quantize="int8", size_bytes=size, ops={("CONV_2D", "INT8"): 4, ("MEAN", "INT8"): 1},
+                            rewritten={}, folded={}, arena_bytes=arena, arena_note=note)
+
+    assert deployment.missed_micro_targets(report(256 * 1024, 64 * 1024)) == []
+    missed = deployment.missed_micro_targets(report(256 * 1024 + 1, 64 * 1024 + 1))
+    assert missed == ["flatbuffer 262,145 bytes > 262,144", "TFLite Micro arena 65,537 bytes > 65,536"]
+    note = "not measured: the tflite-micro package is not installed"
+    assert deployment.missed_micro_targets(report(1000, None, note)) == [f"TFLite Micro arena {note}"]
+
+    accuracy = {"float": 0.9756, "quantization-aware": 0.98, "int8 TFLite Micro": 0.9778, "int8 XNNPACK": 0.98}
+    table = deployment.micro_table({"report": report(111_536, 37_776), "test_images": 450, "accuracy": accuracy,
+                                    "agreement": {"TFLite Micro": 0.9956, "XNNPACK": 1.0}, "identical_logits": 0.553})
+    assert "| flatbuffer (flash) | 111,536 bytes | 256 KB |" in table
+    assert "| TFLite Micro arena | 37,776 bytes | 64 KB |" in table
+    assert "| test top-1: int8 under TFLite Micro / on XNNPACK | 97.78% / 98.00% | |" in table
+    assert "copy: TFLite Micro / XNNPACK | 99.6% / 100.0% | |" in table and "ops: CONV_2D x4, MEAN x1" in table
