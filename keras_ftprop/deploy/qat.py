@@ -12,9 +12,10 @@ export uses (so the export and the copy agree by construction, up to requantizat
                gradient straight through, d w_q / d w = 1
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
     threshold  forward h(x_q), x_q on the export's pinned input range (``keras_ftprop.deploy``): the int8
-               compare; a step or staircase that the export fuses into its producer's requantization
-               compares x itself (the int8 accumulator is exact); backward the threshold's own (FTPROP) at
-               the unrounded x
+               compare; a step or staircase that the export fuses into its producer's requantization, or a
+               step it decides on its producer's accumulator (``fusion.accumulator_compares``: the first
+               layer's), compares x itself (the int8 accumulator is exact); backward the threshold's own
+               (FTPROP) at the unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
     output     the logits on the 256-code grid of their calibrated range
@@ -30,7 +31,7 @@ import numpy as np
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of, representative_batches
 from keras_ftprop.deploy.functional import check_model, functional, unfused
-from keras_ftprop.deploy.fusion import fused_thresholds
+from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedThreshold
@@ -65,6 +66,7 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         + [layer.input for layer in pinned], batches)
     (output_low, output_high), operand_ranges = ranges[0], ranges[1:1 + len(operands)]
     pinned_max = dict(zip((layer.name for layer in pinned), max_abs_of(ranges[1 + len(operands):])))
+    unrounded = set(fused) | set(accumulator_compares(model, fused, (input_low, input_high)))
     operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
                      for key, bounds in zip(operands, operand_ranges)}
 
@@ -72,7 +74,7 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         if type(layer) in QUANTIZED:
             return QUANTIZED[type(layer)].from_config(layer.get_config())
         if layer in pinned:
-            is_fused = layer.name in fused
+            is_fused = layer.name in unrounded
             scaled = (not is_fused and thresholds_of(layer) == [0.0] and pinned_max[layer.name] > 0
                       and scalable_producer(layer, producers, consumers) is not None)
             threshold = layer.__class__.from_config({**layer.get_config(), "name": f"{layer.name}_unit"})
