@@ -16,7 +16,6 @@ from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.fused_weights import NotFusable, batch_norm_factor, fused_weights
 from keras_ftprop.deploy.graph import graph, grid_origin, only_input
 from keras_ftprop.deploy.grids import grid_of, nudged_range
-from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold
 
 # Layers that commute with a monotone threshold, h(f(x)) = f(h(x)): they may lie between a fused threshold and
@@ -134,11 +133,12 @@ def _input_grid(producer, producers):
     return grid_of(source)
 
 
-def accumulator_compares(model, fused, input_range):
+def accumulator_compares(model, fused, input_range, input_roundings=()):
     """{threshold name: FusedThreshold} of the steps (HardThreshold) not in ``fused`` that the export decides
     on their producer's exact accumulator (``fused_weights.accumulator_step_weights``): a linear Conv2D or
     Dense (batch norm, max pooling, flatten, dropout between as for fusion) that reads the model's input
-    (``input_range``: its calibrated [min, max]) or a threshold's output on a grid too fine to fuse.
+    (``input_range``: the [min, max] of its int8 grid; ``input_roundings``: names of layers that put it on
+    that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse.
     """
     producers, consumers = graph(model)
     sites = {}
@@ -151,7 +151,7 @@ def accumulator_compares(model, fused, input_range):
                 _check_commutes_with(batch_norm, before_norm)
         except NotFusable:
             continue
-        grid = _exact_input_grid(producer, producers, input_range)
+        grid = _exact_input_grid(producer, producers, input_range, input_roundings)
         if grid is None:
             continue
         between = tuple(b.name for b in before_norm) + tuple(b.name for b in after_norm)
@@ -160,18 +160,15 @@ def accumulator_compares(model, fused, input_range):
     return sites
 
 
-def _exact_input_grid(producer, producers, input_range):
+def _exact_input_grid(producer, producers, input_range, input_roundings):
     """(s_in, m, max |code - z|) of the int8 grid ``producer`` reads, if the export knows it exactly: the
-    model's input (its calibrated range, or a quantization-aware copy's input rounding), or a threshold's
-    output; None otherwise."""
+    model's input (on ``nudged_range(*input_range)``), or a threshold's output; None otherwise."""
     tensor = only_input(producer)
     source = grid_origin(tensor, producers) if tensor is not None else None
     if source is not None and is_threshold(source):
         return grid_of(source)
-    if isinstance(source, FakeQuant) and isinstance(producers.get(id(only_input(source))), keras.layers.InputLayer):
-        low, high = source.minimum, source.maximum
-    elif isinstance(source, keras.layers.InputLayer) and input_range is not None:
-        low, high = nudged_range(*input_range)
-    else:
+    if input_range is None or not (isinstance(source, keras.layers.InputLayer) or (
+            source is not None and source.name in input_roundings)):
         return None
+    low, high = nudged_range(*input_range)
     return (high - low) / 255.0, 1, 255

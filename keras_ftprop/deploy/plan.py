@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import keras
+
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
-from keras_ftprop.deploy.graph import folded_batch_norms, graph, scalable_producer, sole_input
+from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
+from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
 
@@ -44,7 +47,11 @@ def plan(model, recorded, batches, int8, pinned, fuse):
     fused, unfused = _fusion(model, recorded, int8, fuse)
     compared = {}
     if int8 and pinned:  # with or without fusion: only the producer's weights change
-        compared = accumulator_compares(model, fused, calibrate(model, [], batches)[0])
+        roundings = [layer for layer in model.layers if isinstance(layer, FakeQuant)
+                     and isinstance(producers.get(id(only_input(layer))), keras.layers.InputLayer)]
+        input_range = ((roundings[0].minimum, roundings[0].maximum) if roundings  # a quantization-aware copy's
+                       else calibrate(model, [], batches)[0])
+        compared = accumulator_compares(model, fused, input_range, [layer.name for layer in roundings])
         compared = {name: site for name, site in compared.items() if recorded.get(name, (0, 0, True))[2]}
     if int8:
         _check_recorded(recorded, fused, compared, unfused)

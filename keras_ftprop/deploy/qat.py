@@ -7,7 +7,9 @@
 Each rounding that the int8 model applies is a TensorFlow fake-quant op in the copy, with the range the
 export uses (so the export and the copy agree by construction, up to requantization ties):
 
-    kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]
+    kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]; a producer
+               whose threshold the export decides on its accumulator sums the integer codes (exact in
+               float32 below 2**24) and scales the sum afterwards
                (the converter's; batch norm folded in multiplies s by |f| and the codes by sign f);
                gradient straight through, d w_q / d w = 1
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
@@ -66,13 +68,16 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         + [layer.input for layer in pinned], batches)
     (output_low, output_high), operand_ranges = ranges[0], ranges[1:1 + len(operands)]
     pinned_max = dict(zip((layer.name for layer in pinned), max_abs_of(ranges[1 + len(operands):])))
-    unrounded = set(fused) | set(accumulator_compares(model, fused, (input_low, input_high)))
+    exact_sites = {**fused, **accumulator_compares(model, fused, (input_low, input_high))}
+    unrounded = set(exact_sites)
+    input_units = {site.producer: site.input_scale * site.input_step for site in exact_sites.values()}
     operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
                      for key, bounds in zip(operands, operand_ranges)}
 
     def clone(layer):
         if type(layer) in QUANTIZED:
-            return QUANTIZED[type(layer)].from_config(layer.get_config())
+            return QUANTIZED[type(layer)].from_config({**layer.get_config(),
+                                                       "input_unit": input_units.get(layer.name)})
         if layer in pinned:
             is_fused = layer.name in unrounded
             scaled = (not is_fused and thresholds_of(layer) == [0.0] and pinned_max[layer.name] > 0
@@ -144,7 +149,9 @@ def plain_model(model):
             return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
         for plain, quantized in QUANTIZED.items():
             if type(layer) is quantized:
-                return plain.from_config(layer.get_config())
+                config = layer.get_config()
+                config.pop("input_unit", None)
+                return plain.from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)

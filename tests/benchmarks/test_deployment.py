@@ -58,3 +58,24 @@ def test_profile_attributes_each_layer_its_ops():
     assert rows["conv1"] == "CONV_2D" and rows["fc1"] == "FULLY_CONNECTED"
     assert rows["conv1_act"] == "DEPTHWISE_CONV_2D"
     assert rows["conv2_act"] == rows["fc1_act"] == ""  # fused: nothing beyond their convolution's ops
+
+
+def test_runtime_agreement_counts_identical_codes_on_the_three_runtimes():
+    import keras
+    import numpy as np
+
+    from keras_ftprop import HardThreshold
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 1), name="x")
+    h = HardThreshold(name="act1")(keras.layers.MaxPooling2D(name="pool")(keras.layers.Conv2D(4, 3, name="conv1")(x)))
+    h = HardThreshold(name="act2")(keras.layers.Conv2D(4, 1, name="conv2")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    images = np.random.default_rng(0).uniform(0, 1, size=(12, 6, 6, 1)).astype(np.float32)
+    labels = np.zeros(12, int)
+    row = deployment.runtime_agreement("tiny", model, images, images, labels, examples=10)
+    assert row["examples"] == 10 and row["threshold_units"] == 10 * (2 * 2 * 4 + 2 * 2 * 4)
+    assert row["threshold_units_identical_xnnpack_reference"] == 1.0  # every decision the same
+    assert 0.9 <= row["logit_units_identical"] <= 1.0 and 0.7 <= row["rows_identical"] <= 1.0
+    for runtime in ("xnnpack", "reference", "tflite_micro"):
+        assert 0.7 <= row[f"agreement_{runtime}"] <= 1.0

@@ -188,7 +188,8 @@ def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_ever
     (inp,) = interpreters["xnnpack"].get_input_details()
     (out,) = interpreters["xnnpack"].get_output_details()
     scale, zero_point = inp["quantization"]
-    codes = np.clip(np.round(images[:200] / scale) + zero_point, -128, 127).astype(np.int8)
+    # rounded half up, as the quantization-aware copy's fake quant rounds the image
+    codes = np.clip(np.floor(images[:200] / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
     int8_tensors = [t["index"] for t in interpreters["xnnpack"].get_tensor_details() if t["dtype"] == np.int8]
     values = {name: {i: [] for i in int8_tensors} for name in interpreters}
     for example in codes:
@@ -211,3 +212,39 @@ def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_ever
     for a, b in ((xnnpack, reference), (tflm.astype(int), reference), (tflm.astype(int), xnnpack)):
         assert np.abs(a - b).max() <= 1 and (a != b).any(-1).mean() < 0.05
     assert len(np.unique(tflm.argmax(-1))) >= 8  # a network that decides something
+
+
+def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_runtimes(digits_network):
+    """The copy sums integer codes where the export decides on the accumulator, so each of its threshold
+    units is its int8 model's (on the copy's own input codes), away from float32 ties at the last op."""
+    model, images, _ = digits_network
+    images = images[:300]
+    qat = deploy.quantization_aware(model, images)
+    assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)  # the image: m = 1
+    assert qat.get_layer("conv2").input_unit == pytest.approx(1.0)  # +-1 codes: s_in m = (1/127) 127
+    assert qat.get_layer("logits").input_unit is None  # no threshold behind it
+    flatbuffer = deploy.to_tflite(qat, images, io_dtype="int8")
+    names = ["act1", "act2", "act3", "act4"]
+    probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in names]
+                        + [qat.get_layer(n).input for n in names] + [qat.get_layer("input_quant").output])
+    outputs = [np.asarray(t) for t in probe(images)]
+    want, pre, rounded = outputs[:4], outputs[4:8], outputs[8]
+    for resolver in (None, OpResolverType.BUILTIN_REF):
+        interpreter = _interpreter(flatbuffer, resolver)
+        (inp,) = interpreter.get_input_details()
+        scale, zero_point = inp["quantization"]
+        codes = np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8)
+        by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
+        got = {name: [] for name in names}
+        for example in codes:
+            interpreter.set_tensor(inp["index"], example[None])
+            interpreter.invoke()
+            for name in names:
+                detail = by_name[flatbuffer.report.activation_tensors[name][1]]
+                s, z = detail["quantization"]
+                got[name].append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+        for name, expected, x in zip(names, want, pre):
+            thresholds = np.array(thresholds_of(qat.get_layer(name).threshold))
+            clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
+            assert clear.mean() > 0.99
+            np.testing.assert_allclose(np.stack(got[name])[clear], expected[clear], rtol=0, atol=1e-6, err_msg=name)
