@@ -248,3 +248,29 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
             clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
             assert clear.mean() > 0.99
             np.testing.assert_allclose(np.stack(got[name])[clear], expected[clear], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_any_gates():
+    """``_requantization_for`` on random gates (3 and 5 steps, their input grids m = 85 and 51): every
+    accumulator value m j + B requantized by M = 1 / (P m) in fixed point (double and single rounding) and
+    float32 gives level #{k: j >= G_k}. Without the one accumulator unit of room, fixed point misses."""
+    from keras_ftprop.deploy import fused_weights
+
+    rng = np.random.default_rng(0)
+    solved = 0
+    for _ in range(200):
+        steps = int(rng.choice([3, 5]))
+        m = 255 // steps
+        natural = rng.uniform(0.5, 40)  # accumulator values j per level
+        gates = np.floor(np.cumsum(rng.uniform(0.7, 1.3, steps) * natural) + rng.integers(-50, 50))
+        solution = fused_weights._requantization_for(gates - 1, gates, np.arange(steps) + 0.5, m, natural)
+        if solution is None:
+            continue
+        per_level, bias = solution
+        j = np.arange(gates.min() - 3 * natural - 5, gates.max() + 3 * natural + 5).astype(np.int64)
+        want = (j[:, None] >= gates).sum(-1)
+        for arithmetic in requantization.ARITHMETICS:
+            got = requantization.output_codes(m * j + bias, 1.0 / (per_level * m), 0, 0, steps, arithmetic)
+            np.testing.assert_array_equal(got, want, err_msg=arithmetic)
+        solved += 1
+    assert solved > 25
