@@ -79,11 +79,12 @@ def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
     """(kernel, bias) of the producer of a step compared on its exact accumulator (``site`` a FusedThreshold,
     the step's input pinned to scale 1/127): per channel the bias B = -floor(t) and the kernel scaled so that
     the requantization multiplier is ``multiplier`` (codes unchanged). acc + B is an integer, so the output
-    code round(M (acc + B)) is <= 0 iff acc <= t and >= M - 1/2 otherwise: no rounding of any arithmetic
-    whose multiplier is within a factor 2 of M moves it across the compare at code 0."""
+    code round(M (acc + B)) is <= 0 iff acc <= t and >= 1 otherwise, for any M in (1/2, 256) and any
+    rounding (float32, fixed point): the arithmetics agree. |B| <= max |acc| + 1 < 2**23, so the float32
+    bias still rounds to B in the converter."""
     kernel, bias = _folded_producer(model, site)
     out_scale = 1.0 / 127
-    bound = float(np.abs(kernel_codes_bound(kernel)) * site.input_bound + 1)
+    bound = float(_max_code_sum(kernel) * site.input_bound + 1)  # > max |acc|
     new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
     new_weight_scale = multiplier * out_scale / site.input_scale
     for c in range(kernel.shape[-1]):
@@ -97,7 +98,7 @@ def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
     return new_kernel.astype(np.float32), new_bias.astype(np.float32)
 
 
-def kernel_codes_bound(kernel):
+def _max_code_sum(kernel):
     """max over output channels of sum |kernel code| (127 levels per channel): max |acc| per unit input."""
     flat = kernel.reshape(-1, kernel.shape[-1])
     top = np.maximum(np.abs(flat).max(axis=0), 1e-300)

@@ -23,6 +23,9 @@ from keras_ftprop.deploy.thresholds import is_threshold
 _COMMUTE_WITH_STEP = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
                       keras.layers.SpatialDropout2D)
 _PER_CHANNEL = (keras.layers.MaxPooling2D, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+# A step decided on its accumulator needs |acc| (and its bias) exact in float32, as the converter's float32
+# bias and the quantization-aware copy's sum hold them: fan-in x 127 x max |input code| below 2**23.
+_MAX_EXACT_ACCUMULATOR = 2**23
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
 
 
@@ -138,7 +141,8 @@ def accumulator_compares(model, fused, input_range, input_roundings=()):
     on their producer's exact accumulator (``fused_weights.accumulator_step_weights``): a linear Conv2D or
     Dense (batch norm, max pooling, flatten, dropout between as for fusion) that reads the model's input
     (``input_range``: the [min, max] of its int8 grid; ``input_roundings``: names of layers that put it on
-    that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse.
+    that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse, with every
+    accumulator below 2**23 in magnitude.
     """
     producers, consumers = graph(model)
     sites = {}
@@ -152,7 +156,8 @@ def accumulator_compares(model, fused, input_range, input_roundings=()):
         except NotFusable:
             continue
         grid = _exact_input_grid(producer, producers, input_range, input_roundings)
-        if grid is None:
+        fan_in = int(np.prod(producer.kernel.shape[:-1]))
+        if grid is None or fan_in * 127 * grid[2] >= _MAX_EXACT_ACCUMULATOR:
             continue
         between = tuple(b.name for b in before_norm) + tuple(b.name for b in after_norm)
         sites[layer.name] = FusedThreshold(layer.name, producer.name, None if batch_norm is None else
