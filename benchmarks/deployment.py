@@ -22,6 +22,13 @@ Run from the repository root::
     python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
     python benchmarks/deployment.py --models convnet8 --no_fuse   # every threshold as GREATER + SELECT_V2
     python benchmarks/deployment.py --micro   # the microcontroller targets (docs/deployment.md's table)
+    python benchmarks/deployment.py --runs runs/convnet4-step --model_files qat.keras --runtimes 1000
+
+``--runtimes N``: for each run, its int8 model (int8 input and output) on N eval images under LiteRT with
+XNNPACK (float32 requantization), LiteRT's builtin reference kernels and TensorFlow Lite Micro (both fixed
+point): the fraction of threshold units identical between the two LiteRT runtimes (every threshold's
+output tensor), of logit units and of rows whose logits are identical on all three, and each runtime's
+top-1 agreement with the Keras model (for ``qat.keras``, the quantization-aware copy).
 
 ``--flips N``: for each run, the fraction of units of every threshold layer
 whose int8 output differs from Keras's (decoded from the interpreter's
@@ -89,6 +96,9 @@ def parse_args(argv=None):
                              "threshold inputs pinned vs calibrated")
     parser.add_argument("--no_fuse", action="store_true",
                         help="int8 with GREATER + SELECT_V2 at every threshold (to_tflite(fuse_thresholds=False))")
+    parser.add_argument("--runtimes", type=int, default=0,
+                        help="instead: identical int8 codes on XNNPACK, the reference kernels and TFLite Micro, "
+                             "on this many eval images")
     parser.add_argument("--profile", choices=QUANTIZATIONS, default=None,
                         help="instead: per-layer batch-1 time of the --models' int8 or float TFLite model "
                              "(unfused, 1 thread) by differencing the times of prefix models")
@@ -196,6 +206,62 @@ def measure(name, model, calib, images, labels, args):
             top1 = predict(flatbuffers[q], images.astype(np.float32))
             row[f"agreement_{q}"] = float(np.mean(top1 == keras_top1))
             row[f"accuracy_{q}"] = float(np.mean(top1 == labels))
+    return row
+
+
+def int8_codes(model, images, scale, zero_point):
+    """The int8 codes of ``images``: a quantization-aware copy's own input rounding (``input_quant``, whose
+    float32 fake quant can round a value a hair below a half code up, where x / scale rounds it down: 0.5
+    at scale 1/255), else round(x / scale) + zero point."""
+    names = [layer.name for layer in model.layers]
+    if "input_quant" in names:
+        rounded = keras.Model(model.inputs, model.get_layer("input_quant").output).predict(images, verbose=0)
+        return np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8)
+    return np.clip(np.round(images / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def runtime_agreement(name, model, calib, images, labels, examples):
+    """{identical threshold units, identical logit units and rows, top-1 agreement with Keras per runtime}
+    of the int8 model (int8 input and output) of ``model`` on XNNPACK, the reference kernels and TFLM."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    from keras_ftprop import micro
+
+    images = images[:examples].astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, calib, quantize="int8", io_dtype="int8")
+    runtimes = {"xnnpack": None, "reference": OpResolverType.BUILTIN_REF}
+    interpreters = {}
+    for runtime, resolver in runtimes.items():
+        kwargs = {} if resolver is None else {"experimental_op_resolver_type": resolver}
+        interpreters[runtime] = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True,
+                                            **kwargs)
+        interpreters[runtime].allocate_tensors()
+    inp, out = interpreters["xnnpack"].get_input_details()[0], interpreters["xnnpack"].get_output_details()[0]
+    scale, zero_point = inp["quantization"]
+    codes = int8_codes(model, images, scale, zero_point)
+    by_name = {t["name"]: t["index"] for t in interpreters["xnnpack"].get_tensor_details()}
+    thresholds = [by_name[outputs] for _, outputs in flatbuffer.report.activation_tensors.values()]
+    logits = {runtime: [] for runtime in (*runtimes, "tflite_micro")}
+    same_units = total_units = 0
+    for example in codes:
+        units = {}
+        for runtime, it in interpreters.items():
+            it.set_tensor(inp["index"], example[None])
+            it.invoke()
+            logits[runtime].append(it.get_tensor(out["index"])[0].copy())
+            units[runtime] = np.concatenate([it.get_tensor(i).reshape(-1) for i in thresholds])
+        same_units += int(np.sum(units["xnnpack"] == units["reference"]))
+        total_units += units["xnnpack"].size
+    (logits["tflite_micro"],) = micro.run(flatbuffer, codes)
+    logits = {runtime: np.asarray(values).astype(int) for runtime, values in logits.items()}
+    equal = (logits["xnnpack"] == logits["reference"]) & (logits["reference"] == logits["tflite_micro"])
+    keras_top1 = model.predict(images, verbose=0, batch_size=100).argmax(axis=1)
+    row = {"model": name, "examples": len(images), "threshold_units": total_units,
+           "threshold_units_identical_xnnpack_reference": same_units / total_units,
+           "logit_units_identical": float(equal.mean()), "rows_identical": float(equal.all(axis=1).mean()),
+           "accuracy_keras": float(np.mean(keras_top1 == labels[:len(images)]))}
+    for runtime, values in logits.items():
+        row[f"agreement_{runtime}"] = float(np.mean(values.argmax(axis=1) == keras_top1))
     return row
 
 
@@ -410,6 +476,13 @@ def main(argv=None):
         for name in [m for m in args.models.split(",") if m]:
             print(profile(name, args), flush=True)
         return None
+    if args.runtimes:
+        for _, source in sources:
+            for model_file in args.model_files.split(","):
+                loaded = load_run(source, args.calibration, args.runtimes, model_file)
+                rows.append(runtime_agreement(*loaded, args.runtimes))
+                print(json.dumps(rows[-1]), flush=True)
+        return rows
     if args.flips:
         for _, source in sources:
             print(flips(*load_run(source, args.calibration, args.flips), args.flips), flush=True)

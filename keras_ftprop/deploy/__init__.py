@@ -65,6 +65,16 @@ Staircase (n steps), level k + 1 iff x > t_k, i.e. iff j >= G_k = floor((t_k - b
   leaves the site unfused. An int8 LEAKY_RELU (identity on the levels) then requantizes the levels onto
   the threshold's own grid.
 
+Every decision keeps at least one accumulator unit (and a relative 1e-5) between each reachable accumulator
+value and the requantization boundary that decides it, so XNNPACK's float32 requantization and TFLite's
+fixed-point one (reference kernels, TFLite Micro: a 31-bit multiplier whose high multiply rounds first, moving
+the result by at most one accumulator unit) decide alike; the staircase's (B, M) keep that room too.
+
+A step that cannot be fused but whose producer is a Conv2D or Dense (the first layer, which reads the image:
+m = 1; every accumulator below 2**23) is decided on the producer's accumulator all the same: the producer
+writes q = round(2 (acc + B)) with B = -floor(t) on the step's pinned input grid (scale 1/127), so q <= 0
+iff acc <= t and q >= 2 otherwise, and the step compares q > 0 (``fusion.accumulator_compares``).
+
 No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused are listed, with the reason,
 in ``report.unfused``: the first layer (its input is the image), a residual sum, a batch norm with a
 negative scale behind a max pool, a staircase whose lowest level is not 0. They compare their pinned int8

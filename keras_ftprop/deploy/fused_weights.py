@@ -3,6 +3,9 @@
 The producer's input codes (minus the zero point) are multiples of m, so its accumulator is acc = m j.
 
     step       1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),  multiplier M = 256 / (m//2 - m//4)
+    compare    (a step on a grid too fine to fuse, m = 1 for the image) the producer writes q = round(2 (acc + B))
+               with B = -floor(t), an integer: q >= 2 iff acc > t, q <= 0 otherwise, and the step's compare
+               takes q > 0
     staircase  level = clip(round(M (acc + B)), 0, n), with per channel an integer B and an M that place every
                threshold between two reachable accumulator values (``NotFusable`` if a channel has none)
 
@@ -22,7 +25,13 @@ from keras_ftprop.deploy.thresholds import thresholds_of
 # float32(acc + B), exact while |acc + B| < 2**24 near the boundaries, by a float32 scale: relative
 # errors of about 1e-7).
 _STAIRCASE_MARGIN = 1e-5
+# TFLite's fixed-point requantization (reference kernels, TFLite Micro, CMSIS-NN) rounds x M0 / 2**31 to an
+# integer before its rounding shift: M0 / 2**31 >= 1/2, so that first rounding moves the result by at most
+# M output codes, one accumulator unit. A fused staircase's boundary keeps that much, and 1% more, from every
+# reachable accumulator value, so float32 and fixed-point requantization (double or single rounding) agree.
+_FIXED_POINT_ROOM = 1.01
 _MAX_MULTIPLIER = 128.0  # XNNPACK's requantization scale must stay below 256
+COMPARE_MULTIPLIER = 2.0  # output codes per accumulator unit of a step compared on its accumulator
 
 
 class NotFusable(ValueError):
@@ -54,6 +63,46 @@ def _folded_producer(model, site):
         f, c = batch_norm_factor(model.get_layer(site.batch_norm))
         kernel, bias = kernel * f, bias * f + c
     return kernel, bias
+
+
+def _accumulator_threshold(kernel_c, bias_c, site, bound):
+    """(weight scale s_w, t) of one output channel: the step's x = s_in s_w acc + b > 0 iff acc > t,
+    t = -b / (s_in s_w) clipped to [-bound, bound]; None for a channel whose kernel is 0."""
+    top = np.abs(kernel_c).max()
+    if top == 0:
+        return None
+    weight_scale = top / 127  # the converter's per-channel scale
+    return weight_scale, np.clip(-bias_c / (site.input_scale * weight_scale), -bound, bound)
+
+
+def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
+    """(kernel, bias) of the producer of a step compared on its exact accumulator (``site`` a FusedThreshold,
+    the step's input pinned to scale 1/127): per channel the bias B = -floor(t) and the kernel scaled so that
+    the requantization multiplier is ``multiplier`` (codes unchanged). acc + B is an integer, so the output
+    code round(M (acc + B)) is <= 0 iff acc <= t and >= 1 otherwise, for any M in (1/2, 256) and any
+    rounding (float32, fixed point): the arithmetics agree. |B| <= max |acc| + 1 < 2**23, so the float32
+    bias still rounds to B in the converter."""
+    kernel, bias = _folded_producer(model, site)
+    out_scale = 1.0 / 127
+    bound = float(_max_code_sum(kernel) * site.input_bound + 1)  # > max |acc|
+    new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+    new_weight_scale = multiplier * out_scale / site.input_scale
+    for c in range(kernel.shape[-1]):
+        found = _accumulator_threshold(kernel[..., c], bias[c], site, bound)
+        if found is None:  # a dead channel: the unit is h(bias)
+            new_bias[c] = 2.0 if bias[c] > 0 else -2.0
+            continue
+        weight_scale, t = found
+        new_kernel[..., c] = kernel[..., c] * (new_weight_scale / weight_scale)
+        new_bias[c] = -np.floor(t) * site.input_scale * new_weight_scale
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def _max_code_sum(kernel):
+    """max over output channels of sum |kernel code| (127 levels per channel): max |acc| per unit input."""
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    top = np.maximum(np.abs(flat).max(axis=0), 1e-300)
+    return np.abs(np.round(flat / (top / 127))).sum(axis=0).max()
 
 
 def _fused_step_weights(model, site):
@@ -90,7 +139,8 @@ def _fused_staircase_weights(model, site):
     iff j >= G_k = floor((t_k - b) / (s_in s_w m)) + 1. The requantization outputs
     level = clip(round(M (acc + B)), 0, n), which is >= k + 1 iff j >= R_k = (k + 1/2) P - B / m with
     P = 1 / (M m). Per channel, an integer B and a P with G_k - 1 < R_k < G_k for every k (margins
-    ``_STAIRCASE_MARGIN``) make the two equal at every j; the kernel's scale is set to give that M (the
+    ``_STAIRCASE_MARGIN``, and ``_FIXED_POINT_ROOM`` accumulator units) make the two equal at every j under
+    float32 and fixed-point requantization; the kernel's scale is set to give that M (the
     codes are unchanged). ``NotFusable`` if a channel has none.
     """
     threshold = model.get_layer(site.threshold)
@@ -136,9 +186,10 @@ def _requantization_for(low, high, ks, m, natural):
         centre = round(m * (ks[0] * natural - (high[0] if np.isfinite(high[0]) else low[0])))
     candidates = centre + np.arange(-4 * m - 64, 4 * m + 65)
     shift = candidates[:, None] / m
+    room = _FIXED_POINT_ROOM / m  # in j: one accumulator unit, and a little more
     with np.errstate(invalid="ignore"):  # R_k = (k + 1/2) P - B / m in [low_k + margin_k, high_k - margin_k]
-        lower = np.max((low + shift) / (ks * (1 - _STAIRCASE_MARGIN)), axis=1)
-        upper = np.min((high + shift) / (ks * (1 + _STAIRCASE_MARGIN)), axis=1)
+        lower = np.max((low + shift + room) / (ks * (1 - _STAIRCASE_MARGIN)), axis=1)
+        upper = np.min((high + shift - room) / (ks * (1 + _STAIRCASE_MARGIN)), axis=1)
     lower = np.maximum(np.nan_to_num(lower, nan=-np.inf), 1.0 / (_MAX_MULTIPLIER * m))
     upper = np.minimum(np.nan_to_num(upper, nan=np.inf), 2.0**24 / (m * ks[-1]))  # acc + B exact in float32
     feasible = lower < upper

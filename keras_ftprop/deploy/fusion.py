@@ -15,7 +15,7 @@ import numpy as np
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.fused_weights import NotFusable, batch_norm_factor, fused_weights
 from keras_ftprop.deploy.graph import graph, grid_origin, only_input
-from keras_ftprop.deploy.grids import grid_of
+from keras_ftprop.deploy.grids import grid_of, nudged_range
 from keras_ftprop.deploy.thresholds import is_threshold
 
 # Layers that commute with a monotone threshold, h(f(x)) = f(h(x)): they may lie between a fused threshold and
@@ -23,6 +23,9 @@ from keras_ftprop.deploy.thresholds import is_threshold
 _COMMUTE_WITH_STEP = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
                       keras.layers.SpatialDropout2D)
 _PER_CHANNEL = (keras.layers.MaxPooling2D, keras.layers.Dropout, keras.layers.SpatialDropout2D)
+# A step decided on its accumulator needs |acc| (and its bias) exact in float32, as the converter's float32
+# bias and the quantization-aware copy's sum hold them: fan-in x 127 x max |input code| below 2**23.
+_MAX_EXACT_ACCUMULATOR = 2**23
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
 
 
@@ -131,3 +134,46 @@ def _input_grid(producer, producers):
     if not is_threshold(source):
         raise NotFusable(f"{producer.name!r} reads {source.name!r} ({type(source).__name__}), not a threshold")
     return grid_of(source)
+
+
+def accumulator_compares(model, fused, input_range, input_roundings=()):
+    """{threshold name: FusedThreshold} of the steps (HardThreshold) not in ``fused`` that the export decides
+    on their producer's exact accumulator (``fused_weights.accumulator_step_weights``): a linear Conv2D or
+    Dense (batch norm, max pooling, flatten, dropout between as for fusion) that reads the model's input
+    (``input_range``: the [min, max] of its int8 grid; ``input_roundings``: names of layers that put it on
+    that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse, with every
+    accumulator below 2**23 in magnitude.
+    """
+    producers, consumers = graph(model)
+    sites = {}
+    for layer in model.layers:
+        if not isinstance(layer, ftprop_layers.HardThreshold) or layer.name in fused:
+            continue
+        try:
+            producer, batch_norm, before_norm, after_norm = _path_to_producer(layer, producers, consumers, False)
+            if batch_norm is not None and before_norm:
+                _check_commutes_with(batch_norm, before_norm)
+        except NotFusable:
+            continue
+        grid = _exact_input_grid(producer, producers, input_range, input_roundings)
+        fan_in = int(np.prod(producer.kernel.shape[:-1]))
+        if grid is None or fan_in * 127 * grid[2] >= _MAX_EXACT_ACCUMULATOR:
+            continue
+        between = tuple(b.name for b in before_norm) + tuple(b.name for b in after_norm)
+        sites[layer.name] = FusedThreshold(layer.name, producer.name, None if batch_norm is None else
+                                           batch_norm.name, between, *grid)
+    return sites
+
+
+def _exact_input_grid(producer, producers, input_range, input_roundings):
+    """(s_in, m, max |code - z|) of the int8 grid ``producer`` reads, if the export knows it exactly: the
+    model's input (on ``nudged_range(*input_range)``), or a threshold's output; None otherwise."""
+    tensor = only_input(producer)
+    source = grid_origin(tensor, producers) if tensor is not None else None
+    if source is not None and is_threshold(source):
+        return grid_of(source)
+    if input_range is None or not (isinstance(source, keras.layers.InputLayer) or (
+            source is not None and source.name in input_roundings)):
+        return None
+    low, high = nudged_range(*input_range)
+    return (high - low) / 255.0, 1, 255

@@ -1,6 +1,7 @@
 """The export plan: what the int8 export changes in the model before converting it.
 
     fused     thresholds computed by their producer's requantization (``fusion``), the others with the reason
+    compared  unfused steps decided on their producer's exact accumulator (``fusion.accumulator_compares``)
     max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
     scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
     folded    batch norms folded into their producer
@@ -11,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import keras
+
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of
-from keras_ftprop.deploy.fusion import fused_thresholds
-from keras_ftprop.deploy.graph import folded_batch_norms, graph, scalable_producer, sole_input
+from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
+from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
+from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
 
@@ -29,6 +33,7 @@ class Plan:
     unfused: dict  # {threshold: reason}
     folded: dict  # {batch norm: producer}
     requantize: bool = True  # unfused thresholds as a depthwise requantization where they can be
+    compared: dict = dataclasses.field(default_factory=dict)  # {threshold: FusedThreshold} on its accumulator
 
 
 def plan(model, recorded, batches, int8, pinned, fuse):
@@ -40,15 +45,28 @@ def plan(model, recorded, batches, int8, pinned, fuse):
     producers, consumers = graph(model)
     targets = [layer for layer in model.layers if is_threshold(layer)]
     fused, unfused = _fusion(model, recorded, int8, fuse)
+    compared = {}
+    if int8 and pinned:  # with or without fusion: only the producer's weights change
+        roundings = [layer for layer in model.layers if isinstance(layer, FakeQuant)
+                     and isinstance(producers.get(id(only_input(layer))), keras.layers.InputLayer)]
+        input_range = ((roundings[0].minimum, roundings[0].maximum) if roundings  # a quantization-aware copy's
+                       else calibrate(model, [], batches)[0])
+        compared = accumulator_compares(model, fused, input_range, [layer.name for layer in roundings])
+        compared = {name: site for name, site in compared.items() if recorded.get(name, (0, 0, True))[2]}
+    if int8:
+        _check_recorded(recorded, fused, compared, unfused)
+    for name in compared:
+        unfused[name] += "; decided on its exact accumulator (q = round(2 (acc - floor(t))) > 0)"
     max_abs = {}
     if int8 and pinned and targets:
-        max_abs = _pinned_max_abs(model, targets, consumers, fused, recorded, batches)
+        max_abs = _pinned_max_abs(model, targets, consumers, {**fused, **compared}, recorded, batches)
     max_abs, scale_producers = _scaled_inputs(targets, max_abs, recorded, producers, consumers)
+    max_abs.update(dict.fromkeys(compared, 2.0**STEP_INPUT_BITS))  # pinned to [-128/127, 1], scale 1/127
     folded = folded_batch_norms(model, producers, consumers)
-    for site in fused.values():  # the export folds these itself
+    for site in (*fused.values(), *compared.values()):  # the export folds these itself
         if site.batch_norm is not None:
             folded[site.batch_norm] = site.producer
-    return Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse)
+    return Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse, compared=compared)
 
 
 def _fusion(model, recorded, int8, fuse):
@@ -65,13 +83,19 @@ def _fusion(model, recorded, int8, fuse):
             # stacklevel: this function, plan, to_tflite, its caller
             warnings.warn(f"quantization-aware staircase {name!r} was made to be fused, and the export compares "
                           f"it with GREATER instead ({unfused[name]})", stacklevel=4)
-        elif was_fused and name not in fused:
-            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
-                             f"requantization, and the export does not fuse it ({unfused.get(name)})")
         if not was_fused and name in fused:
             unfused[name] = "the quantization-aware model compares it with GREATER"
             del fused[name]
     return fused, unfused
+
+
+def _check_recorded(recorded, fused, compared, unfused):
+    """A ValueError if a quantization-aware step was made to be decided unrounded (fused, or on its
+    accumulator) and the export does neither (a staircase only warns, in ``_fusion``)."""
+    for name, (_, _, was_fused) in recorded.items():
+        if was_fused and name in unfused and name not in compared and "compares it unrounded" not in unfused[name]:
+            raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "
+                             f"requantization, and the export does not fuse it ({unfused[name]})")
 
 
 def _pinned_max_abs(model, targets, consumers, fused, recorded, batches):

@@ -7,14 +7,17 @@
 Each rounding that the int8 model applies is a TensorFlow fake-quant op in the copy, with the range the
 export uses (so the export and the copy agree by construction, up to requantization ties):
 
-    kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]
+    kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]; a producer
+               whose threshold the export decides on its accumulator sums the integer codes (exact in
+               float32 below 2**24) and scales the sum afterwards
                (the converter's; batch norm folded in multiplies s by |f| and the codes by sign f);
                gradient straight through, d w_q / d w = 1
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)
     threshold  forward h(x_q), x_q on the export's pinned input range (``keras_ftprop.deploy``): the int8
-               compare; a step or staircase that the export fuses into its producer's requantization
-               compares x itself (the int8 accumulator is exact); backward the threshold's own (FTPROP) at
-               the unrounded x
+               compare; a step or staircase that the export fuses into its producer's requantization, or a
+               step it decides on its producer's accumulator (``fusion.accumulator_compares``: the first
+               layer's), compares x itself (the int8 accumulator is exact); backward the threshold's own
+               (FTPROP) at the unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
     output     the logits on the 256-code grid of their calibrated range
@@ -30,7 +33,7 @@ import numpy as np
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of, representative_batches
 from keras_ftprop.deploy.functional import check_model, functional, unfused
-from keras_ftprop.deploy.fusion import fused_thresholds
+from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedThreshold
@@ -65,14 +68,18 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         + [layer.input for layer in pinned], batches)
     (output_low, output_high), operand_ranges = ranges[0], ranges[1:1 + len(operands)]
     pinned_max = dict(zip((layer.name for layer in pinned), max_abs_of(ranges[1 + len(operands):])))
+    exact_sites = {**fused, **accumulator_compares(model, fused, (input_low, input_high))}
+    unrounded = set(exact_sites)
+    input_units = {site.producer: site.input_scale * site.input_step for site in exact_sites.values()}
     operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
                      for key, bounds in zip(operands, operand_ranges)}
 
     def clone(layer):
         if type(layer) in QUANTIZED:
-            return QUANTIZED[type(layer)].from_config(layer.get_config())
+            return QUANTIZED[type(layer)].from_config({**layer.get_config(),
+                                                       "input_unit": input_units.get(layer.name)})
         if layer in pinned:
-            is_fused = layer.name in fused
+            is_fused = layer.name in unrounded
             scaled = (not is_fused and thresholds_of(layer) == [0.0] and pinned_max[layer.name] > 0
                       and scalable_producer(layer, producers, consumers) is not None)
             threshold = layer.__class__.from_config({**layer.get_config(), "name": f"{layer.name}_unit"})
@@ -142,7 +149,9 @@ def plain_model(model):
             return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
         for plain, quantized in QUANTIZED.items():
             if type(layer) is quantized:
-                return plain.from_config(layer.get_config())
+                config = layer.get_config()
+                config.pop("input_unit", None)
+                return plain.from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)

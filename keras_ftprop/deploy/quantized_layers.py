@@ -33,23 +33,57 @@ class FakeQuant(keras.layers.Layer):
         return {**super().get_config(), "minimum": self.minimum, "maximum": self.maximum}
 
 
+def exact_accumulation(linear, inputs, kernel, input_unit):
+    """``linear(inputs, quantized_kernel(kernel))`` whose forward value is computed from integers: with the
+    inputs on a grid of step ``input_unit`` (codes minus zero point, over m, times s_in) and the kernel's codes
+    c = w_q / s_w, acc = linear(inputs / input_unit, c) is a sum of integers, exact in float32 in any order
+    while |acc| < 2**24, and the output is acc (input_unit s_w); the gradient is the float one's."""
+    quantized = quantized_kernel(kernel)
+    rounded = linear(inputs, quantized)
+    if input_unit is None:
+        return rounded
+    axes = list(range(len(kernel.shape) - 1))
+    weight_scale = tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes), 1e-30) / 127.0
+    codes = tf.round(quantized / weight_scale)
+    exact = linear(tf.round(inputs / input_unit), codes) * (input_unit * weight_scale)
+    return rounded + tf.stop_gradient(exact - rounded)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedConv2D(keras.layers.Conv2D):
-    """``Conv2D`` whose kernel is ``quantized_kernel(kernel)`` (the int8 codes times their scales)."""
+    """``Conv2D`` whose kernel is ``quantized_kernel(kernel)`` (the int8 codes times their scales).
+
+    ``input_unit``: the input's grid step s_in m where the export decides a threshold on this layer's exact
+    accumulator; the forward then sums integers (``exact_accumulation``)."""
+
+    def __init__(self, *args, input_unit=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_unit = None if input_unit is None else float(input_unit)
 
     def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, quantized_kernel(kernel))
+        return exact_accumulation(super().convolution_op, inputs, kernel, self.input_unit)
+
+    def get_config(self):
+        return {**super().get_config(), "input_unit": self.input_unit}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedDense(keras.layers.Dense):
-    """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b)."""
+    """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b) (``input_unit`` as for
+    ``QuantizedConv2D``)."""
+
+    def __init__(self, *args, input_unit=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_unit = None if input_unit is None else float(input_unit)
 
     def call(self, inputs, training=None):
-        x = keras.ops.matmul(inputs, quantized_kernel(self.kernel))
+        x = exact_accumulation(keras.ops.matmul, inputs, self.kernel, self.input_unit)
         if self.bias is not None:
             x = keras.ops.add(x, self.bias)
         return x if self.activation is None else self.activation(x)
+
+    def get_config(self):
+        return {**super().get_config(), "input_unit": self.input_unit}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -3,7 +3,8 @@
 Each threshold becomes its export layer (``export_layers.rewrite``); a fused threshold's producer becomes the
 producer without activation, its clamp and int8 range (and for a staircase a requantization onto the
 threshold's grid), with the weights of ``fused_weights``, and the fused batch norm and threshold identities;
-each scaled producer's weights are multiplied by its factor.
+a step compared on its accumulator keeps its compare, its producer gets ``accumulator_step_weights`` (its batch
+norm folded in, an identity); each scaled producer's weights are multiplied by its factor.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import keras
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import ExportFusedOutput, ExportRequantize, rewrite
-from keras_ftprop.deploy.fused_weights import fused_weights
+from keras_ftprop.deploy.fused_weights import accumulator_step_weights, fused_weights
 from keras_ftprop.deploy.grids import output_range_of, staircase_output_range
 from keras_ftprop.deploy.thresholds import is_threshold, levels_of
 
@@ -32,13 +33,17 @@ def export_model(model, plan, int8):
     the dict in the order of the clone."""
     rewritten = {}
     by_producer = {site.producer: site for site in plan.fused.values()}
+    compared = {site.producer for site in plan.compared.values()}
     bypassed = {name for site in plan.fused.values() for name in (site.threshold, site.batch_norm) if name}
+    bypassed |= {site.batch_norm for site in plan.compared.values() if site.batch_norm}
 
     def clone(layer):
         if layer.name in by_producer:  # the threshold as this layer's requantization
             site = by_producer[layer.name]
             rewritten[site.threshold] = site
             return _fused_producer(layer, model.get_layer(site.threshold))
+        if layer.name in compared:  # its weights are set below, with a bias
+            return type(layer).from_config({**layer.get_config(), "use_bias": True})
         if layer.name in bypassed:
             identity = keras.layers.Identity(name=layer.name)
             return lambda inputs, **kwargs: identity(inputs)
@@ -52,6 +57,8 @@ def export_model(model, plan, int8):
         _scale_output(export.get_layer(name), factor)
     for site in plan.fused.values():
         export.get_layer(site.producer).set_weights(list(fused_weights(model, site)))
+    for site in plan.compared.values():
+        export.get_layer(site.producer).set_weights(list(accumulator_step_weights(model, site)))
     return export, rewritten
 
 

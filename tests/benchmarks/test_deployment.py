@@ -80,3 +80,24 @@ def test_micro_targets_are_checked_at_their_bounds_and_tabulated():
     assert "| TFLite Micro arena | 37,776 bytes | 64 KB |" in table
     assert "| test top-1: int8 under TFLite Micro / on XNNPACK | 97.78% / 98.00% | |" in table
     assert "copy: TFLite Micro / XNNPACK | 99.6% / 100.0% | |" in table and "ops: CONV_2D x4, MEAN x1" in table
+
+
+def test_runtime_agreement_counts_identical_codes_on_the_three_runtimes():
+    import keras
+    import numpy as np
+
+    from keras_ftprop import HardThreshold
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 1), name="x")
+    h = HardThreshold(name="act1")(keras.layers.MaxPooling2D(name="pool")(keras.layers.Conv2D(4, 3, name="conv1")(x)))
+    h = HardThreshold(name="act2")(keras.layers.Conv2D(4, 1, name="conv2")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    images = np.random.default_rng(0).uniform(0, 1, size=(12, 6, 6, 1)).astype(np.float32)
+    labels = np.zeros(12, int)
+    row = deployment.runtime_agreement("tiny", model, images, images, labels, examples=10)
+    assert row["examples"] == 10 and row["threshold_units"] == 10 * (2 * 2 * 4 + 2 * 2 * 4)
+    assert row["threshold_units_identical_xnnpack_reference"] == 1.0  # every decision the same
+    assert 0.9 <= row["logit_units_identical"] <= 1.0 and 0.7 <= row["rows_identical"] <= 1.0
+    for runtime in ("xnnpack", "reference", "tflite_micro"):
+        assert 0.7 <= row[f"agreement_{runtime}"] <= 1.0

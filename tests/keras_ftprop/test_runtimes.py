@@ -1,0 +1,276 @@
+"""Every threshold decision of the int8 export is the same under XNNPACK's float32 requantization and TFLite's
+fixed-point one (reference kernels, TFLite Micro): proved per op over every reachable accumulator value against
+an independent numpy requantization, and observed on all three runtimes, tensor by tensor."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from sklearn.datasets import load_digits
+
+from keras_ftprop import HardThreshold, Staircase, deploy, micro
+from keras_ftprop.deploy.fused_weights import batch_norm_factor
+from keras_ftprop.deploy.grids import kernel_codes
+from keras_ftprop.deploy.thresholds import levels_of, thresholds_of
+from tests.keras_ftprop import requantization
+
+
+def test_the_numpy_requantization_rounds_as_tflite_defines_it():
+    assert requantization.quantize_multiplier(0.5) == (2**30, 0)
+    assert requantization.quantize_multiplier(3.0) == (3 * 2**29, 2)
+    acc = np.array([6, -6, 10, -10, 14])  # x / 4 = 1.5, -1.5, 2.5, -2.5, 3.5
+    # M = 1/4 = 2**30 2**(-1 - 31): the high multiply is exact, the rounding shift rounds half away from 0
+    np.testing.assert_array_equal(requantization.fixed_point(acc, 0.25), [2, -2, 3, -3, 4])
+    np.testing.assert_array_equal(requantization.fixed_point(acc, 0.25, single=True), [2, -1, 3, -2, 4])  # half up
+    np.testing.assert_array_equal(requantization.float32(acc, 0.25), [2, -2, 2, -2, 4])  # half to even
+    # M = 1/2 (shift 0): the high multiply's nudge 1 - 2**30 rounds a negative half up, -1.5 to -1
+    np.testing.assert_array_equal(requantization.fixed_point(acc // 2, 0.5), [2, -1, 3, -2, 4])
+    # Double rounding: 3 / 8 = 0.375, the high multiply gives 3 / 2 -> 2, the shift 2 / 4 = 0.5 -> 1 (an error of
+    # M = 1/8 before the last rounding); one rounding gives 0.
+    assert requantization.fixed_point(np.array([3]), 0.125)[0] == 1
+    assert requantization.fixed_point(np.array([3]), 0.125, single=True)[0] == 0
+
+
+@pytest.fixture(scope="module")
+def digits_network():
+    """image -> conv1 -> pool -> step (decided on conv1's accumulator) -> conv2 -> BN -> step (fused) -> conv3
+    -> BN -> pool -> staircase(3) (fused behind the pool) -> conv4 -> staircase(5) (fused) -> logits."""
+    digits = load_digits()
+    images = (digits.images[..., None] / 16.0).astype(np.float32)
+    keras.utils.set_random_seed(1)
+    x = keras.Input((8, 8, 1), name="x")
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv1")(x)
+    h = HardThreshold(name="act1")(keras.layers.MaxPooling2D(name="pool1")(h))
+    h = keras.layers.Conv2D(12, 3, padding="same", use_bias=False, name="conv2")(h)
+    h = HardThreshold(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv3")(h)
+    h = keras.layers.MaxPooling2D(name="pool3")(keras.layers.BatchNormalization(name="bn3")(h))
+    h = Staircase(3, name="act3")(h)
+    h = Staircase(5, name="act4")(keras.layers.Conv2D(8, 3, padding="same", name="conv4")(h))
+    model = keras.Model(x, keras.layers.Dense(10, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, digits.target, epochs=2, batch_size=64, verbose=0)
+    for name in ("bn2", "bn3"):  # positive scales (the staircase behind the pool needs it), varied
+        bn = model.get_layer(name)
+        bn.gamma.assign(np.abs(bn.gamma.numpy()) + 0.1)
+    flatbuffer = deploy.to_tflite(model, images[:300], io_dtype="int8")
+    return model, images, flatbuffer
+
+
+def _operators(flatbuffer):
+    """[(op name, {inputs, outputs: tensors with name, scale, zero point, data}, fused activation)]."""
+    m = schema.ModelT.InitFromPackedBuf(bytes(flatbuffer), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = m.subgraphs[0]
+
+    def tensor(i):
+        t = graph.tensors[i]
+        data = m.buffers[t.buffer].data
+        dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}.get(t.type)
+        q = t.quantization
+        return dict(name=t.name.decode(), scale=np.asarray(q.scale if q and q.scale is not None else [], np.float32),
+                    zero_point=np.asarray(q.zeroPoint if q and q.zeroPoint is not None else [], np.int64),
+                    data=None if data is None or dtype is None else np.frombuffer(bytes(data), dtype))
+
+    ops = []
+    for op in graph.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        activation = getattr(op.builtinOptions, "fusedActivationFunction", 0)
+        ops.append((name, [tensor(i) for i in op.inputs if i >= 0], tensor(op.outputs[0]), activation))
+    return ops
+
+
+def _producer_op(ops, producer):
+    found = [op for op in ops if op[0] == "CONV_2D" and re.search(rf"/{producer}_\d+/", op[2]["name"])]
+    assert len(found) == 1, producer
+    return found[0]
+
+
+def _clamp(output, activation):
+    z, s = int(output["zero_point"][0]), float(output["scale"][0])
+    if activation == 1:  # RELU
+        return max(z, -128), 127
+    if activation == 2:  # RELU_N1_TO_1
+        return max(z + round(-1 / s), -128), min(z + round(1 / s), 127)
+    assert activation == 0
+    return -128, 127
+
+
+def _reachable(codes, low, high):
+    """[lowest, highest] per output channel of sum code * v over inputs v in [low, high]: every multiple of
+    the input step between them is a superset of the reachable accumulators (without bias)."""
+    positive, negative = np.clip(codes, 0, None).sum(0), np.clip(codes, None, 0).sum(0)
+    return positive * low + negative * high, positive * high + negative * low
+
+
+def test_every_decision_is_the_same_in_both_arithmetics_at_every_reachable_accumulator(digits_network):
+    """Per channel of each decision's producer: every accumulator value between the extremes the input grid
+    allows (the bias taken from the flatbuffer), requantized in fixed point (double and single rounding) and
+    in float32, gives the same decision, that of the real pre-activation's sign or level."""
+    model, _, flatbuffer = digits_network
+    report = flatbuffer.report
+    assert report.fused == {"act2": "conv2", "act3": "conv3", "act4": "conv4"}
+    assert "decided on its exact accumulator" in report.unfused["act1"]
+    ops = _operators(flatbuffer)
+    # (threshold, producer, batch norm, input grid: step, lowest and highest input minus zero point)
+    sites = [("act1", "conv1", None, 1, 0, 255), ("act2", "conv2", "bn2", 127, -127, 127),
+             ("act3", "conv3", "bn3", 127, -127, 127), ("act4", "conv4", None, 85, 0, 255)]
+    checked = 0
+    for threshold, producer, batch_norm, step, low, high in sites:
+        _, (inp, weights, bias), out, activation = _producer_op(ops, producer)
+        clamp = _clamp(out, activation)
+        layer = model.get_layer(producer)
+        kernel = layer.kernel.numpy().astype(np.float64)
+        real_bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
+        f, c = batch_norm_factor(model.get_layer(batch_norm)) if batch_norm else (np.ones_like(real_bias), 0.0)
+        keras_codes, keras_scale = kernel_codes(kernel)
+        fb_codes = np.moveaxis(weights["data"].reshape(len(real_bias), -1), 0, -1)
+        np.testing.assert_array_equal(fb_codes, np.sign(f) * keras_codes.reshape(-1, len(real_bias)))
+        s_in = float(inp["scale"][0])
+        lowest, highest = _reachable(keras_codes.reshape(-1, len(real_bias)), low, high)
+        for ch in range(len(real_bias)):
+            acc = np.arange(lowest[ch], highest[ch] + 1, step)  # low and high are multiples of the step
+            # the real pre-activation: f (s_in s_w acc + b) + c, its decision in float64, ties left out
+            x = f[ch] * (s_in * keras_scale[ch] * acc + real_bias[ch]) + (c[ch] if batch_norm else 0.0)
+            levels = deploy_levels(model.get_layer(threshold), x)
+            keep = ~near_threshold(model.get_layer(threshold), x, s_in * keras_scale[ch] * abs(f[ch]))
+            real = float(inp["scale"][0]) * float(weights["scale"][ch]) / float(out["scale"][0])
+            fb_acc = np.sign(f[ch]) * acc + int(bias["data"][ch])
+            got = {name: requantization.output_codes(fb_acc, real, int(out["zero_point"][0]), *clamp, name)
+                   for name in requantization.ARITHMETICS}
+            np.testing.assert_array_equal(got["fixed_point"], got["float32"], err_msg=f"{producer} channel {ch}")
+            np.testing.assert_array_equal(got["single_rounding"], got["float32"])
+            decided = decision(model.get_layer(threshold), got["float32"], out)
+            np.testing.assert_array_equal(decided[keep], levels[keep], err_msg=f"{producer} channel {ch}")
+            checked += keep.sum()
+    assert checked > 10**6
+
+
+def deploy_levels(threshold, x):
+    """The threshold's level at each real pre-activation x: levels[sum_k 1[x > t_k]]."""
+    levels, _ = levels_of(threshold)
+    return np.array(levels)[(x[:, None] > np.array(thresholds_of(threshold))).sum(-1)]
+
+
+def near_threshold(threshold, x, unit):
+    """x within a thousandth of an accumulator unit of a threshold: float64 ties, left out."""
+    return (np.abs(x[:, None] - np.array(thresholds_of(threshold))) < 1e-3 * unit).any(-1)
+
+
+def decision(threshold, codes, out):
+    """The level a producer's output codes stand for: the sign of the code for a step compared on its
+    accumulator (its compare takes code > 0), else the fused output's level (each one code exactly)."""
+    z, s = int(out["zero_point"][0]), float(out["scale"][0])
+    if threshold.name == "act1":
+        return np.where(codes > 0, 1.0, -1.0)
+    levels = np.array(levels_of(threshold)[0])
+    values = (codes - z) * s
+    nearest = np.abs(values[:, None] - levels).argmin(-1)
+    np.testing.assert_allclose(values, levels[nearest], rtol=0, atol=1e-6)  # on a level's code
+    return levels[nearest]
+
+
+def _interpreter(flatbuffer, resolver=None):
+    kwargs = {} if resolver is None else {"experimental_op_resolver_type": resolver}
+    interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True, **kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_every_threshold(digits_network):
+    _, images, flatbuffer = digits_network
+    interpreters = {"xnnpack": _interpreter(flatbuffer), "reference": _interpreter(flatbuffer,
+                                                                                   OpResolverType.BUILTIN_REF)}
+    (inp,) = interpreters["xnnpack"].get_input_details()
+    (out,) = interpreters["xnnpack"].get_output_details()
+    scale, zero_point = inp["quantization"]
+    # rounded half up, as the quantization-aware copy's fake quant rounds the image
+    codes = np.clip(np.floor(images[:200] / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
+    int8_tensors = [t["index"] for t in interpreters["xnnpack"].get_tensor_details() if t["dtype"] == np.int8]
+    values = {name: {i: [] for i in int8_tensors} for name in interpreters}
+    for example in codes:
+        for name, interpreter in interpreters.items():
+            interpreter.set_tensor(inp["index"], example[None])
+            interpreter.invoke()
+            for i in int8_tensors:
+                values[name][i].append(interpreter.get_tensor(i).copy())
+    names = {t["index"]: t["name"] for t in interpreters["xnnpack"].get_tensor_details()}
+    logits = [i for i in int8_tensors if "logits" in names[i] or i == out["index"]]
+    assert out["index"] in logits and len(logits) < len(int8_tensors) - 8
+    for i in int8_tensors:  # the image, every threshold's input and output, max pools, the flattened codes
+        if i not in logits:
+            np.testing.assert_array_equal(np.stack(values["xnnpack"][i]), np.stack(values["reference"][i]),
+                                          err_msg=names[i])
+    # The logits are a plain requantization (no threshold behind it): one code apart at most, in a few rows,
+    # between any two runtimes (LiteRT's reference FULLY_CONNECTED rounds differently from TFLite Micro's).
+    xnnpack, reference = (np.concatenate(values[name][out["index"]]).astype(int) for name in interpreters)
+    (tflm,) = micro.run(flatbuffer, codes)
+    for a, b in ((xnnpack, reference), (tflm.astype(int), reference), (tflm.astype(int), xnnpack)):
+        assert np.abs(a - b).max() <= 1 and (a != b).any(-1).mean() < 0.05
+    assert len(np.unique(tflm.argmax(-1))) >= 8  # a network that decides something
+
+
+def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_runtimes(digits_network):
+    """The copy sums integer codes where the export decides on the accumulator, so each of its threshold
+    units is its int8 model's (on the copy's own input codes), away from float32 ties at the last op."""
+    model, images, _ = digits_network
+    images = images[:300]
+    qat = deploy.quantization_aware(model, images)
+    assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)  # the image: m = 1
+    assert qat.get_layer("conv2").input_unit == pytest.approx(1.0)  # +-1 codes: s_in m = (1/127) 127
+    assert qat.get_layer("logits").input_unit is None  # no threshold behind it
+    flatbuffer = deploy.to_tflite(qat, images, io_dtype="int8")
+    names = ["act1", "act2", "act3", "act4"]
+    probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in names]
+                        + [qat.get_layer(n).input for n in names] + [qat.get_layer("input_quant").output])
+    outputs = [np.asarray(t) for t in probe(images)]
+    want, pre, rounded = outputs[:4], outputs[4:8], outputs[8]
+    for resolver in (None, OpResolverType.BUILTIN_REF):
+        interpreter = _interpreter(flatbuffer, resolver)
+        (inp,) = interpreter.get_input_details()
+        scale, zero_point = inp["quantization"]
+        codes = np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8)
+        by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
+        got = {name: [] for name in names}
+        for example in codes:
+            interpreter.set_tensor(inp["index"], example[None])
+            interpreter.invoke()
+            for name in names:
+                detail = by_name[flatbuffer.report.activation_tensors[name][1]]
+                s, z = detail["quantization"]
+                got[name].append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+        for name, expected, x in zip(names, want, pre):
+            thresholds = np.array(thresholds_of(qat.get_layer(name).threshold))
+            clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
+            assert clear.mean() > 0.99
+            np.testing.assert_allclose(np.stack(got[name])[clear], expected[clear], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_any_gates():
+    """``_requantization_for`` on random gates (3 and 5 steps, their input grids m = 85 and 51): every
+    accumulator value m j + B requantized by M = 1 / (P m) in fixed point (double and single rounding) and
+    float32 gives level #{k: j >= G_k}. Without the one accumulator unit of room, fixed point misses."""
+    from keras_ftprop.deploy import fused_weights
+
+    rng = np.random.default_rng(0)
+    solved = 0
+    for _ in range(200):
+        steps = int(rng.choice([3, 5]))
+        m = 255 // steps
+        natural = rng.uniform(0.5, 40)  # accumulator values j per level
+        gates = np.floor(np.cumsum(rng.uniform(0.7, 1.3, steps) * natural) + rng.integers(-50, 50))
+        solution = fused_weights._requantization_for(gates - 1, gates, np.arange(steps) + 0.5, m, natural)
+        if solution is None:
+            continue
+        per_level, bias = solution
+        j = np.arange(gates.min() - 3 * natural - 5, gates.max() + 3 * natural + 5).astype(np.int64)
+        want = (j[:, None] >= gates).sum(-1)
+        for arithmetic in requantization.ARITHMETICS:
+            got = requantization.output_codes(m * j + bias, 1.0 / (per_level * m), 0, 0, steps, arithmetic)
+            np.testing.assert_array_equal(got, want, err_msg=arithmetic)
+        solved += 1
+    assert solved > 25
