@@ -34,7 +34,9 @@ except at the thresholds, whose ranges are pinned with fake-quant nodes:
   folded) accumulator with a per-channel integer threshold, at ``2**7`` times the
   calibrated resolution, everything far from 0 saturated. Without such a
   producer (a residual sum) the input is pinned at that resolution but no
-  finer than MIN_COMPARE_SCALE (int8 GREATER's resolution). A staircase's
+  finer than MIN_COMPARE_SCALE (int8 GREATER's resolution); a quantization-aware
+  copy pins it to the sum's exact grid instead (``keras_ftprop.deploy.sums``:
+  power-of-two scale ratios, on which the int8 ADD does not round). A staircase's
   input is pinned to a grid on which every threshold is a code, one code
   beyond each end. The thresholds are codes of their input's grid, so every
   GREATER compares integers exactly. ``threshold_input="calibrated"`` keeps

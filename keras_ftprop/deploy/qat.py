@@ -19,7 +19,9 @@ export uses (so the export and the copy agree by construction, up to requantizat
                layer's), compares x itself (the int8 accumulator is exact); backward the threshold's own
                (FTPROP) at the unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
-               on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands
+               on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
+               that a step reads (ResNet's) on power-of-two grids instead (``keras_ftprop.deploy.sums``), on
+               which the int8 ADD adds exactly and the copy's float32 sum lands within 1e-3 of the same code
     output     the logits on the 256-code grid of their calibrated range
 
 The ranges are fixed when the copy is made (calibrated on ``representative_data``) and saved with it.
@@ -37,6 +39,7 @@ from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedThreshold
+from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
 # Layers with weights that the int8 model computes as the float model does (batch norm folds into the kernel).
@@ -71,8 +74,11 @@ def quantization_aware(model, representative_data, calibration_samples=500):
     exact_sites = {**fused, **accumulator_compares(model, fused, (input_low, input_high))}
     unrounded = set(exact_sites)
     input_units = {site.producer: site.input_scale * site.input_step for site in exact_sites.values()}
-    operand_quant = {key: FakeQuant(*nudged_range(*bounds), name=f"{key[0]}_in{key[1]}")
-                     for key, bounds in zip(operands, operand_ranges)}
+    operand_grids = {key: nudged_range(*bounds) for key, bounds in zip(operands, operand_ranges)}
+    exact_grids, sum_max_abs = exact_sums(model, producers, consumers, dict(zip(operands, operand_ranges)))
+    operand_grids.update(exact_grids)
+    pinned_max.update(sum_max_abs)
+    operand_quant = {key: FakeQuant(*grid, name=f"{key[0]}_in{key[1]}") for key, grid in operand_grids.items()}
 
     def clone(layer):
         if type(layer) in QUANTIZED:
