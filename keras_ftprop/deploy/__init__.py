@@ -73,7 +73,7 @@ fixed-point one (reference kernels, TFLite Micro: a 31-bit multiplier whose high
 the result by at most one accumulator unit) decide alike; the staircase's (B, M) keep that room too.
 
 A step that cannot be fused but whose producer is a Conv2D or Dense (the first layer, which reads the image:
-m = 1; every accumulator below 2**23) is decided on the producer's accumulator all the same: the producer
+m = 1; every accumulator below 2^23) is decided on the producer's accumulator all the same: the producer
 writes q = round(2 (acc + B)) with B = -floor(t) on the step's pinned input grid (scale 1/127), so q <= 0
 iff acc <= t and q >= 2 otherwise, and the step compares q > 0 (``fusion.accumulator_compares``).
 

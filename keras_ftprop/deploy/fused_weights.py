@@ -22,7 +22,7 @@ from keras_ftprop.deploy.thresholds import thresholds_of
 
 # A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-5 from each rounding boundary:
 # room for the float32 scales and arithmetic of the runtime's requantization (XNNPACK multiplies
-# float32(acc + B), exact while |acc + B| < 2**24 near the boundaries, by a float32 scale: relative
+# float32(acc + B), exact while |acc + B| < 2^24 near the boundaries, by a float32 scale: relative
 # errors of about 1e-7).
 _STAIRCASE_MARGIN = 1e-5
 # TFLite's fixed-point requantization (reference kernels, TFLite Micro, CMSIS-NN) rounds x M0 / 2**31 to an
@@ -80,7 +80,7 @@ def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
     the step's input pinned to scale 1/127): per channel the bias B = -floor(t) and the kernel scaled so that
     the requantization multiplier is ``multiplier`` (codes unchanged). acc + B is an integer, so the output
     code round(M (acc + B)) is <= 0 iff acc <= t and >= 1 otherwise, for any M in (1/2, 256) and any
-    rounding (float32, fixed point): the arithmetics agree. |B| <= max |acc| + 1 < 2**23, so the float32
+    rounding (float32, fixed point): the arithmetics agree. |B| <= max |acc| + 1 < 2^23, so the float32
     bias still rounds to B in the converter."""
     kernel, bias = _folded_producer(model, site)
     out_scale = 1.0 / 127

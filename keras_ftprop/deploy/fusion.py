@@ -24,7 +24,7 @@ _COMMUTE_WITH_STEP = (keras.layers.MaxPooling2D, keras.layers.Flatten, keras.lay
                       keras.layers.SpatialDropout2D)
 _PER_CHANNEL = (keras.layers.MaxPooling2D, keras.layers.Dropout, keras.layers.SpatialDropout2D)
 # A step decided on its accumulator needs |acc| (and its bias) exact in float32, as the converter's float32
-# bias and the quantization-aware copy's sum hold them: fan-in x 127 x max |input code| below 2**23.
+# bias and the quantization-aware copy's sum hold them: fan-in x 127 x max |input code| below 2^23.
 _MAX_EXACT_ACCUMULATOR = 2**23
 _MIN_FUSED_INPUT_STEP = 8  # m: the accumulator's margin m//2 must survive the bias rounding (m//4) with room
 
@@ -142,7 +142,7 @@ def accumulator_compares(model, fused, input_range, input_roundings=()):
     Dense (batch norm, max pooling, flatten, dropout between as for fusion) that reads the model's input
     (``input_range``: the [min, max] of its int8 grid; ``input_roundings``: names of layers that put it on
     that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse, with every
-    accumulator below 2**23 in magnitude.
+    accumulator below 2^23 in magnitude.
     """
     producers, consumers = graph(model)
     sites = {}

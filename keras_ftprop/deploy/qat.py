@@ -9,7 +9,7 @@ export uses (so the export and the copy agree by construction, up to requantizat
 
     kernel     w_q = s round(w / s),  s = max|w| / 127 per output channel, codes in [-127, 127]; a producer
                whose threshold the export decides on its accumulator sums the integer codes (exact in
-               float32 below 2**24) and scales the sum afterwards
+               float32 below 2^24) and scales the sum afterwards
                (the converter's; batch norm folded in multiplies s by |f| and the codes by sign f);
                gradient straight through, d w_q / d w = 1
     input      x_q on the 256-code grid of its calibrated [min, max] (nudged so that 0 is a code)

@@ -37,7 +37,7 @@ def exact_accumulation(linear, inputs, kernel, input_unit):
     """``linear(inputs, quantized_kernel(kernel))`` whose forward value is computed from integers: with the
     inputs on a grid of step ``input_unit`` (codes minus zero point, over m, times s_in) and the kernel's codes
     c = w_q / s_w, acc = linear(inputs / input_unit, c) is a sum of integers, exact in float32 in any order
-    while |acc| < 2**24, and the output is acc (input_unit s_w); the gradient is the float one's."""
+    while |acc| < 2^24, and the output is acc (input_unit s_w); the gradient is the float one's."""
     quantized = quantized_kernel(kernel)
     rounded = linear(inputs, quantized)
     if input_unit is None:
