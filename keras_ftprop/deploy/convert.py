@@ -23,11 +23,7 @@ def convert(export_model, model, quantize, io_dtype, batches):
     (``resize_tensor_input``).
     """
     with tempfile.TemporaryDirectory() as saved_model:
-        # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6).
-        options = {"verbose": False} if "verbose" in inspect.signature(export_model.export).parameters else {}
-        if io_dtype == "int8" and quantize == "int8":
-            options["input_signature"] = static_batch_signature(export_model)
-        export_model.export(saved_model, format="tf_saved_model", **options)
+        write_saved_model(export_model, saved_model, static_batch=io_dtype == "int8" and quantize == "int8")
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantize == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -45,6 +41,25 @@ def convert(export_model, model, quantize, io_dtype, batches):
             found = re.search(r"'tf\.\w+' op [^\n]*", message)
             detail = found.group(0) if found else message.strip().splitlines()[0][:300]
             raise ValueError(f"{where} does not convert to {quantize} TFLite builtins: {detail}") from error
+
+
+def write_saved_model(model, path, static_batch):
+    """``model`` as a SavedModel at ``path`` whose one signature calls it in inference mode, with batch size 1
+    if ``static_batch``."""
+    parameters = inspect.signature(model.export).parameters
+    # Quiet where Keras has the option (Model.export's verbose came with Keras 3.6, input_signature too).
+    quiet = {"verbose": False} if "verbose" in parameters else {}
+    if not static_batch:
+        model.export(path, format="tf_saved_model", **quiet)
+    elif "input_signature" in parameters:
+        model.export(path, format="tf_saved_model", input_signature=static_batch_signature(model), **quiet)
+    else:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        signature = keras.tree.map_structure(lambda spec: tf.TensorSpec(spec.shape, spec.dtype),
+                                             static_batch_signature(model))
+        archive.add_endpoint("serve", lambda inputs: model(inputs, training=False), input_signature=signature)
+        archive.write_out(path)
 
 
 def static_batch_signature(model):

@@ -221,7 +221,9 @@ def _handed_to_the_statistics(layer, shape):
     sized = "f32[" + ",".join(map(str, shape)) + "]"
     computed = {name for name, rhs in defined.items()
                 if rhs.startswith(sized) and not re.search(r" (parameter|bitcast)\(", rhs)}
-    branch_operands = re.findall(r"conditional\(%[\w.\-]+, (%[\w.\-]+)", entry)
+    # conditional(predicate, true operand, false operand); older XLA prints each operand's type before it
+    calls = re.findall(r"conditional\((.*?)\), true_computation", entry)
+    branch_operands = [re.findall(r"%[\w.\-]+", arguments)[1] for arguments in calls]
     handed = {name for operand in branch_operands for name in re.findall(r"%[\w.\-]+", defined[operand])}
     return computed & handed, len(branch_operands)
 
