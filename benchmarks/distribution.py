@@ -98,11 +98,7 @@ def build(config, weights, recipe, strategy):
         # A copy: Keras 3.15's from_config pops the keys of the config it is given.
         model = keras.Model.from_config(copy.deepcopy(config))
         model.set_weights(weights)
-        if recipe.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(recipe.learning_rate, momentum=recipe.momentum)
-        else:
-            optimizer = keras.optimizers.Adam(recipe.learning_rate)
-        model.compile(optimizer=optimizer,
+        model.compile(optimizer=recipes.optimizer(recipe),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=False)
     model.make_train_function()

@@ -218,11 +218,7 @@ def build(mode, activation, precision, jit_compile, strategy, recipe, weights=No
             model = setup_lib.build_model(config, recipe, info)
             if weights is not None:
                 model.set_weights(weights)
-            if recipe.optimizer == "sgd":
-                optimizer = keras.optimizers.SGD(recipe.learning_rate, momentum=recipe.momentum)
-            else:
-                optimizer = keras.optimizers.Adam(recipe.learning_rate)
-            model.compile(optimizer=optimizer,
+            model.compile(optimizer=recipes.optimizer(recipe),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           jit_compile=jit_compile)
             model.optimizer.build(model.trainable_variables)

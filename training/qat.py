@@ -33,12 +33,6 @@ def fine_tune_learning_rate(recipe):
     return recipes.learning_rate_at(recipe, recipe.epochs - 1)
 
 
-def _optimizer(recipe, learning_rate):
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=recipe.momentum)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
-
-
 def _compile(model, optimizer):
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
@@ -94,7 +88,7 @@ def fine_tune(config, setup, log=print):
             log(f"resuming the quantization-aware fine-tune after epoch {done} of {config.qat_epochs}")
         else:
             qat = deploy.quantization_aware(setup.model, representative)
-            _compile(qat, _optimizer(recipe, learning_rate))
+            _compile(qat, recipes.optimizer(recipe, learning_rate))
     if done < config.qat_epochs:
         log(f"quantization-aware fine-tune: {config.qat_epochs} epoch(s) at the final learning rate "
             f"{learning_rate:g}")

@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import keras
+
 import models
 from training.errors import UsageError
 from training.options import option
@@ -261,3 +263,11 @@ def learning_rate_at(recipe, epoch):
     """
     drops = sum(1 for e in recipe.lr_decay_epochs if epoch + 1 >= e)
     return recipe.learning_rate * recipe.lr_decay ** drops
+
+
+def optimizer(recipe, learning_rate=None):
+    """The recipe's optimizer: SGD with its momentum or Adam, at ``learning_rate`` (default: the recipe's)."""
+    learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=recipe.momentum)
+    return keras.optimizers.Adam(learning_rate=learning_rate)

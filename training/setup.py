@@ -112,12 +112,6 @@ def _check_image_shape(model, image_shape):
                          f"{'x'.join(str(d) for d in image_shape[:2])} (--image_size)")
 
 
-def _optimizer(recipe):
-    if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum)
-    return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
-
-
 def build_model(config, recipe, info, stem=None):
     """The network from ``models.get_model``, float32 logits under mixed precision.
 
@@ -253,7 +247,7 @@ def _build(config, recipe, info, strategy, model_dir, write_dir, stem=None):
         with strategy.scope():
             model = build_model(config, recipe, info, stem)
             model.compile(
-                optimizer=_optimizer(recipe),
+                optimizer=recipes.optimizer(recipe),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=[
                     keras.metrics.SparseCategoricalAccuracy(name="top1"),

@@ -252,3 +252,15 @@ def test_the_printed_settings_are_those_the_optimizer_and_schedule_use():
     assert "lr_decay" in _printed(decayed) and "momentum" not in _printed(decayed)
     # The record keeps every setting.
     assert set(adam.as_dict()) == set(recipes.FIELDS)
+
+
+def test_the_optimizer_is_the_recipes_at_its_or_a_given_learning_rate():
+    sgd = recipes.TrainingRecipe(optimizer="sgd", learning_rate=0.1, momentum=0.8,  # not the 0.9 default
+                                 batch_size=64, epochs=1)
+    adam = dataclasses.replace(sgd, optimizer="adam", learning_rate=2.5e-4)
+    built = recipes.optimizer(sgd)
+    assert type(built).__name__ == "SGD" and float(built.learning_rate) == pytest.approx(0.1)
+    assert float(built.momentum) == pytest.approx(0.8)
+    assert float(recipes.optimizer(sgd, 0.001).learning_rate) == pytest.approx(0.001)  # a fine-tune's rate
+    built = recipes.optimizer(adam)
+    assert type(built).__name__ == "Adam" and float(built.learning_rate) == pytest.approx(2.5e-4)
