@@ -75,7 +75,16 @@ the result by at most one accumulator unit) decide alike; the staircase's (B, M)
 A step that cannot be fused but whose producer is a Conv2D or Dense (the first layer, which reads the image:
 m = 1; every accumulator below 2^23) is decided on the producer's accumulator all the same: the producer
 writes q = round(2 (acc + B)) with B = -floor(t) on the step's pinned input grid (scale 1/127), so q <= 0
-iff acc <= t and q >= 2 otherwise, and the step compares q > 0 (``fusion.accumulator_compares``).
+iff acc <= t and q >= 2 otherwise, and the step compares q > 0 (``fusion.accumulator_compares``). A
+staircase there (on [0, b], n steps of size d) cannot be one requantization: with accumulators one unit
+apart, no multiplier keeps n boundaries a unit from every accumulator value. The export writes one copy of
+the producer per threshold t_k instead, each onto a grid of scale d / 2:
+
+    q_k = clip(round(M_k (acc + B_k)), 0, 2) = 2 1[acc > t_k],   B_k = -floor(t_k),  M_k = 2 (1 + k / 16)
+
+(acc + B_k an integer, so any rounding gives the same q_k; the M_k differ so that the converter keeps n
+convolutions), and ADDs them on grids of the same scale, the last on the threshold's grid: the level is
+d sum_k 1[acc > t_k], exact in every arithmetic (the sum's codes are integers).
 
 No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused are listed, with the reason,
 in ``report.unfused``: the first layer (its input is the image), a residual sum, a batch norm with a

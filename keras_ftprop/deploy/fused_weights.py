@@ -5,7 +5,8 @@ The producer's input codes (minus the zero point) are multiples of m, so its acc
     step       1[acc > t] = 1[acc + B > 0],  B = m//2 - m (floor(t / m) + 1),  multiplier M = 256 / (m//2 - m//4)
     compare    (a step on a grid too fine to fuse, m = 1 for the image) the producer writes q = round(2 (acc + B))
                with B = -floor(t), an integer: q >= 2 iff acc > t, q <= 0 otherwise, and the step's compare
-               takes q > 0
+               takes q > 0; a staircase on such a grid, one producer copy per threshold t_k, each writing
+               clip(round(2 (acc + B_k)), 0, 2) = 2 1[acc > t_k], whose sum is the level
     staircase  level = clip(round(M (acc + B)), 0, n), with per channel an integer B and an M that place every
                threshold between two reachable accumulator values (``NotFusable`` if a channel has none)
 
@@ -96,6 +97,33 @@ def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
         new_kernel[..., c] = kernel[..., c] * (new_weight_scale / weight_scale)
         new_bias[c] = -np.floor(t) * site.input_scale * new_weight_scale
     return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def accumulator_staircase_weights(model, site, multiplier=COMPARE_MULTIPLIER):
+    """[(kernel, bias)] per threshold t_k of the staircase of ``site`` (a FusedThreshold) compared on its
+    producer's exact accumulator: copy k of the producer writes, onto a grid of scale s_out = step / 2 (one
+    level per 2 codes), q_k = clip(round(M_k (acc + B_k)), 0, 2) with B_k = -floor(t_k), an integer, and
+    M_k = ``multiplier`` (1 + k / 16) >= 3/2 (codes unchanged), so 2 1[acc > t_k] in any arithmetic, and the
+    level is sum_k q_k / 2. (The kernels differ by their scale only: with equal ones the converter would
+    share one convolution among the copies and add the biases after its requantization.)"""
+    threshold = model.get_layer(site.threshold)
+    kernel, bias = _folded_producer(model, site)
+    step = (threshold.high - threshold.low) / threshold.steps
+    bound = float(_max_code_sum(kernel) * site.input_bound + 1)  # > max |acc|
+    weights = []
+    for k, level in enumerate(thresholds_of(threshold)):
+        new_weight_scale = multiplier * (1 + k / 16) * (step / 2) / site.input_scale
+        new_kernel, new_bias = np.zeros_like(kernel), np.zeros_like(bias)
+        for c in range(kernel.shape[-1]):
+            found = _accumulator_threshold(kernel[..., c], bias[c] - level, site, bound)
+            if found is None:  # a dead channel: 1[bias > t_k], any constant beyond the output range
+                new_bias[c] = 2 * step if bias[c] > level else -step
+                continue
+            weight_scale, t = found
+            new_kernel[..., c] = kernel[..., c] * (new_weight_scale / weight_scale)
+            new_bias[c] = -np.floor(t) * site.input_scale * new_weight_scale
+        weights.append((new_kernel.astype(np.float32), new_bias.astype(np.float32)))
+    return weights
 
 
 def _max_code_sum(kernel):

@@ -69,6 +69,12 @@ def staircase_output_range(layer):
     return -(255 - layer.steps) * scale, layer.steps * scale
 
 
+def indicator_sum_range(step, count):
+    """(min, max) of the int8 grid of scale step / 2 whose top code, 127, is ``count`` steps: a sum of
+    ``count`` indicators {0, step} of a staircase compared on its accumulator, two codes per step."""
+    return -(255 - 2 * count) * step / 2, count * step
+
+
 def pinned_range(thresholds, max_abs):
     """The pinned [min, max] of the input of a threshold with ``thresholds``, calibrated max |input| ``max_abs``.
 

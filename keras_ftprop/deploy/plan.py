@@ -1,7 +1,8 @@
 """The export plan: what the int8 export changes in the model before converting it.
 
     fused     thresholds computed by their producer's requantization (``fusion``), the others with the reason
-    compared  unfused steps decided on their producer's exact accumulator (``fusion.accumulator_compares``)
+    compared  unfused steps and staircases decided on their producer's exact accumulator
+              (``fusion.accumulator_compares``)
     max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
     scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
     folded    batch norms folded into their producer
@@ -52,16 +53,22 @@ def plan(model, recorded, batches, int8, pinned, fuse):
         input_range = ((roundings[0].minimum, roundings[0].maximum) if roundings  # a quantization-aware copy's
                        else calibrate(model, [], batches)[0])
         compared = accumulator_compares(model, fused, input_range, [layer.name for layer in roundings])
-        compared = {name: site for name, site in compared.items() if recorded.get(name, (0, 0, True))[2]}
+        compared = {name: site for name, site in compared.items() if recorded.get(name, (0, 0, True))[2]
+                    and (fuse or not isinstance(model.get_layer(name), ftprop_layers.Staircase))}
     if int8:
+        _warn_unrounded_staircases(model, recorded, {**fused, **compared}, unfused)
         _check_recorded(recorded, fused, compared, unfused)
     for name in compared:
-        unfused[name] += "; decided on its exact accumulator (q = round(2 (acc - floor(t))) > 0)"
+        unfused[name] += ("; decided on its exact accumulator, one copy of its producer per threshold "
+                          "(q_k = clip(round(2 (acc - floor(t_k))), 0, 2)) summed by ADD"
+                          if isinstance(model.get_layer(name), ftprop_layers.Staircase)
+                          else "; decided on its exact accumulator (q = round(2 (acc - floor(t))) > 0)")
     max_abs = {}
     if int8 and pinned and targets:
         max_abs = _pinned_max_abs(model, targets, consumers, {**fused, **compared}, recorded, batches)
     max_abs, scale_producers = _scaled_inputs(targets, max_abs, recorded, producers, consumers)
-    max_abs.update(dict.fromkeys(compared, 2.0**STEP_INPUT_BITS))  # pinned to [-128/127, 1], scale 1/127
+    max_abs.update({name: 2.0**STEP_INPUT_BITS for name in compared  # pinned to [-128/127, 1], scale 1/127
+                    if not isinstance(model.get_layer(name), ftprop_layers.Staircase)})
     folded = folded_batch_norms(model, producers, consumers)
     for site in (*fused.values(), *compared.values()):  # the export folds these itself
         if site.batch_norm is not None:
@@ -77,21 +84,27 @@ def _fusion(model, recorded, int8, fuse):
         unfused.update({name: "fuse_thresholds=False" for name in fused})
         fused = {}
     for name, (_, _, was_fused) in (recorded.items() if int8 else ()):  # the export follows the copy
-        if was_fused and name not in fused and isinstance(model.get_layer(name), ftprop_layers.Staircase):
-            unfused[name] = (f"{unfused.get(name)}; the quantization-aware model compares it unrounded, so a unit "
-                             "within half an input code of a threshold may differ")
-            # stacklevel: this function, plan, to_tflite, its caller
-            warnings.warn(f"quantization-aware staircase {name!r} was made to be fused, and the export compares "
-                          f"it with GREATER instead ({unfused[name]})", stacklevel=4)
         if not was_fused and name in fused:
             unfused[name] = "the quantization-aware model compares it with GREATER"
             del fused[name]
     return fused, unfused
 
 
+def _warn_unrounded_staircases(model, recorded, exact, unfused):
+    """Warn of (and note in ``unfused``) each quantization-aware staircase made to be decided unrounded that the
+    export decides neither fused nor on its accumulator (``exact``), but with GREATER."""
+    for name, (_, _, was_fused) in recorded.items():
+        if was_fused and name not in exact and isinstance(model.get_layer(name), ftprop_layers.Staircase):
+            unfused[name] = (f"{unfused.get(name)}; the quantization-aware model compares it unrounded, so a unit "
+                             "within half an input code of a threshold may differ")
+            # stacklevel: this function, plan, to_tflite, its caller
+            warnings.warn(f"quantization-aware staircase {name!r} was made to be fused, and the export compares "
+                          f"it with GREATER instead ({unfused[name]})", stacklevel=4)
+
+
 def _check_recorded(recorded, fused, compared, unfused):
     """A ValueError if a quantization-aware step was made to be decided unrounded (fused, or on its
-    accumulator) and the export does neither (a staircase only warns, in ``_fusion``)."""
+    accumulator) and the export does neither (a staircase only warns, ``_warn_unrounded_staircases``)."""
     for name, (_, _, was_fused) in recorded.items():
         if was_fused and name in unfused and name not in compared and "compares it unrounded" not in unfused[name]:
             raise ValueError(f"quantization-aware threshold {name!r} was made to be fused into its producer's "

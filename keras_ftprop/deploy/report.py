@@ -9,8 +9,9 @@ import dataclasses
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop import micro
 from keras_ftprop.deploy.flatbuffer import activation_tensors
+from keras_ftprop.deploy.fusion import FusedThreshold
 from keras_ftprop.deploy.grids import output_range_of
-from keras_ftprop.deploy.rewrite import fused_output_name, requantized_name
+from keras_ftprop.deploy.rewrite import compared_staircase_names, fused_output_name, requantized_name
 from keras_ftprop.deploy.thresholds import levels_of
 
 
@@ -72,8 +73,13 @@ def report(graph, flatbuffer, quantize, model, plan, rewritten, split):
         # A fused threshold's output: that of the last op from the producer to the threshold.
         fused_layers = None if site is None else [site.producer, fused_output_name(name), requantized_name(name),
                                                   *site.between]
+        if name in plan.compared and isinstance(model.get_layer(name), ftprop_layers.Staircase):
+            site = plan.compared[name]
+            fused_layers = [*compared_staircase_names(site, model.get_layer(name).steps), *site.between]
         tensors[name] = activation_tensors(graph, name, fused_layers)
-    described = {name: (_describe_fused(site, model.get_layer(name)) if name in plan.fused else _describe(site))
+    described = {name: (_describe_fused(site, model.get_layer(name)) if name in plan.fused
+                        else _describe_compared(site, model.get_layer(name)) if isinstance(site, FusedThreshold)
+                        else _describe(site))
                  for name, site in rewritten.items()}
     arena, arena_note = measured_arena(flatbuffer)
     return ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten={**split, **described},
@@ -102,6 +108,14 @@ def _describe_fused(site, threshold):
     return (f"fused into the requantization of {site.producer!r}"
             + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
             + f", levels {_fmt(levels)}, clamped by {clamp}{output}")
+
+
+def _describe_compared(site, threshold):
+    low, high = output_range_of(threshold)
+    return (f"decided on the exact accumulator of {site.producer!r}"
+            + (f" (batch norm {site.batch_norm!r} folded)" if site.batch_norm else "")
+            + f": one copy per threshold, 2 1[acc > t_k] each, summed by ADD onto [{low:.6g}, {high:.6g}], "
+            f"levels {_fmt(levels_of(threshold)[0])}")
 
 
 def _describe(layer):

@@ -269,8 +269,11 @@ def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_inpu
     flatbuffer = deploy.to_tflite(model, images, quantize="int8")
     report = flatbuffer.report
     assert report.fused == {"act1": "conv1"} and "model's input" in report.unfused["act0"]
-    # act0 (unfused): a depthwise requantization of its pinned input, then its levels onto their grid, as act1's
-    assert report.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1 and report.ops[("LEAKY_RELU", "INT8")] == 2
+    # act0 (the image's): decided on conv0's exact accumulator, one copy of conv0 per threshold summed by two
+    # ADDs onto its grid; act1's levels requantized onto theirs
+    assert "decided on its exact accumulator" in report.unfused["act0"]
+    assert report.ops[("CONV_2D", "INT8")] == 3 + 1 and report.ops[("ADD", "INT8")] == 2
+    assert report.ops[("LEAKY_RELU", "INT8")] == 1 and ("DEPTHWISE_CONV_2D", "INT8") not in report.ops
     assert not any(op in ("GREATER", "SELECT_V2") for op, _ in report.ops)
     got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], images)
 

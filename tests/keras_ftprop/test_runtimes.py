@@ -274,3 +274,106 @@ def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_
             np.testing.assert_array_equal(got, want, err_msg=arithmetic)
         solved += 1
     assert solved > 25
+
+
+@pytest.fixture(scope="module")
+def image_staircase_network():
+    """image -> conv1 -> pool -> staircase(3) (decided on conv1's accumulator) -> conv2 -> BN -> step (fused)
+    -> logits, trained 2 epochs on digits, with its int8 export (int8 input and output)."""
+    digits = load_digits()
+    images = (digits.images[..., None] / 16.0).astype(np.float32)
+    keras.utils.set_random_seed(3)
+    x = keras.Input((8, 8, 1), name="x")
+    h = keras.layers.Conv2D(12, 3, padding="same", name="conv1")(x)
+    h = Staircase(3, name="act1")(keras.layers.MaxPooling2D(name="pool1")(h))
+    h = keras.layers.Conv2D(12, 3, padding="same", use_bias=False, name="conv2")(h)
+    h = HardThreshold(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
+    model = keras.Model(x, keras.layers.Dense(10, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, digits.target, epochs=2, batch_size=64, verbose=0)
+    return model, images, deploy.to_tflite(model, images[:300], io_dtype="int8")
+
+
+def test_a_staircase_on_the_image_is_one_exact_compare_per_threshold_in_every_arithmetic(image_staircase_network):
+    """The image's accumulators are one unit apart, so no single requantization places 3 thresholds exactly
+    for every arithmetic. Each copy k of conv1 writes clip(round(M_k (acc + B_k)), 0, 2) with an integer B_k:
+    over every reachable accumulator, fixed point (double and single rounding) and float32 write 2 exactly
+    where the real pre-activation s_in s_w acc + b exceeds t_k (float64, ties left out), 0 elsewhere."""
+    model, _, flatbuffer = image_staircase_network
+    report = flatbuffer.report
+    assert report.fused == {"act2": "conv2"} and "decided on its exact accumulator" in report.unfused["act1"]
+    assert report.ops[("CONV_2D", "INT8")] == 3 + 1 and report.ops[("ADD", "INT8")] == 2
+    ops = _operators(flatbuffer)
+    layer = model.get_layer("conv1")
+    kernel, real_bias = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
+    keras_codes, keras_scale = kernel_codes(kernel)
+    keras_codes = keras_codes.reshape(-1, len(real_bias))
+    lowest, highest = _reachable(keras_codes, 0, 255)  # the image's codes minus its zero point
+    thresholds = thresholds_of(model.get_layer("act1"))
+    checked = 0
+    for k, threshold in enumerate(thresholds):
+        _, (inp, weights, bias), out, activation = _producer_op(ops, f"conv1_t{k}")
+        assert activation == 1 and int(out["zero_point"][0]) == 125  # RELU onto codes {125, 127}
+        np.testing.assert_array_equal(weights["data"].reshape(len(real_bias), -1).T, keras_codes)
+        s_in = float(inp["scale"][0])
+        for ch in range(len(real_bias)):
+            acc = np.arange(lowest[ch], highest[ch] + 1)
+            x = s_in * keras_scale[ch] * acc + real_bias[ch]
+            keep = np.abs(x - threshold) > 1e-3 * s_in * keras_scale[ch]
+            real = s_in * float(weights["scale"][ch]) / float(out["scale"][0])
+            got = {name: requantization.output_codes(acc + int(bias["data"][ch]), real, 125, 125, 127, name)
+                   for name in requantization.ARITHMETICS}
+            for name in ("fixed_point", "single_rounding"):
+                np.testing.assert_array_equal(got[name], got["float32"], err_msg=f"copy {k} channel {ch} {name}")
+            np.testing.assert_array_equal(got["float32"][keep], np.where(x > threshold, 127, 125)[keep])
+            checked += keep.sum()
+    assert checked > 10**5
+
+
+def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_the_copy(image_staircase_network):
+    """XNNPACK and the reference kernels write the same codes into every int8 tensor but the logits, TFLite
+    Micro the same logits to a code, and the quantization-aware copy's levels are its int8 model's."""
+    model, images, flatbuffer = image_staircase_network
+    interpreters = {"xnnpack": _interpreter(flatbuffer), "reference": _interpreter(flatbuffer,
+                                                                                   OpResolverType.BUILTIN_REF)}
+    (inp,) = interpreters["xnnpack"].get_input_details()
+    (out,) = interpreters["xnnpack"].get_output_details()
+    scale, zero_point = inp["quantization"]
+    codes = np.clip(np.floor(images[:200] / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
+    int8_tensors = [t["index"] for t in interpreters["xnnpack"].get_tensor_details() if t["dtype"] == np.int8]
+    values = {name: {i: [] for i in int8_tensors} for name in interpreters}
+    for example in codes:
+        for name, interpreter in interpreters.items():
+            interpreter.set_tensor(inp["index"], example[None])
+            interpreter.invoke()
+            for i in int8_tensors:
+                values[name][i].append(interpreter.get_tensor(i).copy())
+    for i in int8_tensors:
+        if i != out["index"]:
+            np.testing.assert_array_equal(np.stack(values["xnnpack"][i]), np.stack(values["reference"][i]))
+    (tflm,) = micro.run(flatbuffer, codes)
+    assert np.abs(tflm.astype(int) - np.concatenate(values["reference"][out["index"]]).astype(int)).max() <= 1
+
+    qat = deploy.quantization_aware(model, images[:300])
+    assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)
+    exported = deploy.to_tflite(qat, images[:300], io_dtype="int8")
+    assert "decided on its exact accumulator" in exported.report.unfused["act1"]
+    probe = keras.Model(qat.inputs, [qat.get_layer("act1").output, qat.get_layer("act1").input,
+                                     qat.get_layer("input_quant").output])
+    want, x, rounded = (np.asarray(t) for t in probe(images[:300]))
+    thresholds = np.array(thresholds_of(qat.get_layer("act1").threshold))
+    clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
+    assert clear.mean() > 0.99
+    for resolver in (None, OpResolverType.BUILTIN_REF):
+        interpreter = _interpreter(exported, resolver)
+        (inp,) = interpreter.get_input_details()
+        scale, zero_point = inp["quantization"]
+        detail = next(t for t in interpreter.get_tensor_details()
+                      if t["name"] == exported.report.activation_tensors["act1"][1])
+        s, z = detail["quantization"]
+        got = []
+        for example in np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8):
+            interpreter.set_tensor(inp["index"], example[None])
+            interpreter.invoke()
+            got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+        np.testing.assert_allclose(np.stack(got)[clear], want[clear], rtol=0, atol=1e-6)
