@@ -21,6 +21,7 @@ Run from the repository root::
     python benchmarks/deployment.py --runs runs/convnet4-step --flips 1000   # where int8 rounding flips units
     python benchmarks/deployment.py --models convnet8 --activation staircase --profile int8   # time per layer
     python benchmarks/deployment.py --models convnet8 --no_fuse   # every threshold as GREATER + SELECT_V2
+    python benchmarks/deployment.py --models convnet8 --activation staircase --requantized_input_staircases
     python benchmarks/deployment.py --micro   # the microcontroller targets (docs/deployment.md's table)
     python benchmarks/deployment.py --runs runs/convnet4-step --model_files qat.keras --runtimes 1000
 
@@ -96,6 +97,9 @@ def parse_args(argv=None):
                              "threshold inputs pinned vs calibrated")
     parser.add_argument("--no_fuse", action="store_true",
                         help="int8 with GREATER + SELECT_V2 at every threshold (to_tflite(fuse_thresholds=False))")
+    parser.add_argument("--requantized_input_staircases", action="store_true",
+                        help="int8 with a staircase on the image requantized, then compared "
+                             "(to_tflite(exact_input_staircases=False)): one convolution instead of one per threshold")
     parser.add_argument("--runtimes", type=int, default=0,
                         help="instead: identical int8 codes on XNNPACK, the reference kernels and TFLite Micro, "
                              "on this many eval images")
@@ -184,7 +188,8 @@ def measure(name, model, calib, images, labels, args):
     flatbuffers = {}
     for q in QUANTIZATIONS:
         start = time.perf_counter()
-        flatbuffers[q] = deploy.to_tflite(model, calib, quantize=q, fuse_thresholds=not args.no_fuse)
+        flatbuffers[q] = deploy.to_tflite(model, calib, quantize=q, fuse_thresholds=not args.no_fuse,
+                                          exact_input_staircases=not args.requantized_input_staircases)
         row[f"convert_s_{q}"] = time.perf_counter() - start
         row[f"size_{q}"] = len(flatbuffers[q])
     row["ops_int8"] = {f"{op} {dtype}": n for (op, dtype), n in flatbuffers["int8"].report.ops.items()}

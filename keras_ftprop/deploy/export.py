@@ -18,7 +18,7 @@ QUANTIZE_CHOICES = ("int8", "float")
 
 
 def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dtype="float32",
-              threshold_input="pinned", calibration_samples=500, fuse_thresholds=True):
+              threshold_input="pinned", calibration_samples=500, fuse_thresholds=True, exact_input_staircases=True):
     """Convert ``model`` to TFLite; returns the flatbuffer
     ([`TFLiteExport`][keras_ftprop.deploy.TFLiteExport], ``bytes`` with ``.report``: flash bytes, TFLite
     Micro arena, ops, what each threshold became).
@@ -38,6 +38,12 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         layer's) requantization, and every other one on a pinned 4-D input as a 1x1 depthwise
         requantization (see [`keras_ftprop.deploy`][keras_ftprop.deploy]); False keeps GREATER + SELECT_V2
         everywhere.
+      exact_input_staircases: int8 only: a staircase that cannot be fused whose producer reads the image
+        (convnet8's ``conv0``) is decided on that producer's exact accumulator, one copy of the producer per
+        threshold summed by ADD: the same codes on every runtime, for n times that convolution's cost
+        (convnet8: 1.8x the int8 model's latency on an AVX2 CPU). False: its input requantized, then
+        compared (a unit at a requantization tie may differ between runtimes). A quantization-aware copy
+        decides it as it was made (``quantization_aware``'s own ``exact_input_staircases``).
 
     Raises:
       ValueError: unknown option; a layer that does not convert to int8 builtins (named); a
@@ -56,7 +62,8 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         raise ValueError("quantize='int8' needs representative_data (a slice of the training inputs)")
     model, recorded, split = _prepared(model)
     batches = list(representative_batches(representative_data, calibration_samples)) if int8 else []
-    export_plan = plan(model, recorded, batches, int8, threshold_input == "pinned", fuse_thresholds and int8)
+    export_plan = plan(model, recorded, batches, int8, threshold_input == "pinned", fuse_thresholds and int8,
+                       staircases=exact_input_staircases)
     converted, rewritten = export_model(model, export_plan, int8)
     flatbuffer = convert(converted, model, quantize, io_dtype, batches)
     graph = inspect_tflite(flatbuffer)

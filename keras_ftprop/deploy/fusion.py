@@ -136,20 +136,20 @@ def _input_grid(producer, producers):
     return grid_of(source)
 
 
-def accumulator_compares(model, fused, input_range, input_roundings=()):
+def accumulator_compares(model, fused, input_range, input_roundings=(), staircases=True):
     """{threshold name: FusedThreshold} of the steps and staircases (on [0, b]) not in ``fused`` that the
     export decides on their producer's exact accumulator (``fused_weights.accumulator_step_weights`` and
     ``accumulator_staircase_weights``): a linear Conv2D or
     Dense (batch norm, max pooling, flatten, dropout between as for fusion) that reads the model's input
     (``input_range``: the [min, max] of its int8 grid; ``input_roundings``: names of layers that put it on
     that grid, a quantization-aware copy's) or a threshold's output on a grid too fine to fuse, with every
-    accumulator below 2^23 in magnitude.
+    accumulator below 2^23 in magnitude; staircases only with ``staircases``.
     """
     producers, consumers = graph(model)
     sites = {}
     for layer in model.layers:
         staircase = isinstance(layer, ftprop_layers.Staircase)
-        if not is_threshold(layer) or layer.name in fused or (staircase and layer.low != 0.0):
+        if not is_threshold(layer) or layer.name in fused or (staircase and (layer.low != 0.0 or not staircases)):
             continue
         try:
             producer, batch_norm, before_norm, after_norm = _path_to_producer(layer, producers, consumers,

@@ -37,11 +37,13 @@ class Plan:
     compared: dict = dataclasses.field(default_factory=dict)  # {threshold: FusedThreshold} on its accumulator
 
 
-def plan(model, recorded, batches, int8, pinned, fuse):
+def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
     """The Plan of the export of functional ``model`` (each layer called once).
 
     ``recorded``: {threshold: (max_abs, scaled, fused)} of a quantization-aware copy, which the export follows;
-    ``batches``: calibration inputs; ``pinned``: pin the thresholds' inputs; ``fuse``: fuse thresholds.
+    ``batches``: calibration inputs; ``pinned``: pin the thresholds' inputs; ``fuse``: fuse thresholds;
+    ``staircases``: decide unfusable staircases on their producer's accumulator (``to_tflite``'s
+    ``exact_input_staircases``).
     """
     producers, consumers = graph(model)
     targets = [layer for layer in model.layers if is_threshold(layer)]
@@ -52,7 +54,8 @@ def plan(model, recorded, batches, int8, pinned, fuse):
                      and isinstance(producers.get(id(only_input(layer))), keras.layers.InputLayer)]
         input_range = ((roundings[0].minimum, roundings[0].maximum) if roundings  # a quantization-aware copy's
                        else calibrate(model, [], batches)[0])
-        compared = accumulator_compares(model, fused, input_range, [layer.name for layer in roundings])
+        compared = accumulator_compares(model, fused, input_range, [layer.name for layer in roundings],
+                                        staircases=staircases)
         compared = {name: site for name, site in compared.items() if recorded.get(name, (0, 0, True))[2]
                     and (fuse or not isinstance(model.get_layer(name), ftprop_layers.Staircase))}
     if int8:

@@ -46,11 +46,13 @@ from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 _EXACT_WITH_WEIGHTS = (keras.layers.BatchNormalization,)
 
 
-def quantization_aware(model, representative_data, calibration_samples=500):
+def quantization_aware(model, representative_data, calibration_samples=500, exact_input_staircases=True):
     """A trainable copy of ``model`` (same weights) whose forward pass is its int8 TFLite model's.
 
     See [`keras_ftprop.deploy.qat`][keras_ftprop.deploy.qat]. ``representative_data`` (as
-    ``to_tflite``'s) fixes the ranges of the input, the logits and the thresholds' inputs.
+    ``to_tflite``'s) fixes the ranges of the input, the logits and the thresholds' inputs;
+    ``exact_input_staircases`` (as ``to_tflite``'s): a staircase on the image is decided on its producer's
+    exact accumulator, the same on every runtime (False: requantized, then compared, as the export will).
 
     Raises:
       ValueError: a layer with weights other than Conv2D, Dense and BatchNormalization (named), a threshold
@@ -71,7 +73,8 @@ def quantization_aware(model, representative_data, calibration_samples=500):
         + [layer.input for layer in pinned], batches)
     (output_low, output_high), operand_ranges = ranges[0], ranges[1:1 + len(operands)]
     pinned_max = dict(zip((layer.name for layer in pinned), max_abs_of(ranges[1 + len(operands):])))
-    exact_sites = {**fused, **accumulator_compares(model, fused, (input_low, input_high))}
+    exact_sites = {**fused, **accumulator_compares(model, fused, (input_low, input_high),
+                                                   staircases=exact_input_staircases)}
     unrounded = set(exact_sites)
     input_units = {site.producer: site.input_scale * site.input_step for site in exact_sites.values()}
     operand_grids = {key: nudged_range(*bounds) for key, bounds in zip(operands, operand_ranges)}

@@ -274,6 +274,14 @@ def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_inpu
     assert "decided on its exact accumulator" in report.unfused["act0"]
     assert report.ops[("CONV_2D", "INT8")] == 3 + 1 and report.ops[("ADD", "INT8")] == 2
     assert report.ops[("LEAKY_RELU", "INT8")] == 1 and ("DEPTHWISE_CONV_2D", "INT8") not in report.ops
+    # without: act0's input requantized, then a depthwise requantization between its codes, and a copy that
+    # rounds that input as the export does
+    fast = deploy.to_tflite(model, images, quantize="int8", exact_input_staircases=False).report
+    assert fast.ops[("CONV_2D", "INT8")] == 2 and ("ADD", "INT8") not in fast.ops
+    assert fast.ops[("DEPTHWISE_CONV_2D", "INT8")] == 1 and "exact accumulator" not in fast.unfused["act0"]
+    qat = deploy.quantization_aware(model, images, exact_input_staircases=False)
+    assert qat.get_layer("conv0").input_unit is None and not qat.get_layer("act0").fused
+    assert "exact accumulator" not in deploy.to_tflite(qat, images, quantize="int8").report.unfused["act0"]
     assert not any(op in ("GREATER", "SELECT_V2") for op, _ in report.ops)
     got, _ = decoded_outputs(flatbuffer, ["act0", "act1"], images)
 
@@ -477,3 +485,4 @@ def test_a_step_fused_on_the_finest_input_grid_is_exact_at_every_accumulator_val
     h1 = np.where(z > 0, 1.0, -1.0)
     assert (h1 == 1).mean() > 0.2 and (h1 == -1).mean() > 0.2
     np.testing.assert_allclose(got["act1"].reshape(len(images), -1), h1, rtol=0, atol=1e-6)
+
