@@ -187,7 +187,11 @@ def _fused_staircase_weights(model, site):
             continue
         s_w = top / 127
         j_bound = np.abs(np.round(w / s_w)).sum() * site.input_bound / m
-        gates = np.floor((thresholds - bias[c]) / (s_in * s_w * m)) + 1  # G_k
+        with np.errstate(over="ignore"):  # a kernel of denormals: gates far beyond every reachable j
+            gates = np.floor(np.clip((thresholds - bias[c]) / (s_in * s_w * m), -2 * j_bound - 2, 2 * j_bound + 2)) + 1
+        if np.sum(-j_bound >= gates) == np.sum(j_bound >= gates):  # one level at every reachable j: a constant
+            new_bias[c] = np.sum(-j_bound >= gates) * out_scale
+            continue
         # R_k must exceed the largest reachable j below G_k and not exceed the smallest at or above it.
         low = np.where(gates - 1 >= -j_bound, np.minimum(gates - 1, j_bound), -np.inf)
         high = np.where(gates <= j_bound, np.maximum(gates, -j_bound), np.inf)

@@ -486,3 +486,23 @@ def test_a_step_fused_on_the_finest_input_grid_is_exact_at_every_accumulator_val
     assert (h1 == 1).mean() > 0.2 and (h1 == -1).mean() > 0.2
     np.testing.assert_allclose(got["act1"].reshape(len(images), -1), h1, rtol=0, atol=1e-6)
 
+
+def test_a_fused_staircase_channel_with_a_vanishing_kernel_is_its_bias_level():
+    """Weight decay can leave a channel's kernel at denormals (a trained convnet8 had one): the level is then
+    the same at every reachable accumulator, and the export writes that constant."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((1, 1, 6), name="x")
+    h = HardThreshold(name="act0")(keras.layers.Conv2D(8, 1, name="fc0")(x))
+    conv = keras.layers.Conv2D(4, 1, name="fc1")
+    h = Staircase(3, name="act1")(conv(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h)))
+    kernel, bias = conv.get_weights()
+    kernel[..., 0], kernel[..., 1] = 1e-42, -3e-41  # denormal float32
+    bias[:2] = 0.7, -0.3  # levels 2/3 (0.7 > 0, 0.5) and 0
+    conv.set_weights([kernel, bias])
+    data = np.random.default_rng(0).normal(size=(64, 1, 1, 6)).astype(np.float32)
+    flatbuffer = deploy.to_tflite(model, data, quantize="int8")
+    assert flatbuffer.report.fused["act1"] == "fc1"
+    got, _ = decoded_outputs(flatbuffer, ["act1"], data)
+    np.testing.assert_allclose(got["act1"][..., 0], 2 / 3, atol=1e-6)
+    np.testing.assert_allclose(got["act1"][..., 1], 0.0, atol=1e-6)
