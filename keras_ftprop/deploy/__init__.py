@@ -63,11 +63,11 @@ Staircase (n steps), level k + 1 iff x > t_k, i.e. iff j >= G_k = floor((t_k - b
       level = clip(round(M (acc + B)), 0, n)  >= k + 1  iff  j >= (k + 1/2) / (M m) - B / m,
 
   and per channel an integer B and a multiplier M put each of these between G_k - 1 and G_k (a relative
-  1e-5 from either), so the level is exact at every reachable accumulator; a channel without such a pair
+  1e-6 from either), so the level is exact at every reachable accumulator; a channel without such a pair
   leaves the site unfused. An int8 LEAKY_RELU (identity on the levels) then requantizes the levels onto
   the threshold's own grid.
 
-Every decision keeps at least one accumulator unit (and a relative 1e-5) between each reachable accumulator
+Every decision keeps at least one accumulator unit (and a relative 1e-6) between each reachable accumulator
 value and the requantization boundary that decides it, so XNNPACK's float32 requantization and TFLite's
 fixed-point one (reference kernels, TFLite Micro: a 31-bit multiplier whose high multiply rounds first, moving
 the result by at most one accumulator unit) decide alike; the staircase's (B, M) keep that room too.

@@ -21,11 +21,12 @@ from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.grids import grid_of
 from keras_ftprop.deploy.thresholds import thresholds_of
 
-# A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-5 from each rounding boundary:
+# A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-6 from each rounding boundary:
 # room for the float32 scales and arithmetic of the runtime's requantization (XNNPACK multiplies
-# float32(acc + B), exact while |acc + B| < 2^24 near the boundaries, by a float32 scale: relative
-# errors of about 1e-7).
-_STAIRCASE_MARGIN = 1e-5
+# float32(acc + B), exact while |acc + B| < 2^24 near the boundaries, by a float32 scale computed from three
+# float32 scales: relative errors below 3e-7). (1e-5 left no room for a channel of small weights, whose
+# boundaries lie millions of accumulator units out: 1e-5 of that is more than the unit between two values.)
+_STAIRCASE_MARGIN = 1e-6
 # TFLite's fixed-point requantization (reference kernels, TFLite Micro, CMSIS-NN) rounds x M0 / 2**31 to an
 # integer before its rounding shift: M0 / 2**31 >= 1/2, so that first rounding moves the result by at most
 # M output codes, one accumulator unit. A fused staircase's boundary keeps that much, and 1% more, from every
@@ -211,11 +212,13 @@ def _requantization_for(low, high, ks, m, natural):
     """(P, B): B an integer and low_k < (k + 1/2) P - B / m < high_k for all k (with margins), P near
     ``natural`` and 1 / (P m) <= _MAX_MULTIPLIER; None if no B within reach has one."""
     finite = np.isfinite(low) & np.isfinite(high)
-    if finite.any():  # R_0 in the middle of its gap, at the natural P
+    # B is searched near the natural P, or below the largest P whose accumulators stay exact in float32
+    target = min(natural, 0.99 * 2.0**24 / (m * ks[-1]))
+    if finite.any():  # R_k in the middle of its gap, at the target P
         k = np.argmax(finite)
-        centre = round(m * (ks[k] * natural - (low[k] + high[k]) / 2))
+        centre = round(m * (ks[k] * target - (low[k] + high[k]) / 2))
     else:
-        centre = round(m * (ks[0] * natural - (high[0] if np.isfinite(high[0]) else low[0])))
+        centre = round(m * (ks[0] * target - (high[0] if np.isfinite(high[0]) else low[0])))
     candidates = centre + np.arange(-4 * m - 64, 4 * m + 65)
     shift = candidates[:, None] / m
     room = _FIXED_POINT_ROOM / m  # in j: one accumulator unit, and a little more

@@ -377,3 +377,23 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
             interpreter.invoke()
             got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
         np.testing.assert_allclose(np.stack(got)[clear], want[clear], rtol=0, atol=1e-6)
+
+
+def test_a_staircase_channel_of_small_weights_is_placed_below_the_float32_exact_range():
+    """A channel of small weights (a trained convnet8's conv3): 123,566 input steps per level, so the natural
+    multiplier puts the top thresholds beyond 2^24 accumulator units, and only the first gate is reachable.
+    The requantization is found below 2^24 / (m (n - 1/2)) and decides every reachable accumulator alike in
+    every arithmetic (it was not, and the site was left unfused)."""
+    from keras_ftprop.deploy import fused_weights
+
+    m, gates, reach = 85, np.array([2421.0, np.inf, np.inf]), 43515
+    low, high = np.array([2420.0, reach, reach]), np.array([2421.0, np.inf, np.inf])
+    solution = fused_weights._requantization_for(low, high, np.arange(3) + 0.5, m, 123565.9)
+    assert solution is not None
+    per_level, bias = solution
+    assert 2.5 * per_level * m < 2**24
+    j = np.arange(-reach, reach + 1).astype(np.int64)
+    want = (j[:, None] >= gates).sum(-1)
+    for arithmetic in requantization.ARITHMETICS:
+        got = requantization.output_codes(m * j + bias, 1.0 / (per_level * m), 0, 0, 3, arithmetic)
+        np.testing.assert_array_equal(got, want, err_msg=arithmetic)
