@@ -86,6 +86,14 @@ the producer per threshold t_k instead, each onto a grid of scale d / 2:
 convolutions), and ADDs them on grids of the same scale, the last on the threshold's grid: the level is
 d sum_k 1[acc > t_k], exact in every arithmetic (the sum's codes are integers).
 
+The logits: a linear Dense layer that computes the model's output from a threshold's codes (multiples of m
+above the zero point) gets kernel and bias grids on which its requantization rounds alike in every arithmetic
+(``keras_ftprop.deploy.logits``): channel c's kernel on s_c = s_out / (n_c s_in m), so that M_c = 1 / (m n_c),
+and its bias on the residue mod m that keeps every accumulator at least (m - 1) / 2 units from a rounding
+boundary; the quantization-aware copy computes the same code from integers. ``report.logits`` says whether
+the converter kept those grids (TensorFlow 2.16's quantizes a dense kernel per tensor: a plain
+requantization then).
+
 No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused are listed, with the reason,
 in ``report.unfused``: the first layer (its input is the image), a residual sum, a batch norm with a
 negative scale behind a max pool, a staircase whose lowest level is not 0. They compare their pinned int8

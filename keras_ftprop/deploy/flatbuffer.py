@@ -94,6 +94,22 @@ def _ops_of(graph, layer):
             if op["op"] != "RESHAPE" and layer_of(op["outputs"][0]["name"], [layer]) == layer]
 
 
+def kernel_scales(graph, layer):
+    """The weight scales (one per tensor or per output channel) of the FULLY_CONNECTED or CONV_2D op of
+    ``layer``, found by its weights' name or, where the converter names neither the weights nor the output after
+    the layer (its output may carry the model output's name), as the op that computes the model's output;
+    None if there is none."""
+    linear = [op for op in graph["ops"] if op["op"] in ("FULLY_CONNECTED", "CONV_2D") and len(op["inputs"]) > 1]
+    for op in linear:
+        if layer_of(op["inputs"][1]["name"], [layer]) == layer:
+            return op["inputs"][1]["scale"]
+    producers = {t["index"]: op for op in graph["ops"] for t in op["outputs"]}
+    op = producers.get(graph["outputs"][0]["index"])
+    if op is not None and op["op"] == "DEQUANTIZE":
+        op = producers.get(op["inputs"][0]["index"])
+    return op["inputs"][1]["scale"] if op is not None and op in linear else None
+
+
 def activation_tensors(graph, threshold, fused_layers=None):
     """(input tensor name or None, output tensor name) of layer ``threshold`` in ``graph``.
 

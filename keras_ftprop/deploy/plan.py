@@ -6,6 +6,7 @@
     max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
     scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
     folded    batch norms folded into their producer
+    logits    the output layer whose int8 codes are made the same in every arithmetic (``logits``)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from keras_ftprop.deploy.calibration import calibrate, max_abs_of
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
+from keras_ftprop.deploy.logits import LogitSite, logit_site, output_range
 from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
@@ -35,6 +37,10 @@ class Plan:
     folded: dict  # {batch norm: producer}
     requantize: bool = True  # unfused thresholds as a depthwise requantization where they can be
     compared: dict = dataclasses.field(default_factory=dict)  # {threshold: FusedThreshold} on its accumulator
+    logits: LogitSite | None = None  # the output layer made exact (``keras_ftprop.deploy.logits``)
+    logit_range: tuple | None = None  # its output's int8 [min, max]
+    pin_logits: bool = False  # the export adds the fake quant of logit_range (a copy has its own)
+    logit_note: str = ""  # why the logits are not made exact
 
 
 def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
@@ -76,7 +82,24 @@ def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
     for site in (*fused.values(), *compared.values()):  # the export folds these itself
         if site.batch_norm is not None:
             folded[site.batch_norm] = site.producer
-    return Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse, compared=compared)
+    logits, logit_range, pin_logits, logit_note = _logits(model, batches) if int8 else (None, None, False, "")
+    return Plan(max_abs, scale_producers, fused, unfused, folded, requantize=fuse, compared=compared,
+                logits=logits, logit_range=logit_range, pin_logits=pin_logits, logit_note=logit_note)
+
+
+def _logits(model, batches):
+    """(LogitSite or None, its output range, whether the export pins it, why not exact): a quantization-aware
+    copy's output is its fake quant's, whose range the export keeps; otherwise the calibrated one."""
+    producers, _ = graph(model)
+    last = producers.get(id(model.outputs[0]))
+    if isinstance(last, FakeQuant):
+        site, why = logit_site(model, only_input(last))
+        return site, (last.minimum, last.maximum), False, why or ""
+    site, why = logit_site(model)
+    if site is None:
+        return None, None, False, why
+    _, ((low, high),) = calibrate(model, [model.outputs[0]], batches)
+    return site, output_range(low, high, model.get_layer(site.producer).kernel.numpy(), site), True, ""
 
 
 def _fusion(model, recorded, int8, fuse):

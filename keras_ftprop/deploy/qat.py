@@ -22,7 +22,10 @@ export uses (so the export and the copy agree by construction, up to requantizat
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
                that a step reads (ResNet's) on power-of-two grids instead (``keras_ftprop.deploy.sums``), on
                which the int8 ADD adds exactly and the copy's float32 sum lands within 1e-3 of the same code
-    output     the logits on the 256-code grid of their calibrated range
+    output     the logits on the 256-code grid of their calibrated range; where a Dense layer computes them
+               from a threshold's codes (``keras_ftprop.deploy.logits``), its kernel and bias on the grids
+               that make its int8 output code the same in every arithmetic, and that code computed from
+               integers (s_out round((m U + b_q) / (m n_c)))
 
 The ranges are fixed when the copy is made (calibrated on ``representative_data``) and saved with it.
 """
@@ -38,7 +41,8 @@ from keras_ftprop.deploy.functional import check_model, functional, unfused
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
-from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedThreshold
+from keras_ftprop.deploy.logits import logit_site, output_range
+from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedDense, QuantizedThreshold
 from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
@@ -82,8 +86,15 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     operand_grids.update(exact_grids)
     pinned_max.update(sum_max_abs)
     operand_quant = {key: FakeQuant(*grid, name=f"{key[0]}_in{key[1]}") for key, grid in operand_grids.items()}
+    logits, _ = logit_site(model)
+    output_grid = (nudged_range(output_low, output_high) if logits is None else
+                   output_range(output_low, output_high, model.get_layer(logits.producer).kernel.numpy(), logits))
 
     def clone(layer):
+        if logits is not None and layer.name == logits.producer:
+            return QuantizedDense.from_config({**layer.get_config(), "logits": {
+                "input_scale": logits.input_scale, "input_step": logits.input_step,
+                "output_scale": (output_grid[1] - output_grid[0]) / 255.0}})
         if type(layer) in QUANTIZED:
             return QUANTIZED[type(layer)].from_config({**layer.get_config(),
                                                        "input_unit": input_units.get(layer.name)})
@@ -114,8 +125,8 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
         return layer(*args, **kwargs)
 
     body = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, call_function=call)
-    logits = FakeQuant(*nudged_range(output_low, output_high), name="output_quant")(body.outputs[0])
-    copy = keras.Model(inputs, logits, name=f"{model.name}_qat")
+    outputs = FakeQuant(*output_grid, name="output_quant")(body.outputs[0])
+    copy = keras.Model(inputs, outputs, name=f"{model.name}_qat")
     for layer in model.layers:
         if layer.weights:
             copy.get_layer(layer.name).set_weights(layer.get_weights())
@@ -160,6 +171,8 @@ def plain_model(model):
             if type(layer) is quantized:
                 config = layer.get_config()
                 config.pop("input_unit", None)
+                if config.pop("logits", None) is not None:
+                    config["use_bias"] = True
                 return plain.from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
@@ -168,7 +181,9 @@ def plain_model(model):
         if not layer.weights:
             continue
         weights = layer.get_weights()
-        if type(layer) in QUANTIZED.values():
+        if getattr(layer, "logits", None) is not None:
+            weights = [np.asarray(w) for w in layer.logit_weights()[:2]]
+        elif type(layer) in QUANTIZED.values():
             weights[0] = np.asarray(quantized_kernel(layer.kernel))
         copy.get_layer(layer.name).set_weights(weights)
     return copy, recorded

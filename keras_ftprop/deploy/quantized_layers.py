@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
+from keras_ftprop.deploy.logits import LogitSite, exact_codes, logit_weights
 from keras_ftprop.deploy.thresholds import is_threshold
 
 _PACKAGE = "keras_ftprop"
@@ -70,20 +71,46 @@ class QuantizedConv2D(keras.layers.Conv2D):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedDense(keras.layers.Dense):
     """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b) (``input_unit`` as for
-    ``QuantizedConv2D``)."""
+    ``QuantizedConv2D``).
 
-    def __init__(self, *args, input_unit=None, **kwargs):
+    ``logits``: {"input_scale", "input_step", "output_scale"} of the model's output layer that the export
+    makes exact (``keras_ftprop.deploy.logits``): the kernel and bias on ``logit_weights``' grids, and the
+    forward value the int8 output code s_out round((m U + b_q) / (m n_c)), computed from integers; the
+    gradient straight through both roundings.
+    """
+
+    def __init__(self, *args, input_unit=None, logits=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.input_unit = None if input_unit is None else float(input_unit)
+        self.logits = None if logits is None else {"input_scale": float(logits["input_scale"]),
+                                                   "input_step": int(logits["input_step"]),
+                                                   "output_scale": float(logits["output_scale"])}
 
     def call(self, inputs, training=None):
+        if self.logits is not None:
+            return self._exact_logits(inputs)
         x = exact_accumulation(keras.ops.matmul, inputs, self.kernel, self.input_unit)
         if self.bias is not None:
             x = keras.ops.add(x, self.bias)
         return x if self.activation is None else self.activation(x)
 
+    def logit_weights(self):
+        """``logits.logit_weights`` of this layer's kernel and bias."""
+        return logit_weights(self.kernel, self.bias, self.logits["input_scale"], self.logits["input_step"],
+                             self.logits["output_scale"])
+
+    def _exact_logits(self, inputs):
+        kernel_q, bias_q, codes, _, bias_codes, steps = self.logit_weights()
+        kernel = self.kernel + tf.stop_gradient(kernel_q - self.kernel)
+        x = keras.ops.matmul(inputs, kernel)
+        if self.bias is not None:
+            x = x + (self.bias + tf.stop_gradient(bias_q - self.bias))
+        site = LogitSite(self.name, self.logits["input_scale"], self.logits["input_step"])
+        exact = exact_codes(inputs, codes, bias_codes, steps, site, self.logits["output_scale"])
+        return x + tf.stop_gradient(exact - x)
+
     def get_config(self):
-        return {**super().get_config(), "input_unit": self.input_unit}
+        return {**super().get_config(), "input_unit": self.input_unit, "logits": self.logits}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import numpy as np
+
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop import micro
-from keras_ftprop.deploy.flatbuffer import activation_tensors
+from keras_ftprop.deploy.flatbuffer import activation_tensors, kernel_scales
 from keras_ftprop.deploy.fusion import FusedThreshold
 from keras_ftprop.deploy.grids import output_range_of
+from keras_ftprop.deploy.logits import bias_error, logit_weights
 from keras_ftprop.deploy.rewrite import compared_staircase_names, fused_output_name, requantized_name
 from keras_ftprop.deploy.thresholds import levels_of
 
@@ -30,6 +33,7 @@ class ExportReport:
     unfused: dict = dataclasses.field(default_factory=dict)  # {threshold: why it is not fused}
     arena_bytes: int | None = None  # TFLite Micro's recording allocator, one inference (micro.arena_bytes)
     arena_note: str = ""  # why arena_bytes is None
+    logits: str = ""  # whether the output layer's codes are the same in every arithmetic, and why
 
     @property
     def op_counts(self):
@@ -50,6 +54,8 @@ class ExportReport:
             lines.append(f"folded {name} into {into}")
         for name, why in self.unfused.items():
             lines.append(f"not fused {name}: {why}")
+        if self.logits:
+            lines.append(f"logits: {self.logits}")
         return "\n".join(lines)
 
 
@@ -85,7 +91,29 @@ def report(graph, flatbuffer, quantize, model, plan, rewritten, split):
     return ExportReport(quantize=quantize, size_bytes=len(flatbuffer), ops=dict(ops), rewritten={**split, **described},
                         folded=plan.folded, activation_tensors=tensors,
                         fused={name: site.producer for name, site in plan.fused.items()},
-                        unfused=dict(plan.unfused), arena_bytes=arena, arena_note=arena_note)
+                        unfused=dict(plan.unfused), arena_bytes=arena, arena_note=arena_note,
+                        logits=_describe_logits(graph, model, plan) if quantize == "int8" else "")
+
+
+def _describe_logits(graph, model, plan):
+    """Whether the converter kept the exact logits' per-channel kernel scales s_c (``logits``)."""
+    site = plan.logits
+    if site is None:
+        return f"a plain requantization ({plan.logit_note})"
+    layer = model.get_layer(site.producer)
+    _, _, _, want, bias_codes, steps = logit_weights(layer.kernel, layer.bias, site.input_scale, site.input_step,
+                                                     (plan.logit_range[1] - plan.logit_range[0]) / 255.0)
+    error = bias_error(bias_codes, site.input_step)
+    if error:
+        return f"a plain requantization: {site.producer!r} has {error}"
+    got = kernel_scales(graph, site.producer)
+    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=1e-5, atol=0):
+        return (f"a plain requantization: the converter quantized {site.producer!r}'s kernel "
+                f"{'per tensor' if got is not None and len(got) == 1 else 'on other scales'}")
+    steps = np.asarray(steps)
+    return (f"the same codes in every arithmetic: {site.producer!r} requantized by M_c = 1 / (m n_c), "
+            f"m = {site.input_step}, n_c in [{int(steps.min())}, {int(steps.max())}], bias codes = "
+            f"floor((m n_c + m) / 2) mod m")
 
 
 def measured_arena(flatbuffer):

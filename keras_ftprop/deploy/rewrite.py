@@ -6,17 +6,20 @@ threshold's grid), with the weights of ``fused_weights``, and the fused batch no
 a step compared on its accumulator keeps its compare, its producer gets ``accumulator_step_weights`` (its batch
 norm folded in, an identity); a staircase compared on its accumulator becomes one copy of its producer per
 threshold (``accumulator_staircase_weights``), each clamped onto {0, step}, summed by ADD onto the threshold's
-grid (the threshold an identity); each scaled producer's weights are multiplied by its factor.
+grid (the threshold an identity); each scaled producer's weights are multiplied by its factor; the output layer made exact gets
+``logits.logit_weights`` and its output range.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import ExportFusedOutput, ExportRequantize, rewrite
 from keras_ftprop.deploy.fused_weights import accumulator_staircase_weights, accumulator_step_weights, fused_weights
 from keras_ftprop.deploy.grids import indicator_sum_range, output_range_of, staircase_output_range
+from keras_ftprop.deploy.logits import logit_weights
 from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold, levels_of
 
@@ -60,6 +63,8 @@ def export_model(model, plan, int8):
             site = staircases[layer.name]
             rewritten[site.threshold] = site
             return _compared_staircase(layer, model.get_layer(site.threshold), site)
+        if plan.logits is not None and layer.name == plan.logits.producer:  # weights set below, with a bias
+            return _logit_producer(layer, plan)
         if layer.name in compared:  # its weights are set below, with a bias
             return type(layer).from_config({**layer.get_config(), "use_bias": True})
         if layer.name in bypassed:
@@ -81,7 +86,27 @@ def export_model(model, plan, int8):
                 export.get_layer(f"{site.producer}_t{k}").set_weights(list(weights))
         else:
             export.get_layer(site.producer).set_weights(list(accumulator_step_weights(model, site)))
+    if plan.logits is not None:
+        producer = model.get_layer(plan.logits.producer)
+        weights = logit_weights(producer.kernel, producer.bias, plan.logits.input_scale, plan.logits.input_step,
+                                (plan.logit_range[1] - plan.logit_range[0]) / 255.0)
+        export.get_layer(producer.name).set_weights([np.asarray(w) for w in weights[:2]])
     return export, rewritten
+
+
+def logit_grid_name(producer):
+    """The name of the export layer that pins the exact logits' range."""
+    return f"{producer}_grid"
+
+
+def _logit_producer(producer, plan):
+    """The output Dense with a bias (``logit_weights``, set by the caller), its output range pinned unless the
+    model pins it (a quantization-aware copy's fake quant)."""
+    new = type(producer).from_config({**producer.get_config(), "use_bias": True})
+    if not plan.pin_logits:
+        return new
+    grid = FakeQuant(*plan.logit_range, name=logit_grid_name(producer.name))
+    return lambda *args, **kwargs: grid(new(*args, **kwargs))
 
 
 def _compared_staircase(producer, threshold, site):

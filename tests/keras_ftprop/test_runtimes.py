@@ -7,6 +7,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from sklearn.datasets import load_digits
@@ -150,6 +151,34 @@ def test_every_decision_is_the_same_in_both_arithmetics_at_every_reachable_accum
     assert checked > 10**6
 
 
+def test_the_logits_are_the_same_code_in_every_arithmetic_at_every_reachable_accumulator(digits_network):
+    """The output layer reads act4's codes (0, 51, ..., 255 above the zero point): over every accumulator its
+    int8 kernel and bias can reach, fixed point (double and single rounding) and float32 write the same logit
+    code, round(acc / (m n_c)), which no accumulator comes within (m - 1) / 2 units of a half of."""
+    _, _, flatbuffer = digits_network
+    if not flatbuffer.report.logits.startswith("the same codes"):
+        pytest.skip(f"the converter quantizes the dense kernel per tensor: {flatbuffer.report.logits}")
+    ((_, (inp, weights, bias), out, _),) = [op for op in _operators(flatbuffer) if op[0] == "FULLY_CONNECTED"]
+    channels, m = len(bias["data"]), 51
+    codes = weights["data"].reshape(channels, -1).T.astype(np.int64)
+    lowest, highest = _reachable(codes, 0, 5)  # level indices k = (code - z) / m in [0, 5]
+    checked = 0
+    for ch in range(channels):
+        acc = int(bias["data"][ch]) + m * np.arange(lowest[ch], highest[ch] + 1)
+        real = float(inp["scale"][0]) * float(weights["scale"][ch]) / float(out["scale"][0])
+        steps = round(1 / (real * m))
+        assert abs(real * m * steps - 1) < 1e-6  # M_c = 1 / (m n_c)
+        ratio = acc / (m * steps)
+        assert np.abs(ratio - np.floor(ratio) - 0.5).min() * m * steps >= (m - 1) / 2 - 1e-6
+        got = {name: requantization.output_codes(acc, real, int(out["zero_point"][0]), -128, 127, name)
+               for name in requantization.ARITHMETICS}
+        want = np.clip(np.round(ratio) + int(out["zero_point"][0]), -128, 127)
+        for name, value in got.items():
+            np.testing.assert_array_equal(value, want, err_msg=f"channel {ch} {name}")
+        checked += len(acc)
+    assert checked > 5 * 10**4
+
+
 def deploy_levels(threshold, x):
     """The threshold's level at each real pre-activation x: levels[sum_k 1[x > t_k]]."""
     levels, _ = levels_of(threshold)
@@ -181,16 +210,22 @@ def _interpreter(flatbuffer, resolver=None):
     return interpreter
 
 
-def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_every_threshold(digits_network):
-    _, images, flatbuffer = digits_network
+def _image_codes(flatbuffer, images):
+    """The int8 codes of ``images`` on the model's input grid, rounded half up as the copy's fake quant does."""
+    (inp,) = _interpreter(flatbuffer).get_input_details()
+    scale, zero_point = inp["quantization"]
+    return np.clip(np.floor(images / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
+
+
+def _every_int8_tensor(flatbuffer, codes):
+    """({tensor index: name}, {"xnnpack" | "reference" | "tflm": {tensor index: codes over the examples}}, the
+    output's index): every int8 tensor on XNNPACK and the reference kernels, the output under TFLite Micro."""
     interpreters = {"xnnpack": _interpreter(flatbuffer), "reference": _interpreter(flatbuffer,
                                                                                    OpResolverType.BUILTIN_REF)}
     (inp,) = interpreters["xnnpack"].get_input_details()
     (out,) = interpreters["xnnpack"].get_output_details()
-    scale, zero_point = inp["quantization"]
-    # rounded half up, as the quantization-aware copy's fake quant rounds the image
-    codes = np.clip(np.floor(images[:200] / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
-    int8_tensors = [t["index"] for t in interpreters["xnnpack"].get_tensor_details() if t["dtype"] == np.int8]
+    details = interpreters["xnnpack"].get_tensor_details()
+    int8_tensors = [t["index"] for t in details if t["dtype"] == np.int8]
     values = {name: {i: [] for i in int8_tensors} for name in interpreters}
     for example in codes:
         for name, interpreter in interpreters.items():
@@ -198,20 +233,38 @@ def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_ever
             interpreter.invoke()
             for i in int8_tensors:
                 values[name][i].append(interpreter.get_tensor(i).copy())
-    names = {t["index"]: t["name"] for t in interpreters["xnnpack"].get_tensor_details()}
-    logits = [i for i in int8_tensors if "logits" in names[i] or i == out["index"]]
-    assert out["index"] in logits and len(logits) < len(int8_tensors) - 8
-    for i in int8_tensors:  # the image, every threshold's input and output, max pools, the flattened codes
-        if i not in logits:
-            np.testing.assert_array_equal(np.stack(values["xnnpack"][i]), np.stack(values["reference"][i]),
-                                          err_msg=names[i])
-    # The logits are a plain requantization (no threshold behind it): one code apart at most, in a few rows,
-    # between any two runtimes (LiteRT's reference FULLY_CONNECTED rounds differently from TFLite Micro's).
-    xnnpack, reference = (np.concatenate(values[name][out["index"]]).astype(int) for name in interpreters)
+    values = {name: {i: np.stack(v) for i, v in by_tensor.items()} for name, by_tensor in values.items()}
     (tflm,) = micro.run(flatbuffer, codes)
-    for a, b in ((xnnpack, reference), (tflm.astype(int), reference), (tflm.astype(int), xnnpack)):
-        assert np.abs(a - b).max() <= 1 and (a != b).any(-1).mean() < 0.05
-    assert len(np.unique(tflm.argmax(-1))) >= 8  # a network that decides something
+    values["tflm"] = {out["index"]: tflm[:, None]}
+    return {t["index"]: t["name"] for t in details}, values, out["index"]
+
+
+def _assert_every_int8_tensor_is_the_same(flatbuffer, codes):
+    """XNNPACK and the reference kernels write the same codes into every int8 tensor, and TFLite Micro the same
+    output; the output layer's codes are exact (``keras_ftprop.deploy.logits``) wherever the converter
+    quantizes its kernel per channel, as TensorFlow 2.21 does. Returns the output codes."""
+    names, values, output = _every_int8_tensor(flatbuffer, codes)
+    exact = flatbuffer.report.logits.startswith("the same codes")
+    assert exact or (tuple(int(v) for v in tf.__version__.split(".")[:2]) < (2, 21)
+                     and "per tensor" in flatbuffer.report.logits), flatbuffer.report.logits
+    for i in values["xnnpack"]:  # the image, every threshold's input and output, max pools, the logits
+        if exact or i != output:
+            np.testing.assert_array_equal(values["xnnpack"][i], values["reference"][i], err_msg=names[i])
+    xnnpack, reference, tflm = (values[name][output].astype(int) for name in ("xnnpack", "reference", "tflm"))
+    if exact:
+        np.testing.assert_array_equal(tflm, reference)
+    else:  # a plain requantization of a per-tensor kernel: one code apart at most, in a few rows
+        for a, b in ((xnnpack, reference), (tflm, reference), (tflm, xnnpack)):
+            assert np.abs(a - b).max() <= 1 and (a != b).any(-1).mean() < 0.05
+    return xnnpack[:, 0]
+
+
+def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_every_unit(digits_network):
+    _, images, flatbuffer = digits_network
+    assert "'logits' requantized by M_c = 1 / (m n_c), m = 51" in flatbuffer.report.logits or (
+        "per tensor" in flatbuffer.report.logits)
+    logits = _assert_every_int8_tensor_is_the_same(flatbuffer, _image_codes(flatbuffer, images[:200]))
+    assert len(np.unique(logits.argmax(-1))) >= 8  # a network that decides something
 
 
 def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_runtimes(digits_network):
@@ -222,7 +275,8 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
     qat = deploy.quantization_aware(model, images)
     assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)  # the image: m = 1
     assert qat.get_layer("conv2").input_unit == pytest.approx(1.0)  # +-1 codes: s_in m = (1/127) 127
-    assert qat.get_layer("logits").input_unit is None  # no threshold behind it
+    assert qat.get_layer("logits").input_unit is None  # exact through its own grids instead:
+    assert qat.get_layer("logits").logits["input_step"] == 51  # act4's codes, 5 steps apart
     flatbuffer = deploy.to_tflite(qat, images, io_dtype="int8")
     names = ["act1", "act2", "act3", "act4"]
     probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in names]
@@ -236,6 +290,8 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
         codes = np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8)
         by_name = {t["name"]: t for t in interpreter.get_tensor_details()}
         got = {name: [] for name in names}
+        (out,) = interpreter.get_output_details()
+        outputs = []
         for example in codes:
             interpreter.set_tensor(inp["index"], example[None])
             interpreter.invoke()
@@ -243,6 +299,8 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
                 detail = by_name[flatbuffer.report.activation_tensors[name][1]]
                 s, z = detail["quantization"]
                 got[name].append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+            outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
+        assert_copy_logits_are_the_codes(qat, images, np.stack(outputs), out, flatbuffer.report)
         for name, expected, x in zip(names, want, pre):
             thresholds = np.array(thresholds_of(qat.get_layer(name).threshold))
             clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
@@ -331,28 +389,10 @@ def test_a_staircase_on_the_image_is_one_exact_compare_per_threshold_in_every_ar
 
 
 def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_the_copy(image_staircase_network):
-    """XNNPACK and the reference kernels write the same codes into every int8 tensor but the logits, TFLite
-    Micro the same logits to a code, and the quantization-aware copy's levels are its int8 model's."""
+    """XNNPACK, the reference kernels and TFLite Micro write the same codes (``_assert_every_int8_tensor_is_the_same``),
+    and the quantization-aware copy's levels and logits are its int8 model's."""
     model, images, flatbuffer = image_staircase_network
-    interpreters = {"xnnpack": _interpreter(flatbuffer), "reference": _interpreter(flatbuffer,
-                                                                                   OpResolverType.BUILTIN_REF)}
-    (inp,) = interpreters["xnnpack"].get_input_details()
-    (out,) = interpreters["xnnpack"].get_output_details()
-    scale, zero_point = inp["quantization"]
-    codes = np.clip(np.floor(images[:200] / scale + 0.5) + zero_point, -128, 127).astype(np.int8)
-    int8_tensors = [t["index"] for t in interpreters["xnnpack"].get_tensor_details() if t["dtype"] == np.int8]
-    values = {name: {i: [] for i in int8_tensors} for name in interpreters}
-    for example in codes:
-        for name, interpreter in interpreters.items():
-            interpreter.set_tensor(inp["index"], example[None])
-            interpreter.invoke()
-            for i in int8_tensors:
-                values[name][i].append(interpreter.get_tensor(i).copy())
-    for i in int8_tensors:
-        if i != out["index"]:
-            np.testing.assert_array_equal(np.stack(values["xnnpack"][i]), np.stack(values["reference"][i]))
-    (tflm,) = micro.run(flatbuffer, codes)
-    assert np.abs(tflm.astype(int) - np.concatenate(values["reference"][out["index"]]).astype(int)).max() <= 1
+    _assert_every_int8_tensor_is_the_same(flatbuffer, _image_codes(flatbuffer, images[:200]))
 
     qat = deploy.quantization_aware(model, images[:300])
     assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)
@@ -371,12 +411,27 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
         detail = next(t for t in interpreter.get_tensor_details()
                       if t["name"] == exported.report.activation_tensors["act1"][1])
         s, z = detail["quantization"]
-        got = []
+        (out,) = interpreter.get_output_details()
+        got, outputs = [], []
         for example in np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8):
             interpreter.set_tensor(inp["index"], example[None])
             interpreter.invoke()
             got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+            outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
         np.testing.assert_allclose(np.stack(got)[clear], want[clear], rtol=0, atol=1e-6)
+        assert_copy_logits_are_the_codes(qat, images[:300], np.stack(outputs), out, exported.report)
+
+
+def assert_copy_logits_are_the_codes(qat, images, codes, out, report):
+    """The copy's logits are the int8 model's output ``codes`` (every one, where the report says they are exact;
+    else within a code)."""
+    s, z = out["quantization"]
+    copy = np.asarray(qat(images)) / s + z
+    np.testing.assert_allclose(copy, np.round(copy), rtol=0, atol=1e-3)  # the copy writes codes
+    if report.logits.startswith("the same codes"):
+        np.testing.assert_array_equal(np.round(copy), codes)
+    else:
+        assert np.abs(np.round(copy) - codes).max() <= 1
 
 
 def test_a_staircase_channel_of_small_weights_is_placed_below_the_float32_exact_range():
