@@ -6,8 +6,8 @@ threshold's grid), with the weights of ``fused_weights``, and the fused batch no
 a step compared on its accumulator keeps its compare, its producer gets ``accumulator_step_weights`` (its batch
 norm folded in, an identity); a staircase compared on its accumulator becomes one copy of its producer per
 threshold (``accumulator_staircase_weights``), each clamped onto {0, step}, summed by ADD onto the threshold's
-grid (the threshold an identity); each scaled producer's weights are multiplied by its factor; the output layer made exact gets
-``logits.logit_weights`` and its output range.
+grid (the threshold an identity); each scaled producer's weights are multiplied by its factor; the output
+layer made exact gets ``logits.logit_weights`` and its output range.
 """
 
 from __future__ import annotations
