@@ -116,6 +116,11 @@ class Config:
         "rate, save it as qat.keras and, with --export_tflite=int8 or both, export it to "
         "export/model_qat_int8.tflite; prints int8 agreement and accuracy before and after. 0: off.",
         0, lower_bound=0)
+    exact_input_staircases: bool = option(
+        "boolean", "int8 exports and the quantization-aware copy: decide a staircase on the image on its "
+        "convolution's exact accumulator, one copy of the convolution per threshold (the same codes on every "
+        "TFLite runtime, for n times that convolution's cost); --noexact_input_staircases requantizes, then "
+        "compares.", True)
     diagnostics: int = option(
         "integer", "Log target statistics of every step/staircase layer (no-target, satisfied and "
         "active fractions, target loss, output flips, pre-activation histograms) every this many "

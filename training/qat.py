@@ -76,7 +76,8 @@ def fine_tune(config, setup, log=print):
     count = sum(len(y) for _, y in batches)
     chief = setup.write_dir.chief
     if chief:
-        before = deploy.to_tflite(setup.model, representative, quantize="int8")
+        before = deploy.to_tflite(setup.model, representative, quantize="int8",
+                                  exact_input_staircases=config.exact_input_staircases)
         log(_line("int8 before the quantization-aware fine-tune (the float network)",
                   _agreement(setup.model, before, batches), count))
 
@@ -87,7 +88,8 @@ def fine_tune(config, setup, log=print):
             qat = keras.models.load_model(os.path.join(model_dir, QAT_DIR, "model.keras"))
             log(f"resuming the quantization-aware fine-tune after epoch {done} of {config.qat_epochs}")
         else:
-            qat = deploy.quantization_aware(setup.model, representative)
+            qat = deploy.quantization_aware(setup.model, representative,
+                                            exact_input_staircases=config.exact_input_staircases)
             _compile(qat, recipes.optimizer(recipe, learning_rate))
     if done < config.qat_epochs:
         log(f"quantization-aware fine-tune: {config.qat_epochs} epoch(s) at the final learning rate "

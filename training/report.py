@@ -132,8 +132,8 @@ def save_outputs(config, setup, best):
         out["TensorBoard"] = os.path.join(model_dir, files.TENSORBOARD_DIR)
     if config.export_tflite != "none" and setup.write_dir.chief:
         exported = keras.models.load_model(out["final model"])
-        out.update(tflite_export.export(exported, config.export_tflite, setup.train_ds,
-                                        setup.eval_ds, model_dir, log=log))
+        out.update(tflite_export.export(exported, config.export_tflite, setup.train_ds, setup.eval_ds, model_dir,
+                                        log=log, exact_input_staircases=config.exact_input_staircases))
     return out
 
 

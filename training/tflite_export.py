@@ -47,8 +47,9 @@ def _first_images(ds, count):
     return np.concatenate(taken)[:count]
 
 
-def export(model, mode, train_ds, eval_ds, model_dir, log=print):
-    """Write the TFLite model(s) of ``mode`` to ``model_dir/export``; returns {description: path}."""
+def export(model, mode, train_ds, eval_ds, model_dir, log=print, exact_input_staircases=True):
+    """Write the TFLite model(s) of ``mode`` to ``model_dir/export``; returns {description: path}
+    (``exact_input_staircases``: ``to_tflite``'s)."""
     if mode == "none":
         return {}
     quantizations = ("int8", "float") if mode == "both" else (mode,)
@@ -59,7 +60,8 @@ def export(model, mode, train_ds, eval_ds, model_dir, log=print):
     files = {}
     for quantize in quantizations:
         path = os.path.join(model_dir, "export", f"model_{quantize}.tflite")
-        flatbuffer = deploy.to_tflite(model, representative, quantize=quantize, path=path)
+        flatbuffer = deploy.to_tflite(model, representative, quantize=quantize, path=path,
+                                      exact_input_staircases=exact_input_staircases)
         tflite_top1 = np.concatenate([predict(flatbuffer, b[0]).argmax(axis=1) for b in batches])
         log(f"TFLite {quantize}: {path}, {len(flatbuffer):,} bytes; top-1 agreement with Keras "
             f"{np.mean(tflite_top1 == keras_top1):.4f} on {len(labels)} eval images; accuracy "

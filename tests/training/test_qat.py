@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ftprop import HardThreshold, quantization
+from keras_ftprop import HardThreshold, Staircase, quantization
 from tests.test_train import run_main
 from training import qat, recipes
 
@@ -62,14 +62,17 @@ def stream_batch(index):
     return x, y
 
 
-def fine_tune_setup(model_dir, starts, epochs=2, steps=3):
+def step_body(x):
+    return HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(x))
+
+
+def fine_tune_setup(model_dir, starts, epochs=2, steps=3, body=step_body):
     """A run's set-up after its ``epochs`` epochs of ``steps`` batches; ``starts`` records the global batches
     the fine-tune asks the stream for. Not the chief (no int8 exports: the slow test above checks them), but
     writing to ``model_dir``, where a resumed fine-tune looks."""
     keras.utils.set_random_seed(0)
     x = keras.Input((6,), name="x")
-    h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(x))
-    model = keras.Model(x, keras.layers.Dense(3, name="logits")(h))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(body(x)))
 
     def train_from(start):
         starts.append(start)
@@ -85,10 +88,28 @@ def fine_tune_setup(model_dir, starts, epochs=2, steps=3):
 
 
 def fine_tuned_weights(model_dir, qat_epochs, starts):
-    config = types.SimpleNamespace(qat_epochs=qat_epochs, verbose="0", export_tflite="none")
+    config = types.SimpleNamespace(qat_epochs=qat_epochs, verbose="0", export_tflite="none",
+                                   exact_input_staircases=True)
     lines = []
     qat.fine_tune(config, fine_tune_setup(model_dir, starts), log=lines.append)
     return keras.models.load_model(os.path.join(model_dir, qat.QAT_MODEL)).get_weights(), lines
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_exact_input_staircases_decides_how_the_copy_rounds_a_staircase_on_the_input(tmp_path, exact):
+    """``--exact_input_staircases`` (default) makes the copy decide a staircase whose producer reads the input on
+    that producer's exact accumulator (unrounded, as the export's one copy per threshold);
+    ``--noexact_input_staircases`` rounds its input first, as the export's requantize-then-compare."""
+    config = types.SimpleNamespace(qat_epochs=1, verbose="0", export_tflite="none", exact_input_staircases=exact)
+    def staircase_body(x):  # a 1x1 convolution of the input, then a staircase
+        h = keras.layers.Conv2D(16, 1, name="fc")(keras.layers.Reshape((1, 1, 6))(x))
+        return keras.layers.Flatten()(Staircase(3, name="act")(h))
+
+    setup = fine_tune_setup(str(tmp_path), [], body=staircase_body)
+    qat.fine_tune(config, setup, log=lambda line: None)
+    copy = keras.models.load_model(os.path.join(str(tmp_path), qat.QAT_MODEL))
+    assert copy.get_layer("act").fused is exact
+    assert (copy.get_layer("fc").input_unit is not None) is exact  # sums the input's integer codes
 
 
 def test_a_resumed_fine_tune_reads_the_batches_the_uninterrupted_one_would(tmp_path):
