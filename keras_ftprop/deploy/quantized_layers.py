@@ -106,7 +106,7 @@ class QuantizedDense(keras.layers.Dense):
         if self.bias is not None:
             x = x + (self.bias + tf.stop_gradient(bias_q - self.bias))
         site = LogitSite(self.name, self.logits["input_scale"], self.logits["input_step"])
-        exact = exact_codes(inputs, codes, bias_codes, steps, site, self.logits["output_scale"])
+        exact = tf.cast(exact_codes(inputs, codes, bias_codes, steps, site, self.logits["output_scale"]), x.dtype)
         return x + tf.stop_gradient(exact - x)
 
     def get_config(self):

@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 from keras_ftprop import HardThreshold, Staircase, deploy, micro
 from keras_ftprop.deploy.fused_weights import batch_norm_factor
 from keras_ftprop.deploy.grids import kernel_codes
+from keras_ftprop.deploy.quantized_layers import QuantizedThreshold
 from keras_ftprop.deploy.thresholds import levels_of, thresholds_of
 from tests.keras_ftprop import requantization
 
@@ -423,15 +424,23 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
 
 
 def assert_copy_logits_are_the_codes(qat, images, codes, out, report):
-    """The copy's logits are the int8 model's output ``codes`` (every one, where the report says they are exact;
-    else within a code)."""
+    """The copy's logits are the int8 model's output ``codes``: every one, where the report says they are exact,
+    in each row none of whose threshold units is within float32 reach (1e-5) of a threshold, as a CPU's float
+    kernels may put such a unit on either side; else within a code."""
     s, z = out["quantization"]
     copy = np.asarray(qat(images)) / s + z
     np.testing.assert_allclose(copy, np.round(copy), rtol=0, atol=1e-3)  # the copy writes codes
-    if report.logits.startswith("the same codes"):
-        np.testing.assert_array_equal(np.round(copy), codes)
-    else:
+    if not report.logits.startswith("the same codes"):
         assert np.abs(np.round(copy) - codes).max() <= 1
+        return
+    thresholds = [layer for layer in qat.layers if isinstance(layer, QuantizedThreshold)]
+    inputs = keras.Model(qat.inputs, [layer.input for layer in thresholds])(images)
+    clear = np.ones(len(images), bool)
+    for layer, x in zip(thresholds, inputs):
+        near = np.abs(np.asarray(x)[..., None] - np.array(thresholds_of(layer.threshold))).min(-1) <= 1e-5
+        clear &= ~near.reshape(len(images), -1).any(-1)
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(np.round(copy)[clear], codes[clear])
 
 
 def test_a_staircase_channel_of_small_weights_is_placed_below_the_float32_exact_range():
