@@ -90,9 +90,9 @@ The logits: a linear Dense layer that computes the model's output from a thresho
 above the zero point) gets kernel and bias grids on which its requantization rounds alike in every arithmetic
 (``keras_ftprop.deploy.logits``): channel c's kernel on s_c = s_out / (n_c s_in m), so that M_c = 1 / (m n_c),
 and its bias on the residue mod m that keeps every accumulator at least (m - 1) / 2 units from a rounding
-boundary; the quantization-aware copy computes the same code from integers. ``report.logits`` says whether
-the converter kept those grids (TensorFlow 2.16's quantizes a dense kernel per tensor: a plain
-requantization then).
+boundary (one grid for every channel on a converter that quantizes a dense kernel per tensor, as TensorFlow's
+before 2.17 do); the quantization-aware copy computes the same code from integers. ``report.logits`` says
+whether the converter kept those grids.
 
 No GREATER or SELECT_V2 is left at a fused site. Sites that cannot be fused are listed, with the reason,
 in ``report.unfused``: the first layer (its input is the image), a residual sum, a batch norm with a

@@ -19,8 +19,9 @@ they all round alike.
     max|w_q| / 127, is s_c exactly)
 
 The output range is the calibrated one, widened where needed so that n_c >= 1 in every channel
-(``output_range``). A converter that quantizes the dense kernel per tensor (TensorFlow 2.16's) overrides
-the per-channel grids: the report then says the logits are a plain requantization.
+(``output_range``). The converter quantizes a dense kernel per channel from TensorFlow 2.17 on, per tensor
+before (``DENSE_PER_CHANNEL``); per tensor, every channel shares one n and one s = s_out / (n u),
+n = floor(s_out / (u max|w| / 127)), and the largest weight of the kernel takes code +-127.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from keras_ftprop.deploy.graph import graph, grid_origin, only_input
 from keras_ftprop.deploy.grids import KERNEL_LEVELS, grid_of, nudged_range
 from keras_ftprop.deploy.thresholds import is_threshold
 
+# The TFLite converter of TensorFlow 2.17 and later quantizes a dense kernel per output channel, earlier ones
+# per tensor.
+DENSE_PER_CHANNEL = tuple(int(part) for part in tf.__version__.split(".")[:2]) >= (2, 17)
 MIN_INPUT_STEP = 5  # m: fewer codes between input levels leave no room for fixed point's first rounding
 
 
@@ -84,12 +88,15 @@ def output_range(low, high, kernel, site):
     return low, high
 
 
-def logit_weights(kernel, bias, input_scale, input_step, output_scale):
+def logit_weights(kernel, bias, input_scale, input_step, output_scale, per_channel=DENSE_PER_CHANNEL):
     """(w_q, b_q s_in s_c, codes, s_c, b_q, n_c) of the output layer (see the module docstring); TensorFlow ops,
-    float32 kernel values and float64 bias codes. ``bias`` None: a zero bias."""
+    float32 kernel values and float64 bias codes, one s_c and n_c per channel (all equal unless
+    ``per_channel``). ``bias`` None: a zero bias."""
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     unit = input_scale * input_step
     largest = tf.reduce_max(tf.abs(kernel), axis=0)
+    if not per_channel:
+        largest = tf.fill(tf.shape(largest), tf.reduce_max(largest))
     natural = tf.maximum(largest, 1e-30) / KERNEL_LEVELS
     steps = tf.clip_by_value(tf.floor(output_scale / (unit * natural) * (1 + 1e-6)), 1.0,
                              float(max_steps(input_step)))

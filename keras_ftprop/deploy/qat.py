@@ -41,7 +41,7 @@ from keras_ftprop.deploy.functional import check_model, functional, unfused
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
-from keras_ftprop.deploy.logits import logit_site, output_range
+from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, logit_site, output_range
 from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedDense, QuantizedThreshold
 from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
@@ -94,7 +94,7 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
         if logits is not None and layer.name == logits.producer:
             return QuantizedDense.from_config({**layer.get_config(), "logits": {
                 "input_scale": logits.input_scale, "input_step": logits.input_step,
-                "output_scale": (output_grid[1] - output_grid[0]) / 255.0}})
+                "output_scale": (output_grid[1] - output_grid[0]) / 255.0, "per_channel": DENSE_PER_CHANNEL}})
         if type(layer) in QUANTIZED:
             return QUANTIZED[type(layer)].from_config({**layer.get_config(),
                                                        "input_unit": input_units.get(layer.name)})

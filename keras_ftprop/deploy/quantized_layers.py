@@ -73,7 +73,7 @@ class QuantizedDense(keras.layers.Dense):
     """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b) (``input_unit`` as for
     ``QuantizedConv2D``).
 
-    ``logits``: {"input_scale", "input_step", "output_scale"} of the model's output layer that the export
+    ``logits``: {"input_scale", "input_step", "output_scale", "per_channel"} of the model's output layer that the export
     makes exact (``keras_ftprop.deploy.logits``): the kernel and bias on ``logit_weights``' grids, and the
     forward value the int8 output code s_out round((m U + b_q) / (m n_c)), computed from integers; the
     gradient straight through both roundings.
@@ -84,7 +84,8 @@ class QuantizedDense(keras.layers.Dense):
         self.input_unit = None if input_unit is None else float(input_unit)
         self.logits = None if logits is None else {"input_scale": float(logits["input_scale"]),
                                                    "input_step": int(logits["input_step"]),
-                                                   "output_scale": float(logits["output_scale"])}
+                                                   "output_scale": float(logits["output_scale"]),
+                                                   "per_channel": bool(logits["per_channel"])}
 
     def call(self, inputs, training=None):
         if self.logits is not None:
@@ -97,7 +98,7 @@ class QuantizedDense(keras.layers.Dense):
     def logit_weights(self):
         """``logits.logit_weights`` of this layer's kernel and bias."""
         return logit_weights(self.kernel, self.bias, self.logits["input_scale"], self.logits["input_step"],
-                             self.logits["output_scale"])
+                             self.logits["output_scale"], self.logits["per_channel"])
 
     def _exact_logits(self, inputs):
         kernel_q, bias_q, codes, _, bias_codes, steps = self.logit_weights()

@@ -107,11 +107,11 @@ def _describe_logits(graph, model, plan):
     if error:
         return f"a plain requantization: {site.producer!r} has {error}"
     got = kernel_scales(graph, site.producer)
-    if got is None or len(got) != len(want) or not np.allclose(got, want, rtol=1e-5, atol=0):
-        return (f"a plain requantization: the converter quantized {site.producer!r}'s kernel "
-                f"{'per tensor' if got is not None and len(got) == 1 else 'on other scales'}")
+    if got is None or len(got) not in (1, len(want)) or not np.allclose(got, want, rtol=1e-5, atol=0):
+        return f"a plain requantization: the converter quantized {site.producer!r}'s kernel on other scales"
     steps = np.asarray(steps)
     return (f"the same codes in every arithmetic: {site.producer!r} requantized by M_c = 1 / (m n_c), "
+            f"kernel {'per channel' if len(got) > 1 else 'per tensor'}, "
             f"m = {site.input_step}, n_c in [{int(steps.min())}, {int(steps.max())}], bias codes = "
             f"floor((m n_c + m) / 2) mod m")
 

@@ -175,9 +175,8 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
     factors = {"conv1": np.sign(gamma), "conv2": np.sign(qat.get_layer("conv2_bn").gamma.numpy())}
     kernels = conv_and_dense_kernels(flatbuffer)
     assert len(kernels) == 4
-    exact_logits = flatbuffer.report.logits.startswith("the same codes")  # a per-channel dense kernel
-    for (codes, scales), name in zip(kernels, ["conv1", "conv2", "fc", "logits"] if exact_logits else
-                                     ["conv1", "conv2", "fc"]):
+    assert flatbuffer.report.logits.startswith("the same codes")
+    for (codes, scales), name in zip(kernels, ["conv1", "conv2", "fc", "logits"]):
         if name == "logits":  # on the exact logits' grids (keras_ftprop.deploy.logits)
             _, _, want, want_scale, _, _ = (np.asarray(w) for w in qat.get_layer(name).logit_weights())
             want = want.astype(np.int32)

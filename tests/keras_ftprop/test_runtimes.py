@@ -7,7 +7,6 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from sklearn.datasets import load_digits
@@ -157,8 +156,6 @@ def test_the_logits_are_the_same_code_in_every_arithmetic_at_every_reachable_acc
     int8 kernel and bias can reach, fixed point (double and single rounding) and float32 write the same logit
     code, round(acc / (m n_c)), which no accumulator comes within (m - 1) / 2 units of a half of."""
     _, _, flatbuffer = digits_network
-    if not flatbuffer.report.logits.startswith("the same codes"):
-        pytest.skip(f"the converter quantizes the dense kernel per tensor: {flatbuffer.report.logits}")
     ((_, (inp, weights, bias), out, _),) = [op for op in _operators(flatbuffer) if op[0] == "FULLY_CONNECTED"]
     channels, m = len(bias["data"]), 51
     codes = weights["data"].reshape(channels, -1).T.astype(np.int64)
@@ -166,7 +163,8 @@ def test_the_logits_are_the_same_code_in_every_arithmetic_at_every_reachable_acc
     checked = 0
     for ch in range(channels):
         acc = int(bias["data"][ch]) + m * np.arange(lowest[ch], highest[ch] + 1)
-        real = float(inp["scale"][0]) * float(weights["scale"][ch]) / float(out["scale"][0])
+        s_w = float(weights["scale"][ch if len(weights["scale"]) > 1 else 0])  # per channel, or per tensor
+        real = float(inp["scale"][0]) * s_w / float(out["scale"][0])
         steps = round(1 / (real * m))
         assert abs(real * m * steps - 1) < 1e-6  # M_c = 1 / (m n_c)
         ratio = acc / (m * steps)
@@ -241,29 +239,20 @@ def _every_int8_tensor(flatbuffer, codes):
 
 
 def _assert_every_int8_tensor_is_the_same(flatbuffer, codes):
-    """XNNPACK and the reference kernels write the same codes into every int8 tensor, and TFLite Micro the same
-    output; the output layer's codes are exact (``keras_ftprop.deploy.logits``) wherever the converter
-    quantizes its kernel per channel, as TensorFlow 2.21 does. Returns the output codes."""
+    """XNNPACK and the reference kernels write the same codes into every int8 tensor, the logits included
+    (``keras_ftprop.deploy.logits``), and TFLite Micro the same output. Returns the output codes."""
+    assert flatbuffer.report.logits.startswith("the same codes"), flatbuffer.report.logits
     names, values, output = _every_int8_tensor(flatbuffer, codes)
-    exact = flatbuffer.report.logits.startswith("the same codes")
-    assert exact or (tuple(int(v) for v in tf.__version__.split(".")[:2]) < (2, 21)
-                     and "per tensor" in flatbuffer.report.logits), flatbuffer.report.logits
     for i in values["xnnpack"]:  # the image, every threshold's input and output, max pools, the logits
-        if exact or i != output:
-            np.testing.assert_array_equal(values["xnnpack"][i], values["reference"][i], err_msg=names[i])
-    xnnpack, reference, tflm = (values[name][output].astype(int) for name in ("xnnpack", "reference", "tflm"))
-    if exact:
-        np.testing.assert_array_equal(tflm, reference)
-    else:  # a plain requantization of a per-tensor kernel: one code apart at most, in a few rows
-        for a, b in ((xnnpack, reference), (tflm, reference), (tflm, xnnpack)):
-            assert np.abs(a - b).max() <= 1 and (a != b).any(-1).mean() < 0.05
-    return xnnpack[:, 0]
+        np.testing.assert_array_equal(values["xnnpack"][i], values["reference"][i], err_msg=names[i])
+    np.testing.assert_array_equal(values["tflm"][output], values["reference"][output])
+    return values["xnnpack"][output][:, 0].astype(int)
 
 
 def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_every_unit(digits_network):
     _, images, flatbuffer = digits_network
-    assert "'logits' requantized by M_c = 1 / (m n_c), m = 51" in flatbuffer.report.logits or (
-        "per tensor" in flatbuffer.report.logits)
+    assert "'logits' requantized by M_c = 1 / (m n_c)" in flatbuffer.report.logits
+    assert "m = 51" in flatbuffer.report.logits
     logits = _assert_every_int8_tensor_is_the_same(flatbuffer, _image_codes(flatbuffer, images[:200]))
     assert len(np.unique(logits.argmax(-1))) >= 8  # a network that decides something
 
@@ -424,15 +413,13 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
 
 
 def assert_copy_logits_are_the_codes(qat, images, codes, out, report):
-    """The copy's logits are the int8 model's output ``codes``: every one, where the report says they are exact,
-    in each row none of whose threshold units is within float32 reach (1e-5) of a threshold, as a CPU's float
-    kernels may put such a unit on either side; else within a code."""
+    """The copy's logits are the int8 model's output ``codes``, every one (``keras_ftprop.deploy.logits``), in
+    each row none of whose threshold units is within float32 reach (1e-5) of a threshold, as a CPU's float
+    kernels may put such a unit on either side."""
+    assert report.logits.startswith("the same codes"), report.logits
     s, z = out["quantization"]
     copy = np.asarray(qat(images)) / s + z
     np.testing.assert_allclose(copy, np.round(copy), rtol=0, atol=1e-3)  # the copy writes codes
-    if not report.logits.startswith("the same codes"):
-        assert np.abs(np.round(copy) - codes).max() <= 1
-        return
     thresholds = [layer for layer in qat.layers if isinstance(layer, QuantizedThreshold)]
     inputs = keras.Model(qat.inputs, [layer.input for layer in thresholds])(images)
     clear = np.ones(len(images), bool)
