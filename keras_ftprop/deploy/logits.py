@@ -19,7 +19,9 @@ they all round alike.
     max|w_q| / 127, is s_c exactly)
 
 The output range is the calibrated one, widened where needed so that n_c >= 1 in every channel
-(``output_range``). The converter quantizes a dense kernel per channel from TensorFlow 2.17 on, per tensor
+(``output_range``). Where some n_c falls below MIN_STEPS (a quantization-aware copy: MIN_COPY_STEPS), the
+grids would move a logit by up to 127 / n_c^2 codes, and the logits stay a plain requantization
+(``coarse_grid``). The converter quantizes a dense kernel per channel from TensorFlow 2.17 on, per tensor
 before (``DENSE_PER_CHANNEL``); per tensor, every channel shares one n and one s = s_out / (n u),
 n = floor(s_out / (u max|w| / 127)), and the largest weight of the kernel takes code +-127.
 """
@@ -39,6 +41,11 @@ from keras_ftprop.deploy.thresholds import is_threshold
 # The TFLite converter of TensorFlow 2.17 and later quantizes a dense kernel per output channel, earlier ones
 # per tensor.
 DENSE_PER_CHANNEL = tuple(int(part) for part in tf.__version__.split(".")[:2]) >= (2, 17)
+# Below this n_c the largest weight may move by up to 1/n_c and a logit by up to 127 / n_c^2 output codes (a
+# logit range small against the weights): the export of a float model keeps a plain requantization there, and
+# a quantization-aware copy below MIN_COPY_STEPS (its fine-tune absorbs the move: at most 2 codes).
+MIN_STEPS = 16
+MIN_COPY_STEPS = 8
 MIN_INPUT_STEP = 5  # m: fewer codes between input levels leave no room for fixed point's first rounding
 
 
@@ -86,6 +93,26 @@ def output_range(low, high, kernel, site):
         factor = needed * 255.0 / (high - low) * (1 + 1e-6)
         low, high = nudged_range(low * factor, high * factor)
     return low, high
+
+
+def coarse_grid(kernel, site, output_scale, min_steps=MIN_STEPS, per_channel=DENSE_PER_CHANNEL):
+    """"" if every channel's n_c = floor(s_out / (u max|w_c| / 127)) is at least ``min_steps``, else why not."""
+    largest = np.max(np.abs(np.asarray(kernel, np.float64)), axis=0)
+    if not per_channel:
+        largest = np.full_like(largest, largest.max())
+    steps = np.floor(output_scale / (site.input_scale * site.input_step * np.maximum(largest, 1e-30) / KERNEL_LEVELS))
+    if steps.min() >= min_steps:
+        return ""
+    return (f"n_c = {int(steps.min())} < {min_steps} in {site.producer!r}: its logit range is small against its "
+            "weights, and the exact grids would move a logit by up to 127 / n_c^2 codes")
+
+
+def on_grid(kernel, bias, site, output_scale):
+    """Whether ``kernel`` and ``bias`` already lie on ``logit_weights``' grids (a quantization-aware copy made
+    with exact logits writes them so)."""
+    kernel_q, bias_q = logit_weights(kernel, bias, site.input_scale, site.input_step, output_scale)[:2]
+    bias = np.zeros(np.shape(kernel)[-1], np.float32) if bias is None else np.asarray(bias)
+    return bool(np.array_equal(np.asarray(kernel_q), np.asarray(kernel)) and np.array_equal(np.asarray(bias_q), bias))
 
 
 def logit_weights(kernel, bias, input_scale, input_step, output_scale, per_channel=DENSE_PER_CHANNEL):

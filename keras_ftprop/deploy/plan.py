@@ -21,7 +21,7 @@ from keras_ftprop.deploy.calibration import calibrate, max_abs_of
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
-from keras_ftprop.deploy.logits import LogitSite, logit_site, output_range
+from keras_ftprop.deploy.logits import LogitSite, coarse_grid, logit_site, on_grid, output_range
 from keras_ftprop.deploy.quantized_layers import FakeQuant
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
@@ -94,12 +94,20 @@ def _logits(model, batches):
     last = producers.get(id(model.outputs[0]))
     if isinstance(last, FakeQuant):
         site, why = logit_site(model, only_input(last))
-        return site, (last.minimum, last.maximum), False, why or ""
+        grid = (last.minimum, last.maximum)
+        if site is not None:
+            layer = model.get_layer(site.producer)
+            if not on_grid(layer.kernel, layer.bias, site, (grid[1] - grid[0]) / 255.0):
+                site, why = None, "the quantization-aware copy computes them as a plain requantization"
+        return site, grid, False, why or ""
     site, why = logit_site(model)
     if site is None:
         return None, None, False, why
+    kernel = model.get_layer(site.producer).kernel.numpy()
     _, ((low, high),) = calibrate(model, [model.outputs[0]], batches)
-    return site, output_range(low, high, model.get_layer(site.producer).kernel.numpy(), site), True, ""
+    grid = output_range(low, high, kernel, site)
+    why = coarse_grid(kernel, site, (grid[1] - grid[0]) / 255.0)
+    return (None, None, False, why) if why else (site, grid, True, "")
 
 
 def _fusion(model, recorded, int8, fuse):

@@ -41,7 +41,7 @@ from keras_ftprop.deploy.functional import check_model, functional, unfused
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
-from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, logit_site, output_range
+from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, MIN_COPY_STEPS, coarse_grid, logit_site, output_range
 from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedDense, QuantizedThreshold
 from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
@@ -87,8 +87,14 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     pinned_max.update(sum_max_abs)
     operand_quant = {key: FakeQuant(*grid, name=f"{key[0]}_in{key[1]}") for key, grid in operand_grids.items()}
     logits, _ = logit_site(model)
-    output_grid = (nudged_range(output_low, output_high) if logits is None else
-                   output_range(output_low, output_high, model.get_layer(logits.producer).kernel.numpy(), logits))
+    output_grid = nudged_range(output_low, output_high)
+    if logits is not None:  # exact logits, unless the grids would be too coarse
+        kernel = model.get_layer(logits.producer).kernel.numpy()
+        widened = output_range(output_low, output_high, kernel, logits)
+        if coarse_grid(kernel, logits, (widened[1] - widened[0]) / 255.0, MIN_COPY_STEPS):
+            logits = None
+        else:
+            output_grid = widened
 
     def clone(layer):
         if logits is not None and layer.name == logits.producer:

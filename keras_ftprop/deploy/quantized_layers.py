@@ -85,7 +85,7 @@ class QuantizedDense(keras.layers.Dense):
         self.logits = None if logits is None else {"input_scale": float(logits["input_scale"]),
                                                    "input_step": int(logits["input_step"]),
                                                    "output_scale": float(logits["output_scale"]),
-                                                   "per_channel": bool(logits["per_channel"])}
+                                                   "per_channel": bool(logits.get("per_channel", True))}
 
     def call(self, inputs, training=None):
         if self.logits is not None:

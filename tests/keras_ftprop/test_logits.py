@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ftprop import HardThreshold, Staircase
+from keras_ftprop import HardThreshold, Staircase, deploy
 from keras_ftprop.deploy import logits
-from keras_ftprop.deploy.grids import nudged_range
+from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from tests.keras_ftprop import requantization
 
 # (input grid: s_in, m, lowest and highest level index k = (code - z) / m): a {-1, +1} step (codes -+127),
@@ -109,3 +109,38 @@ def test_the_site_is_a_linear_dense_layer_reading_a_threshold():
             (keras.layers.Dense(3), lambda name: Staircase(200, name=name), "codes 1 apart")]:
         site, why = logits.logit_site(model(head, threshold))
         assert site is None and reason in why
+
+
+def test_a_logit_range_small_against_the_weights_keeps_a_plain_requantization():
+    """With n_c < MIN_STEPS (a copy: MIN_COPY_STEPS) the largest weight would move by up to 1/n_c: the export
+    and the copy keep the calibrated grid and a plain requantization, and say why."""
+    site = logits.LogitSite("out", 1 / 127, 127)
+    kernel = np.array([[0.5, 0.01], [-0.2, 0.02]], np.float32)  # channel 0: n = floor(s_out 127 / 0.5)
+    assert logits.coarse_grid(kernel, site, 16 * 0.5 / 127) == ""
+    assert "n_c = 15 < 16 in 'out'" in logits.coarse_grid(kernel, site, 15.5 * 0.5 / 127)
+    assert logits.coarse_grid(kernel, site, 15.5 * 0.5 / 127, per_channel=False).startswith("n_c = 15")
+    assert logits.coarse_grid(kernel, site, 15.5 * 0.5 / 127, min_steps=logits.MIN_COPY_STEPS) == ""
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6,), name="x")
+    h = HardThreshold(name="act")(keras.layers.Dense(16, name="fc")(x))
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    model.get_layer("out").kernel.assign(model.get_layer("out").kernel * 20)  # 16 inputs, weights up to +-10
+    data = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    assert "a plain requantization (n_c = " in deploy.to_tflite(model, data).report.logits
+    copy = deploy.quantization_aware(model, data)
+    assert copy.get_layer("out").logits is None
+    assert "the quantization-aware copy computes them as a plain requantization" in (
+        deploy.to_tflite(copy, data).report.logits)
+
+
+def test_the_grids_are_a_fixed_point_so_the_export_recognises_a_copys_logits():
+    """``on_grid``: ``logit_weights`` of its own output is that output, bit for bit; a kernel quantized on its
+    natural grid (max |w| / 127) is not on the logit grid."""
+    rng = np.random.default_rng(3)
+    site = logits.LogitSite("out", 1 / 255, 51)
+    kernel, bias = rng.normal(size=(40, 5)).astype(np.float32) * 0.1, rng.normal(size=5).astype(np.float32)
+    s_out = 9.0 / 255
+    kernel_q, bias_q = (np.asarray(w) for w in logits.logit_weights(kernel, bias, 1 / 255, 51, s_out)[:2])
+    assert logits.on_grid(kernel_q, bias_q, site, s_out)
+    assert not logits.on_grid(np.asarray(quantized_kernel(kernel)), bias, site, s_out)
