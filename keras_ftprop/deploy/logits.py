@@ -97,11 +97,8 @@ def output_range(low, high, kernel, site):
 
 def coarse_grid(kernel, site, output_scale, min_steps=MIN_STEPS, per_channel=DENSE_PER_CHANNEL):
     """"" if every channel's n_c = floor(s_out / (u max|w_c| / 127)) is at least ``min_steps``, else why not."""
-    largest = np.max(np.abs(np.asarray(kernel, np.float64)), axis=0)
-    if not per_channel:
-        largest = np.full_like(largest, largest.max())
-    steps = np.floor(output_scale / (site.input_scale * site.input_step * np.maximum(largest, 1e-30) / KERNEL_LEVELS))
-    if steps.min() >= min_steps:
+    steps = np.asarray(logit_weights(kernel, None, site.input_scale, site.input_step, output_scale, per_channel)[5])
+    if steps.min() >= min_steps:  # n_c as logit_weights clips it, to [1, max_steps(m) >= 819]
         return ""
     return (f"n_c = {int(steps.min())} < {min_steps} in {site.producer!r}: its logit range is small against its "
             "weights, and the exact grids would move a logit by up to 127 / n_c^2 codes")
@@ -149,11 +146,10 @@ def bias_error(bias_codes, input_step):
             f"more than the {(input_step - 3) / 4:g} units of room")
 
 
-def exact_codes(inputs, codes, bias_codes, steps, site, output_scale):
+def exact_codes(inputs, codes, bias_codes, steps, input_scale, input_step, output_scale):
     """The copy's logits s_out round((m U + b_q) / (m n_c)), U = sum codes round(x / u), in float64."""
-    unit = site.input_scale * site.input_step
-    levels = tf.round(tf.cast(inputs, tf.float32) / unit)
+    levels = tf.round(tf.cast(inputs, tf.float32) / (input_scale * input_step))
     total = tf.cast(tf.tensordot(levels, codes, axes=1), tf.float64)  # integers below 2^24: exact
-    m = float(site.input_step)
+    m = float(input_step)
     code = tf.round((m * total + bias_codes) / (m * tf.cast(steps, tf.float64)))
     return tf.cast(code * output_scale, tf.float32)

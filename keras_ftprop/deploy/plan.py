@@ -42,6 +42,11 @@ class Plan:
     pin_logits: bool = False  # the export adds the fake quant of logit_range (a copy has its own)
     logit_note: str = ""  # why the logits are not made exact
 
+    @property
+    def logit_scale(self):
+        """s_out of ``logit_range`` (256 codes)."""
+        return (self.logit_range[1] - self.logit_range[0]) / 255.0
+
 
 def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
     """The Plan of the export of functional ``model`` (each layer called once).

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
-from keras_ftprop.deploy.logits import LogitSite, exact_codes, logit_weights
+from keras_ftprop.deploy.logits import exact_codes, logit_weights
 from keras_ftprop.deploy.thresholds import is_threshold
 
 _PACKAGE = "keras_ftprop"
@@ -106,8 +106,8 @@ class QuantizedDense(keras.layers.Dense):
         x = keras.ops.matmul(inputs, kernel)
         if self.bias is not None:
             x = x + (self.bias + tf.stop_gradient(bias_q - self.bias))
-        site = LogitSite(self.name, self.logits["input_scale"], self.logits["input_step"])
-        exact = tf.cast(exact_codes(inputs, codes, bias_codes, steps, site, self.logits["output_scale"]), x.dtype)
+        exact = tf.cast(exact_codes(inputs, codes, bias_codes, steps, self.logits["input_scale"],
+                                    self.logits["input_step"], self.logits["output_scale"]), x.dtype)
         return x + tf.stop_gradient(exact - x)
 
     def get_config(self):

@@ -102,7 +102,7 @@ def _describe_logits(graph, model, plan):
         return f"a plain requantization ({plan.logit_note})"
     layer = model.get_layer(site.producer)
     _, _, _, want, bias_codes, steps = logit_weights(layer.kernel, layer.bias, site.input_scale, site.input_step,
-                                                     (plan.logit_range[1] - plan.logit_range[0]) / 255.0)
+                                                     plan.logit_scale)
     error = bias_error(bias_codes, site.input_step)
     if error:
         return f"a plain requantization: {site.producer!r} has {error}"

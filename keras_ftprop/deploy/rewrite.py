@@ -89,14 +89,9 @@ def export_model(model, plan, int8):
     if plan.logits is not None:
         producer = model.get_layer(plan.logits.producer)
         weights = logit_weights(producer.kernel, producer.bias, plan.logits.input_scale, plan.logits.input_step,
-                                (plan.logit_range[1] - plan.logit_range[0]) / 255.0)
+                                plan.logit_scale)
         export.get_layer(producer.name).set_weights([np.asarray(w) for w in weights[:2]])
     return export, rewritten
-
-
-def logit_grid_name(producer):
-    """The name of the export layer that pins the exact logits' range."""
-    return f"{producer}_grid"
 
 
 def _logit_producer(producer, plan):
@@ -105,7 +100,7 @@ def _logit_producer(producer, plan):
     new = type(producer).from_config({**producer.get_config(), "use_bias": True})
     if not plan.pin_logits:
         return new
-    grid = FakeQuant(*plan.logit_range, name=logit_grid_name(producer.name))
+    grid = FakeQuant(*plan.logit_range, name=f"{producer.name}_grid")
     return lambda *args, **kwargs: grid(new(*args, **kwargs))
 
 

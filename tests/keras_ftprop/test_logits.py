@@ -73,8 +73,7 @@ def test_every_reachable_logit_is_the_same_code_in_every_arithmetic_and_in_the_c
     assert checked > (10**4 if per_channel else 2000)  # per tensor, small channels have few codes
     # The copy's forward (exact_codes) on random input levels: the int8 model's codes.
     levels = rng.integers(k_low, k_high + 1, size=(500, fan_in)).astype(np.float32)
-    site = logits.LogitSite("logits", s_in, m)
-    copy = np.asarray(logits.exact_codes(levels * s_in * m, codes, bias_codes, steps, site, s_out)) / s_out
+    copy = np.asarray(logits.exact_codes(levels * s_in * m, codes, bias_codes, steps, s_in, m, s_out)) / s_out
     acc = fb_bias + m * (levels.astype(np.int64) @ codes)
     for ch in range(channels):
         np.testing.assert_array_equal(np.round(copy[:, ch]), requantization.output_codes(
