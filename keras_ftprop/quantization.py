@@ -1,11 +1,13 @@
 """Quantization-aware copies of threshold networks, importable from here: the names of
-[`keras_ftprop.deploy.qat`][keras_ftprop.deploy.qat] (the copy), ``keras_ftprop.deploy.quantized_layers`` (its
-layers) and ``keras_ftprop.deploy.grids`` (the kernel's int8 grid)."""
+[`keras_ftprop.deploy.qat`][keras_ftprop.deploy.qat] (the copy), ``keras_ftprop.deploy.quantized_layers`` and
+``keras_ftprop.deploy.pools`` (its layers) and ``keras_ftprop.deploy.grids`` (the kernel's int8 grid)."""
 
 from keras_ftprop.deploy.grids import kernel_codes, nudged_range, quantized_kernel
+from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D
 from keras_ftprop.deploy.qat import plain_model, quantization_aware
 from keras_ftprop.deploy.quantized_layers import (
     FakeQuant,
+    FoldedConv2D,
     QuantizedConv2D,
     QuantizedDense,
     QuantizedThreshold,
@@ -13,4 +15,5 @@ from keras_ftprop.deploy.quantized_layers import (
 )
 
 __all__ = ["quantization_aware", "FakeQuant", "QuantizedConv2D", "QuantizedDense", "QuantizedThreshold",
-           "quantized_kernel", "kernel_codes", "nudged_range", "is_quantization_aware", "plain_model"]
+           "FoldedConv2D", "ExactGlobalAveragePooling2D", "quantized_kernel", "kernel_codes", "nudged_range",
+           "is_quantization_aware", "plain_model"]

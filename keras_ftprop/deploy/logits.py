@@ -1,7 +1,8 @@
 """Exact logits: the int8 output layer writes the same codes on every runtime and in the quantization-aware copy.
 
-A linear Dense layer that computes the model's output from a threshold's codes (codes minus the zero point
-multiples of m, so the input unit is u = s_in m) accumulates acc = b_q + m U (U an integer) and writes
+A linear Dense layer that computes the model's output from a threshold's codes, or from an exact average pool of
+a step's (``keras_ftprop.deploy.pools``), codes minus the zero point multiples of m (so the input unit is
+u = s_in m), accumulates acc = b_q + m U (U an integer) and writes
 
     q = z + round(M_c acc),  M_c = s_in s_c / s_out   (clamped to [-128, 127]).
 
@@ -36,6 +37,7 @@ import tensorflow as tf
 
 from keras_ftprop.deploy.graph import graph, grid_origin, only_input
 from keras_ftprop.deploy.grids import KERNEL_LEVELS, grid_of, nudged_range
+from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D, pooled_grid
 from keras_ftprop.deploy.thresholds import is_threshold
 
 # The TFLite converter of TensorFlow 2.17 and later quantizes a dense kernel per output channel, earlier ones
@@ -64,8 +66,11 @@ def max_steps(input_step):
     return int((input_step - 3) * 2**11 // input_step)
 
 
-def logit_site(model, output=None):
-    """(LogitSite, None) of the layer computing ``output`` (default: the model's output), or (None, why not)."""
+def logit_site(model, output=None, pools=False):
+    """(LogitSite, None) of the layer computing ``output`` (default: the model's output), or (None, why not).
+
+    Its input: a threshold's codes, or a global average pool of a step's on its exact grid
+    (``keras_ftprop.deploy.pools``); ``pools``: also such a pool not yet rounded onto it (a copy rounds it)."""
     producers, consumers = graph(model)
     tensor = model.outputs[0] if output is None else output
     layer = producers.get(id(tensor))
@@ -76,9 +81,15 @@ def logit_site(model, output=None):
     if consumers[id(tensor)] != 1:  # the model's output, or the one layer that rounds it
         return None, f"{layer.name!r}'s output is also read by another layer"
     source = grid_origin(only_input(layer), producers)
-    if not is_threshold(source):
+    pooled = pooled_grid(source, producers)
+    if pooled is not None:
+        if not (pools or isinstance(source, ExactGlobalAveragePooling2D)):
+            return None, f"{layer.name!r} reads an average pool whose int8 grid is calibrated"
+        scale, step = pooled
+    elif is_threshold(source):
+        scale, step, _ = grid_of(source)
+    else:
         return None, f"{layer.name!r} does not read a threshold's codes"
-    scale, step, _ = grid_of(source)
     if step < MIN_INPUT_STEP:
         return None, f"{layer.name!r} reads codes {step} apart (at least {MIN_INPUT_STEP} are needed)"
     return LogitSite(layer.name, scale, step), None
@@ -114,11 +125,12 @@ def on_grid(kernel, bias, site, output_scale):
 
 def logit_weights(kernel, bias, input_scale, input_step, output_scale, per_channel=DENSE_PER_CHANNEL):
     """(w_q, b_q s_in s_c, codes, s_c, b_q, n_c) of the output layer (see the module docstring); TensorFlow ops,
-    float32 kernel values and float64 bias codes, one s_c and n_c per channel (all equal unless
-    ``per_channel``). ``bias`` None: a zero bias."""
+    float32 kernel values and float64 bias codes, one s_c and n_c per channel (the kernel's last axis; all equal
+    unless ``per_channel``). ``bias`` None: a zero bias. The same grids make a convolution's requantization
+    exact (``keras_ftprop.deploy.operands``)."""
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     unit = input_scale * input_step
-    largest = tf.reduce_max(tf.abs(kernel), axis=0)
+    largest = tf.reduce_max(tf.abs(kernel), axis=list(range(len(kernel.shape) - 1)))
     if not per_channel:
         largest = tf.fill(tf.shape(largest), tf.reduce_max(largest))
     natural = tf.maximum(largest, 1e-30) / KERNEL_LEVELS
@@ -146,10 +158,12 @@ def bias_error(bias_codes, input_step):
             f"more than the {(input_step - 3) / 4:g} units of room")
 
 
-def exact_codes(inputs, codes, bias_codes, steps, input_scale, input_step, output_scale):
-    """The copy's logits s_out round((m U + b_q) / (m n_c)), U = sum codes round(x / u), in float64."""
+def exact_codes(inputs, codes, bias_codes, steps, input_scale, input_step, output_scale, linear=None):
+    """The copy's logits s_out round((m U + b_q) / (m n_c)), U = linear(round(x / u), codes) (default: a
+    matrix product), in float64."""
     levels = tf.round(tf.cast(inputs, tf.float32) / (input_scale * input_step))
-    total = tf.cast(tf.tensordot(levels, codes, axes=1), tf.float64)  # integers below 2^24: exact
+    total = tf.tensordot(levels, codes, axes=1) if linear is None else linear(levels, codes)
+    total = tf.cast(total, tf.float64)  # integers below 2^24: exact
     m = float(input_step)
     code = tf.round((m * total + bias_codes) / (m * tf.cast(steps, tf.float64)))
     return tf.cast(code * output_scale, tf.float32)

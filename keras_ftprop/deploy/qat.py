@@ -21,10 +21,15 @@ export uses (so the export and the copy agree by construction, up to requantizat
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
                that a step reads (ResNet's) on power-of-two grids instead (``keras_ftprop.deploy.sums``), on
-               which the int8 ADD adds exactly and the copy's float32 sum lands within 1e-3 of the same code
+               which the int8 ADD adds exactly and the copy's float32 sum lands within 1e-3 of the same code;
+               such an operand that a convolution and its batch norm compute from a threshold's codes is one
+               ``FoldedConv2D`` (the batch norm folded in, the kernel and bias on the grids of the exact logits,
+               ``keras_ftprop.deploy.operands``), whose code is the int8 model's on every runtime
+    pool       a global average pool of a step's +-1 on the grid where every mean is a code
+               (``keras_ftprop.deploy.pools``: ResNet's), exact on every runtime
     output     the logits on the 256-code grid of their calibrated range; where a Dense layer computes them
-               from a threshold's codes (``keras_ftprop.deploy.logits``), its kernel and bias on the grids
-               that make its int8 output code the same in every arithmetic, and that code computed from
+               from a threshold's codes or such a pool's (``keras_ftprop.deploy.logits``), its kernel and bias on
+               the grids that make its int8 output code the same in every arithmetic, and that code computed from
                integers (s_out round((m U + b_q) / (m n_c)))
 
 The ranges are fixed when the copy is made (calibrated on ``representative_data``) and saved with it.
@@ -42,7 +47,9 @@ from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, MIN_COPY_STEPS, coarse_grid, logit_site, output_range
-from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, QuantizedDense, QuantizedThreshold
+from keras_ftprop.deploy.operands import operand_sites
+from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D, pooled_grid, pooled_range
+from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, FoldedConv2D, QuantizedDense, QuantizedThreshold
 from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
@@ -84,9 +91,13 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     operand_grids = {key: nudged_range(*bounds) for key, bounds in zip(operands, operand_ranges)}
     exact_grids, sum_max_abs = exact_sums(model, producers, consumers, dict(zip(operands, operand_ranges)))
     operand_grids.update(exact_grids)
+    folded = {site.producer: site for site in operand_sites(model, producers, consumers, exact_grids)}
+    folded_batch_norms = {site.batch_norm: site for site in folded.values()}
     pinned_max.update(sum_max_abs)
     operand_quant = {key: FakeQuant(*grid, name=f"{key[0]}_in{key[1]}") for key, grid in operand_grids.items()}
-    logits, _ = logit_site(model)
+    pools = {layer.name: pooled_grid(layer, producers) for layer in model.layers}
+    pools = {name: pooled_range(grid[0]) for name, grid in pools.items() if grid is not None}
+    logits, _ = logit_site(model, pools=True)
     output_grid = nudged_range(output_low, output_high)
     if logits is not None:  # exact logits, unless the grids would be too coarse
         kernel = model.get_layer(logits.producer).kernel.numpy()
@@ -101,6 +112,15 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
             return QuantizedDense.from_config({**layer.get_config(), "logits": {
                 "input_scale": logits.input_scale, "input_step": logits.input_step,
                 "output_scale": (output_grid[1] - output_grid[0]) / 255.0, "per_channel": DENSE_PER_CHANNEL}})
+        if layer.name in folded:
+            return FoldedConv2D.from_config({
+                **layer.get_config(), "operand": folded[layer.name].config(),
+                "batch_norm": keras.saving.serialize_keras_object(model.get_layer(folded[layer.name].batch_norm))})
+        if layer.name in pools:
+            return ExactGlobalAveragePooling2D(*pools[layer.name], **layer.get_config())
+        if layer.name in folded_batch_norms:  # computed by its FoldedConv2D
+            identity = keras.layers.Identity(name=layer.name)
+            return lambda inputs, **kwargs: identity(inputs)
         if type(layer) in QUANTIZED:
             return QUANTIZED[type(layer)].from_config({**layer.get_config(),
                                                        "input_unit": input_units.get(layer.name)})
@@ -134,7 +154,13 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     outputs = FakeQuant(*output_grid, name="output_quant")(body.outputs[0])
     copy = keras.Model(inputs, outputs, name=f"{model.name}_qat")
     for layer in model.layers:
-        if layer.weights:
+        if layer.name in folded_batch_norms:
+            copy.get_layer(folded_batch_norms[layer.name].producer).batch_norm.set_weights(layer.get_weights())
+        elif layer.name in folded:  # its own weights; its batch norm's above
+            target = copy.get_layer(layer.name)
+            for variable, value in zip([target.kernel, target.bias], layer.get_weights()):
+                variable.assign(value)
+        elif layer.weights:
             copy.get_layer(layer.name).set_weights(layer.get_weights())
     return copy
 
@@ -173,6 +199,9 @@ def plain_model(model):
         if isinstance(layer, QuantizedThreshold):
             recorded[layer.name] = (layer.max_abs, layer.scaled, layer.fused)
             return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
+        if isinstance(layer, FoldedConv2D):  # its batch norm folded in, on the exact grids
+            config = {key: value for key, value in layer.get_config().items() if key not in ("batch_norm", "operand")}
+            return keras.layers.Conv2D.from_config({**config, "use_bias": True})
         for plain, quantized in QUANTIZED.items():
             if type(layer) is quantized:
                 config = layer.get_config()
@@ -187,7 +216,9 @@ def plain_model(model):
         if not layer.weights:
             continue
         weights = layer.get_weights()
-        if getattr(layer, "logits", None) is not None:
+        if isinstance(layer, FoldedConv2D):
+            weights = [np.asarray(w) for w in layer.folded_weights()[:2]]
+        elif getattr(layer, "logits", None) is not None:
             weights = [np.asarray(w) for w in layer.logit_weights()[:2]]
         elif type(layer) in QUANTIZED.values():
             weights[0] = np.asarray(quantized_kernel(layer.kernel))

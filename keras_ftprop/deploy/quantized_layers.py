@@ -10,6 +10,8 @@ from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
 from keras_ftprop.deploy.logits import exact_codes, logit_weights
+from keras_ftprop.deploy.operands import folded_weights
+from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D
 from keras_ftprop.deploy.thresholds import is_threshold
 
 _PACKAGE = "keras_ftprop"
@@ -66,6 +68,55 @@ class QuantizedConv2D(keras.layers.Conv2D):
 
     def get_config(self):
         return {**super().get_config(), "input_unit": self.input_unit}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FoldedConv2D(keras.layers.Conv2D):
+    """A Conv2D and its ``batch_norm``, whose int8 model folds the batch norm into the kernel and writes the
+    operand of an exact sum (``keras_ftprop.deploy.operands``; ``operand``: {"input_scale", "input_step",
+    "output_scale"}):
+
+        folded kernel w f and bias, on ``logit_weights``' grids (``folded_weights``)
+        inference  s_op round((m U + b_q) / (m n_c)), computed from integers: the int8 code on every runtime
+        training   batch_norm(conv(x, w_q) + b, training=True), w_q the folded grid's values over f
+        gradient   straight through the roundings
+    """
+
+    def __init__(self, *args, batch_norm=None, operand=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
+        if not isinstance(batch_norm, keras.layers.BatchNormalization) or operand is None:
+            raise ValueError("FoldedConv2D needs a BatchNormalization and its operand grid")
+        self.batch_norm = batch_norm
+        self.operand = {"input_scale": float(operand["input_scale"]), "input_step": int(operand["input_step"]),
+                        "output_scale": float(operand["output_scale"])}
+
+    def build(self, input_shape):
+        if not self.batch_norm.built:  # a deserialized one is built
+            self.batch_norm.build(self.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def folded_weights(self):
+        """``operands.folded_weights`` of this layer's kernel, bias and batch norm."""
+        return folded_weights(self.kernel, self.bias, self.batch_norm, **self.operand)
+
+    def call(self, inputs, training=None):
+        kernel_q, _, codes, _, bias_codes, steps, f = self.folded_weights()
+        unfolded = tf.cast(tf.math.divide_no_nan(tf.cast(kernel_q, tf.float64), f), self.kernel.dtype)
+        x = self.convolution_op(inputs, self.kernel + tf.stop_gradient(unfolded - self.kernel))
+        if self.bias is not None:
+            x = x + self.bias
+        x = self.batch_norm(x, training=training)
+        if training:
+            return x
+        exact = exact_codes(inputs, codes, bias_codes, steps, self.operand["input_scale"],
+                            self.operand["input_step"], self.operand["output_scale"], linear=self.convolution_op)
+        return x + tf.stop_gradient(tf.cast(exact, x.dtype) - x)
+
+    def get_config(self):
+        return {**super().get_config(), "batch_norm": keras.saving.serialize_keras_object(self.batch_norm),
+                "operand": self.operand}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -160,5 +211,6 @@ QUANTIZED = {keras.layers.Conv2D: QuantizedConv2D, keras.layers.Dense: Quantized
 
 def is_quantization_aware(model):
     """Whether ``model`` holds a layer of a quantization-aware copy."""
-    return any(isinstance(layer, (FakeQuant, QuantizedConv2D, QuantizedDense, QuantizedThreshold))
+    return any(isinstance(layer, (FakeQuant, ExactGlobalAveragePooling2D, FoldedConv2D, QuantizedConv2D, QuantizedDense,
+                                  QuantizedThreshold))
                for layer in ftprop_layers.leaf_layers(model))
