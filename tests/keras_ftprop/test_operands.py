@@ -18,6 +18,7 @@ from tests.keras_ftprop.test_runtimes import (
     _interpreter,
     _operators,
     _reachable,
+    clear_of_float32,
 )
 
 SITES = {"conv_b": "bn_b", "conv_c": "bn_c", "proj_conv": "proj_bn"}  # FoldedConv2D: its batch norm
@@ -117,13 +118,17 @@ def test_every_reachable_operand_code_is_the_same_in_every_arithmetic(exported):
 
 def test_every_runtime_and_the_copy_write_the_same_operand_codes(exported):
     """XNNPACK, the reference kernels and TFLite Micro agree on every int8 tensor; the copy's operands of both
-    sums are the int8 ADD's inputs at every unit, and its logits the int8 model's."""
+    sums are the int8 ADD's inputs at every unit, and its logits the int8 model's, on every image whose stem
+    units are clear of float32's reach (the copy decides the stem on its float32 batch norm, the int8 model on
+    the exact accumulator: there a CPU's rounding may differ)."""
     qat, images, _, flatbuffer = exported
     scale, zero_point = _interpreter(flatbuffer).get_input_details()[0]["quantization"]
     rounded = keras.Model(qat.inputs, qat.get_layer("input_quant").output).predict(images[:300], verbose=0)
     codes = np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8)  # the copy's own (at
     # digits of 8/16, x / s = 127.5, its float32 fake quant rounds down)
     logits = _assert_every_int8_tensor_is_the_same(flatbuffer, codes)
+    clear = clear_of_float32(qat, ["stem_act"], images[:300])
+    assert clear.mean() > 0.9, clear.mean()
     names, values, _ = _every_int8_tensor(flatbuffer, codes[:100])
     by_name = {name: i for i, name in names.items()}
     adds = {op[2]["name"]: op[1] for op in _operators(flatbuffer) if op[0] == "ADD"}
@@ -135,12 +140,13 @@ def test_every_runtime_and_the_copy_write_the_same_operand_codes(exported):
             scale, zero_point = float(tensor["scale"][0]), int(tensor["zero_point"][0])
             copy_codes = np.round(operand / scale).astype(int) + zero_point
             assert np.abs(operand / scale + zero_point - copy_codes).max() < 1e-3  # on the grid
-            np.testing.assert_array_equal(copy_codes, values["reference"][by_name[tensor["name"]]][:, 0],
+            np.testing.assert_array_equal(copy_codes[clear[:100]],
+                                          values["reference"][by_name[tensor["name"]]][:, 0][clear[:100]],
                                           err_msg=tensor["name"])
             compared += scale != np.float32(1 / 127)
     assert compared == 3  # conv_b's, conv_c's and proj_conv's codes
     copy_top1 = qat.predict(images[:300], verbose=0).argmax(-1)
-    np.testing.assert_array_equal(copy_top1, logits.argmax(-1))
+    np.testing.assert_array_equal(copy_top1[clear], logits.argmax(-1)[clear])
     assert len(np.unique(copy_top1)) >= 5  # a network that decides something (its flipped gammas cost accuracy)
 
 

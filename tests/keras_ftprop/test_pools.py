@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from keras_ftprop import HardThreshold, Staircase, deploy
 from keras_ftprop.deploy.graph import graph
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D, pooled_grid
-from tests.keras_ftprop.test_runtimes import _every_int8_tensor, _interpreter, _operators
+from tests.keras_ftprop.test_runtimes import _every_int8_tensor, _interpreter, _operators, clear_of_float32
 
 
 def pooled_network(strides, activation=HardThreshold, seed=0):
@@ -59,13 +59,17 @@ def test_the_pool_is_exact_on_every_runtime_and_in_the_copy(strides, positions):
     (mean,) = [i for i, name in names.items() if name == out["name"]]
     int8_mean = values["reference"][mean][:, 0].astype(int)
     copy_pool, copy_logits = keras.Model(qat.inputs, [pool.output, qat.outputs[0]]).predict(images[:200], verbose=0)
-    np.testing.assert_array_equal(int8_mean, np.round(copy_pool / scale).astype(int))
+    # the copy decides act1 and act2 on float32 batch norms, the int8 model on exact accumulators: compared on
+    # the images where no CPU's float32 rounding can decide a unit differently
+    clear = clear_of_float32(qat, ["act1", "act2"], images[:200])
+    assert clear.mean() > 0.9, clear.mean()
+    np.testing.assert_array_equal(int8_mean[clear], np.round(copy_pool / scale).astype(int)[clear])
     assert np.all((int8_mean // j + positions) % 2 == 0) and np.all(int8_mean % j == 0)
     assert len(np.unique(int8_mean)) > min(positions, 5)  # means of many k
     (out_detail,) = _interpreter(flatbuffer).get_output_details()
     out_scale, out_zero = out_detail["quantization"]
-    np.testing.assert_array_equal(np.round(copy_logits / out_scale).astype(int) + out_zero,
-                                  values["reference"][output][:, 0].astype(int))
+    np.testing.assert_array_equal((np.round(copy_logits / out_scale).astype(int) + out_zero)[clear],
+                                  values["reference"][output][:, 0].astype(int)[clear])
 
 
 def test_other_pools_keep_a_calibrated_grid():

@@ -202,6 +202,19 @@ def decision(threshold, codes, out):
     return levels[nearest]
 
 
+def clear_of_float32(qat, names, images, reach=1e-5):
+    """Per image: whether every unit of the quantization-aware ``qat``'s thresholds ``names`` that it compares
+    unrounded (decided on an exact accumulator in the int8 model) has its float32 pre-activation more than
+    ``reach`` from each threshold, so that no CPU's float32 rounding can decide it differently."""
+    layers = [qat.get_layer(name) for name in names]
+    inputs = keras.Model(qat.inputs, [layer.input for layer in layers]).predict(images, verbose=0)
+    clear = np.ones(len(images), bool)
+    for layer, x in zip(layers, inputs if len(layers) > 1 else [inputs]):
+        distance = np.abs(x[..., None] - np.array(thresholds_of(layer.threshold))).min(-1)
+        clear &= (distance > reach).reshape(len(images), -1).all(1)
+    return clear
+
+
 def _interpreter(flatbuffer, resolver=None):
     kwargs = {} if resolver is None else {"experimental_op_resolver_type": resolver}
     interpreter = Interpreter(model_content=bytes(flatbuffer), experimental_preserve_all_tensors=True, **kwargs)
