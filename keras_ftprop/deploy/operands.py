@@ -63,7 +63,9 @@ def folded_weights(kernel, bias, batch_norm, input_scale, input_step, output_sca
     if bias is not None:
         shift = shift + tf.cast(bias, tf.float64) * f
     folded = tf.cast(tf.cast(kernel, tf.float64) * f, tf.float32)
-    return (*logit_weights(folded, tf.cast(shift, tf.float32), input_scale, input_step, output_scale), f)
+    # per channel: the converter quantizes every convolution so (a dense layer only from TensorFlow 2.17 on)
+    return (*logit_weights(folded, tf.cast(shift, tf.float32), input_scale, input_step, output_scale,
+                           per_channel=True), f)
 
 
 def operand_sites(model, producers, consumers, grids):
