@@ -16,6 +16,7 @@ The producer's input codes (minus the zero point) are multiples of m, so its acc
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.grids import grid_of
@@ -75,6 +76,31 @@ def _accumulator_threshold(kernel_c, bias_c, site, bound):
         return None
     weight_scale = top / 127  # the converter's per-channel scale
     return weight_scale, np.clip(-bias_c / (site.input_scale * weight_scale), -bound, bound)
+
+
+def step_decisions(levels_sum, kernel, bias, batch_norm, input_scale, input_step):
+    """Whether the export's step is +1 at each unit, from the integer level sum U = sum codes (q - z) / m of the
+    producer's unfolded kernel codes: with the batch norm folded in (f, c), the export's folded codes are
+    sign(f) times these, and a fused step or one compared on the accumulator is +1 iff
+    sign(f) U >= floor(t / m) + 1, t = -b / (s_in max|w f| / 127), b = f bias + c; a channel of zero
+    weights iff b > 0. t is computed by the float64 operations of ``_folded_producer`` and
+    ``_accumulator_threshold`` in their order, so it is the export's bit for bit (TensorFlow ops).
+
+    ``kernel``: the producer's kernel on its int8 grid (``quantized_kernel``); ``bias``: its bias or None;
+    ``batch_norm``: the BatchNormalization folded in, or None."""
+    channels = kernel.shape[-1]
+    f, c = tf.ones([channels], tf.float64), tf.zeros([channels], tf.float64)
+    if batch_norm is not None:
+        gamma = tf.cast(batch_norm.gamma, tf.float64) if batch_norm.scale else 1.0
+        beta = tf.cast(batch_norm.beta, tf.float64) if batch_norm.center else 0.0
+        f = gamma / tf.sqrt(tf.cast(batch_norm.moving_variance, tf.float64) + batch_norm.epsilon) * f
+        c = beta - tf.cast(batch_norm.moving_mean, tf.float64) * f
+    folded_bias = (tf.zeros([channels], tf.float64) if bias is None else tf.cast(bias, tf.float64)) * f + c
+    top = tf.reduce_max(tf.abs(tf.cast(kernel, tf.float64) * f), axis=list(range(len(kernel.shape) - 1)))
+    t = -folded_bias / (input_scale * (top / 127))
+    m = float(input_step)
+    decided = tf.sign(f) * tf.cast(levels_sum, tf.float64) >= tf.floor(t / m) + 1
+    return tf.where(top == 0, folded_bias > 0, decided)
 
 
 def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):

@@ -16,7 +16,9 @@ export uses (so the export and the copy agree by construction, up to requantizat
     threshold  forward h(x_q), x_q on the export's pinned input range (``keras_ftprop.deploy``): the int8
                compare; a step or staircase that the export fuses into its producer's requantization, or a
                step it decides on its producer's accumulator (``fusion.accumulator_compares``: the first
-               layer's), compares x itself (the int8 accumulator is exact); backward the threshold's own
+               layer's), compares x itself (the int8 accumulator is exact); for a step after a convolution
+               (and its batch norm) x's sign is the export's decision, taken from the integer accumulator and
+               the export's own float64 threshold (``ExactStepConv2D``); backward the threshold's own
                (FTPROP) at the unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
@@ -49,7 +51,14 @@ from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, MIN_COPY_STEPS, coarse_grid, logit_site, output_range
 from keras_ftprop.deploy.operands import operand_sites
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D, pooled_grid, pooled_range
-from keras_ftprop.deploy.quantized_layers import QUANTIZED, FakeQuant, FoldedConv2D, QuantizedDense, QuantizedThreshold
+from keras_ftprop.deploy.quantized_layers import (
+    QUANTIZED,
+    ExactStepConv2D,
+    FakeQuant,
+    FoldedConv2D,
+    QuantizedDense,
+    QuantizedThreshold,
+)
 from keras_ftprop.deploy.sums import exact_sums
 from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
@@ -92,7 +101,9 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     exact_grids, sum_max_abs = exact_sums(model, producers, consumers, dict(zip(operands, operand_ranges)))
     operand_grids.update(exact_grids)
     folded = {site.producer: site for site in operand_sites(model, producers, consumers, exact_grids)}
-    folded_batch_norms = {site.batch_norm: site for site in folded.values()}
+    decided = _decided_steps(model, exact_sites, producers, consumers)
+    absorbed = {site.batch_norm: site.producer for site in (*folded.values(), *decided.values())
+                if site.batch_norm is not None}  # batch norms computed by their producer's layer
     pinned_max.update(sum_max_abs)
     operand_quant = {key: FakeQuant(*grid, name=f"{key[0]}_in{key[1]}") for key, grid in operand_grids.items()}
     pools = {layer.name: pooled_grid(layer, producers) for layer in model.layers}
@@ -118,7 +129,13 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
                 "batch_norm": keras.saving.serialize_keras_object(model.get_layer(folded[layer.name].batch_norm))})
         if layer.name in pools:
             return ExactGlobalAveragePooling2D(*pools[layer.name], **layer.get_config())
-        if layer.name in folded_batch_norms:  # computed by its FoldedConv2D
+        if layer.name in decided:
+            site = decided[layer.name]
+            batch_norm = None if site.batch_norm is None else model.get_layer(site.batch_norm)
+            return ExactStepConv2D.from_config({
+                **layer.get_config(), "batch_norm": keras.saving.serialize_keras_object(batch_norm),
+                "step": {"input_scale": site.input_scale, "input_step": site.input_step}})
+        if layer.name in absorbed:  # computed by its producer's FoldedConv2D or ExactStepConv2D
             identity = keras.layers.Identity(name=layer.name)
             return lambda inputs, **kwargs: identity(inputs)
         if type(layer) in QUANTIZED:
@@ -154,9 +171,9 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     outputs = FakeQuant(*output_grid, name="output_quant")(body.outputs[0])
     copy = keras.Model(inputs, outputs, name=f"{model.name}_qat")
     for layer in model.layers:
-        if layer.name in folded_batch_norms:
-            copy.get_layer(folded_batch_norms[layer.name].producer).batch_norm.set_weights(layer.get_weights())
-        elif layer.name in folded:  # its own weights; its batch norm's above
+        if layer.name in absorbed:
+            copy.get_layer(absorbed[layer.name]).batch_norm.set_weights(layer.get_weights())
+        elif layer.name in folded or layer.name in decided:  # its own weights; its batch norm's above
             target = copy.get_layer(layer.name)
             for variable, value in zip([target.kernel, target.bias], layer.get_weights()):
                 variable.assign(value)
@@ -177,6 +194,24 @@ def _check_quantizable(model):
         raise ValueError("quantization_aware needs a model with one input and one output")
 
 
+def _decided_steps(model, exact_sites, producers, consumers):
+    """{Conv2D name: FusedThreshold} of the steps the export decides on a convolution's exact accumulator
+    (``exact_sites``) whose batch norm, if any, reads the convolution alone: the copy computes both in one
+    ``ExactStepConv2D``, which decides as the export does."""
+    decided = {}
+    for site in exact_sites.values():
+        producer = model.get_layer(site.producer)
+        if isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) \
+                or type(producer) is not keras.layers.Conv2D:
+            continue
+        if site.batch_norm is not None:
+            tensor = sole_input(model.get_layer(site.batch_norm), consumers)
+            if tensor is None or producers.get(id(tensor)) is not producer:
+                continue
+        decided[site.producer] = site
+    return decided
+
+
 def _requantized_operands(model, producers):
     """[(Add layer name, operand index)] of the operands of sums that the int8 model requantizes before adding.
 
@@ -194,8 +229,15 @@ def plain_model(model):
     FakeQuant layers stay (the converter takes their ranges).
     """
     recorded = {}
+    restored = {layer.batch_norm.name: layer for layer in model.layers
+                if isinstance(layer, ExactStepConv2D) and layer.batch_norm is not None}
 
     def clone(layer):
+        if layer.name in restored:  # the batch norm an ExactStepConv2D computed: the export folds it itself
+            return keras.layers.BatchNormalization.from_config(restored[layer.name].batch_norm.get_config())
+        if isinstance(layer, ExactStepConv2D):
+            config = {key: value for key, value in layer.get_config().items() if key not in ("batch_norm", "step")}
+            return keras.layers.Conv2D.from_config(config)
         if isinstance(layer, QuantizedThreshold):
             recorded[layer.name] = (layer.max_abs, layer.scaled, layer.fused)
             return layer.threshold.__class__.from_config({**layer.threshold.get_config(), "name": layer.name})
@@ -216,7 +258,11 @@ def plain_model(model):
         if not layer.weights:
             continue
         weights = layer.get_weights()
-        if isinstance(layer, FoldedConv2D):
+        if isinstance(layer, ExactStepConv2D):
+            weights = [np.asarray(quantized_kernel(layer.kernel))] + ([layer.bias.numpy()] if layer.use_bias else [])
+            if layer.batch_norm is not None:
+                copy.get_layer(layer.batch_norm.name).set_weights(layer.batch_norm.get_weights())
+        elif isinstance(layer, FoldedConv2D):
             weights = [np.asarray(w) for w in layer.folded_weights()[:2]]
         elif getattr(layer, "logits", None) is not None:
             weights = [np.asarray(w) for w in layer.logit_weights()[:2]]

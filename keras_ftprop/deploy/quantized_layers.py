@@ -4,10 +4,12 @@ op. They are saved with the copy (registered as ``keras_ftprop>FakeQuant`` etc.)
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
+from keras_ftprop.deploy.fused_weights import step_decisions
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
 from keras_ftprop.deploy.logits import exact_codes, logit_weights
 from keras_ftprop.deploy.operands import folded_weights
@@ -120,6 +122,55 @@ class FoldedConv2D(keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class ExactStepConv2D(keras.layers.Conv2D):
+    """A Conv2D and its ``batch_norm`` (or None) feeding a step that the int8 model decides on the exact
+    accumulator (fused into the requantization, or compared on it); ``step``: {"input_scale", "input_step"} of
+    the codes it reads.
+
+        forward   x = batch_norm(conv(x, w_q) + b), w_q = quantized_kernel(w); in inference its sign set to the
+                  export's decision (``fused_weights.step_decisions``: from the integer accumulator and the
+                  export's own float64 threshold), so the step after it decides as the int8 model on any CPU
+        gradient  that of x
+    """
+
+    def __init__(self, *args, batch_norm=None, step=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
+        if step is None or not (batch_norm is None or isinstance(batch_norm, keras.layers.BatchNormalization)):
+            raise ValueError("ExactStepConv2D needs the step's input grid and a BatchNormalization or None")
+        self.batch_norm = batch_norm
+        self.step = {"input_scale": float(step["input_scale"]), "input_step": int(step["input_step"])}
+
+    def build(self, input_shape):
+        if self.batch_norm is not None and not self.batch_norm.built:  # a deserialized one is built
+            self.batch_norm.build(self.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        kernel_q = quantized_kernel(self.kernel)
+        x = self.convolution_op(inputs, kernel_q)
+        if self.bias is not None:
+            x = x + self.bias
+        if self.batch_norm is not None:
+            x = self.batch_norm(x, training=training)
+        if training:
+            return x
+        unit = self.step["input_scale"] * self.step["input_step"]
+        axes = list(range(len(self.kernel.shape) - 1))
+        codes = tf.round(kernel_q / (tf.maximum(tf.reduce_max(tf.abs(kernel_q), axis=axes), 1e-30) / 127.0))
+        levels_sum = self.convolution_op(tf.round(inputs / unit), codes)  # integers below 2^24: exact
+        decided = step_decisions(levels_sum, kernel_q, self.bias, self.batch_norm, **self.step)
+        tiny = tf.constant(np.finfo(np.float32).tiny, x.dtype)  # > 0, and normal: no CPU flushes it to 0
+        exact = tf.where(decided, tf.where(x > 0, x, tiny), tf.where(x > 0, tf.zeros_like(x), x))
+        return x + tf.stop_gradient(exact - x)
+
+    def get_config(self):
+        batch_norm = None if self.batch_norm is None else keras.saving.serialize_keras_object(self.batch_norm)
+        return {**super().get_config(), "batch_norm": batch_norm, "step": self.step}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class QuantizedDense(keras.layers.Dense):
     """``Dense`` whose kernel is ``quantized_kernel(kernel)``: y = act(x w_q + b) (``input_unit`` as for
     ``QuantizedConv2D``).
@@ -211,6 +262,6 @@ QUANTIZED = {keras.layers.Conv2D: QuantizedConv2D, keras.layers.Dense: Quantized
 
 def is_quantization_aware(model):
     """Whether ``model`` holds a layer of a quantization-aware copy."""
-    return any(isinstance(layer, (FakeQuant, ExactGlobalAveragePooling2D, FoldedConv2D, QuantizedConv2D, QuantizedDense,
-                                  QuantizedThreshold))
+    return any(isinstance(layer, (FakeQuant, ExactGlobalAveragePooling2D, ExactStepConv2D, FoldedConv2D,
+                                  QuantizedConv2D, QuantizedDense, QuantizedThreshold))
                for layer in ftprop_layers.leaf_layers(model))

@@ -199,7 +199,9 @@ def test_saved_and_loaded_copy_predicts_the_same(tmp_path):
     x, _ = digits()
     qat = deploy.quantization_aware(step_network(), x[:64])
     types = {layer.name: type(layer).__name__ for layer in qat.layers}
-    assert types["conv1"] == "QuantizedConv2D" and types["fc"] == "QuantizedDense"
+    # conv1 and its batch norm feed a step decided on the accumulator: one ExactStepConv2D, the norm an identity
+    assert types["conv1"] == "ExactStepConv2D" and types["conv1_bn"] == "Identity"
+    assert types["conv2"] == "QuantizedConv2D" and types["fc"] == "QuantizedDense"
     assert types["act1"] == types["act2"] == "QuantizedThreshold"
     assert types["input_quant"] == types["output_quant"] == "FakeQuant"
     qat.save(tmp_path / "qat.keras")
