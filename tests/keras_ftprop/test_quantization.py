@@ -171,8 +171,9 @@ def test_fine_tuned_copy_is_its_int8_model(tmp_path):
     assert_units_agree_off_decisions(qat, names, units, x)
 
     # The integer codes: those of the copy's kernels, the sign of a negative batch-norm factor applied.
-    gamma = qat.get_layer("conv1_bn").gamma.numpy()
-    factors = {"conv1": np.sign(gamma), "conv2": np.sign(qat.get_layer("conv2_bn").gamma.numpy())}
+    # (conv1_bn is an Identity in the copy: its ExactStepConv2D holds the batch norm that the step reads.)
+    factors = {"conv1": np.sign(qat.get_layer("conv1").batch_norm.gamma.numpy()),
+               "conv2": np.sign(qat.get_layer("conv2_bn").gamma.numpy())}
     kernels = conv_and_dense_kernels(flatbuffer)
     assert len(kernels) == 4
     assert flatbuffer.report.logits.startswith("the same codes")
