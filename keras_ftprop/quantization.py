@@ -6,6 +6,7 @@ from keras_ftprop.deploy.grids import kernel_codes, nudged_range, quantized_kern
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D
 from keras_ftprop.deploy.qat import plain_model, quantization_aware
 from keras_ftprop.deploy.quantized_layers import (
+    ExactStaircaseConv2D,
     ExactStepConv2D,
     FakeQuant,
     FoldedConv2D,
@@ -16,5 +17,5 @@ from keras_ftprop.deploy.quantized_layers import (
 )
 
 __all__ = ["quantization_aware", "FakeQuant", "QuantizedConv2D", "QuantizedDense", "QuantizedThreshold",
-           "FoldedConv2D", "ExactStepConv2D", "ExactGlobalAveragePooling2D", "quantized_kernel", "kernel_codes",
-           "nudged_range", "is_quantization_aware", "plain_model"]
+           "FoldedConv2D", "ExactStepConv2D", "ExactStaircaseConv2D", "ExactGlobalAveragePooling2D",
+           "quantized_kernel", "kernel_codes", "nudged_range", "is_quantization_aware", "plain_model"]

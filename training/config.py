@@ -118,9 +118,9 @@ class Config:
         0, lower_bound=0)
     exact_input_staircases: bool = option(
         "boolean", "int8 exports and the quantization-aware copy: decide a staircase on the image on its "
-        "convolution's exact accumulator, one copy of the convolution per threshold (the same codes on every "
-        "TFLite runtime, for n times that convolution's cost); --noexact_input_staircases requantizes, then "
-        "compares.", True)
+        "convolution's exact accumulator, as that convolution's own requantization placed to round alike on "
+        "every TFLite runtime (a channel it cannot place: one copy of the convolution per threshold); "
+        "--noexact_input_staircases requantizes, then compares.", True)
     diagnostics: int = option(
         "integer", "Log target statistics of every step/staircase layer (no-target, satisfied and "
         "active fractions, target loss, output flips, pre-activation histograms) every this many "

@@ -76,9 +76,17 @@ A step that cannot be fused but whose producer is a Conv2D or Dense (the first l
 m = 1; every accumulator below 2^23) is decided on the producer's accumulator all the same: the producer
 writes q = round(2 (acc + B)) with B = -floor(t) on the step's pinned input grid (scale 1/127), so q <= 0
 iff acc <= t and q >= 2 otherwise, and the step compares q > 0 (``fusion.accumulator_compares``). A
-staircase there (on [0, b], n steps of size d) cannot be one requantization: with accumulators one unit
-apart, no multiplier keeps n boundaries a unit from every accumulator value. The export writes one copy of
-the producer per threshold t_k instead, each onto a grid of scale d / 2:
+staircase there (on [0, b], n steps of size d) is fused all the same, one requantization of the image's
+convolution (``keras_ftprop.deploy.input_staircases``): with accumulators one unit apart, each boundary
+R_k = (k + 1/2) P (P = 1 / M, per channel) must leave no integer between float32's boundary and fixed
+point's, which the high multiply moves down by 1 / (2 f) units (M = f 2^-s, f in [1/2, 1)). P = 2N - eps
+puts every R_k just below an integer, so the two agree when 1 / (2 f) + (n - 1/2) eps and the margins fit in
+one unit: the export takes the nearest such P to the float staircase's spacing (within 25%: a channel whose
+f is near 1/2 moves past the next power of two) and the integer B that centres the boundaries on the
+thresholds in reach, and the quantization-aware copy takes the same levels from its integer accumulator
+(``ExactStaircaseConv2D``), so it is fine-tuned for them. A channel that no such P places (10^5 accumulator
+units per level or more) leaves one copy of the producer per threshold t_k instead, each onto a grid of scale
+d / 2:
 
     q_k = clip(round(M_k (acc + B_k)), 0, 2) = 2 1[acc > t_k],   B_k = -floor(t_k),  M_k = 2 (1 + k / 16)
 

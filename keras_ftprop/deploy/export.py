@@ -38,12 +38,13 @@ def to_tflite(model, representative_data=None, quantize="int8", path=None, io_dt
         layer's) requantization, and every other one on a pinned 4-D input as a 1x1 depthwise
         requantization (see [`keras_ftprop.deploy`][keras_ftprop.deploy]); False keeps GREATER + SELECT_V2
         everywhere.
-      exact_input_staircases: int8 only: a staircase that cannot be fused whose producer reads the image
-        (convnet8's ``conv0``) is decided on that producer's exact accumulator, one copy of the producer per
-        threshold summed by ADD: the same codes on every runtime, for n times that convolution's cost
-        (convnet8: 1.8x the int8 model's latency on an AVX2 CPU). False: its input requantized, then
-        compared (a unit at a requantization tie may differ between runtimes). A quantization-aware copy
-        decides it as it was made (``quantization_aware``'s own ``exact_input_staircases``).
+      exact_input_staircases: int8 only: a staircase whose producer reads the image (convnet8's ``conv0``)
+        is fused into that producer's requantization, placed so that every runtime decides alike
+        (``keras_ftprop.deploy.input_staircases``; a channel it cannot place leaves one copy of the producer
+        per threshold, summed by ADD, exact as well, for n times that convolution's cost). False: its input
+        requantized, then compared (a unit at a requantization tie may differ between runtimes). A
+        quantization-aware copy decides it as it was made (``quantization_aware``'s own
+        ``exact_input_staircases``).
 
     Raises:
       ValueError: unknown option; a layer that does not convert to int8 builtins (named); a

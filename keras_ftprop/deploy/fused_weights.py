@@ -8,7 +8,9 @@ The producer's input codes (minus the zero point) are multiples of m, so its acc
                takes q > 0; a staircase on such a grid, one producer copy per threshold t_k, each writing
                clip(round(2 (acc + B_k)), 0, 2) = 2 1[acc > t_k], whose sum is the level
     staircase  level = clip(round(M (acc + B)), 0, n), with per channel an integer B and an M that place every
-               threshold between two reachable accumulator values (``NotFusable`` if a channel has none)
+               threshold between two reachable accumulator values (``NotFusable`` if a channel has none); on a
+               grid of consecutive codes (m = 1, the image), the same with the spacing 1 / M moved to where
+               float32 and fixed point agree (``keras_ftprop.deploy.input_staircases``)
 
 (``keras_ftprop.deploy`` states the construction in full.)
 """
@@ -20,6 +22,7 @@ import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.grids import grid_of
+from keras_ftprop.deploy.input_staircases import folded, placement
 from keras_ftprop.deploy.thresholds import thresholds_of
 
 # A fused staircase's requantized value v = M (acc + B) keeps a relative 1e-6 from each rounding boundary:
@@ -53,8 +56,33 @@ def fused_weights(model, site):
     """(kernel, bias) of the producer that computes ``site``'s threshold (a FusedThreshold) as its
     requantization; ``NotFusable`` for a staircase with a channel that cannot be placed exactly."""
     if isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase):
+        if site.input_step == 1:
+            return input_staircase_weights(model, site)
         return _fused_staircase_weights(model, site)
     return _fused_step_weights(model, site)
+
+
+def input_staircase_weights(model, site):
+    """(kernel, bias) of the producer whose requantization is the staircase of ``site`` on a grid of consecutive
+    codes (the image's): per channel ``placement``'s spacing P and integer B, the kernel scaled
+    so that M = 1 / P (codes unchanged), the bias B; a channel without a boundary in reach writes its constant
+    level. ``NotFusable`` naming the channels it cannot place."""
+    threshold, producer = model.get_layer(site.threshold), model.get_layer(site.producer)
+    batch_norm = None if site.batch_norm is None else model.get_layer(site.batch_norm)
+    spacing, bias_code, constant, feasible, _ = (np.asarray(x) for x in placement(
+        producer.kernel, producer.bias if producer.use_bias else None, batch_norm, site.input_scale,
+        site.input_bound, thresholds_of(threshold)))
+    if not feasible.all():
+        raise NotFusable(f"no single requantization of {site.producer!r} places channel(s) "
+                         f"{np.flatnonzero(~feasible).tolist()} alike in float32 and fixed point")
+    kernel, _ = _folded_producer(model, site)
+    out_scale = (threshold.high - threshold.low) / threshold.steps  # one code per level
+    weight_scale = np.abs(kernel.reshape(-1, kernel.shape[-1])).max(axis=0) / 127
+    new_scale = out_scale / (spacing * site.input_scale)  # s_w' = M s_out / s_in
+    live = constant < 0
+    ratio = np.where(live, new_scale / np.where(live, weight_scale, 1.0), 0.0)
+    new_bias = np.where(live, bias_code * site.input_scale * new_scale, constant * out_scale)
+    return (kernel * ratio).astype(np.float32), new_bias.astype(np.float32)
 
 
 def _folded_producer(model, site):
@@ -88,19 +116,11 @@ def step_decisions(levels_sum, kernel, bias, batch_norm, input_scale, input_step
 
     ``kernel``: the producer's kernel on its int8 grid (``quantized_kernel``); ``bias``: its bias or None;
     ``batch_norm``: the BatchNormalization folded in, or None."""
-    channels = kernel.shape[-1]
-    f, c = tf.ones([channels], tf.float64), tf.zeros([channels], tf.float64)
-    if batch_norm is not None:
-        gamma = tf.cast(batch_norm.gamma, tf.float64) if batch_norm.scale else 1.0
-        beta = tf.cast(batch_norm.beta, tf.float64) if batch_norm.center else 0.0
-        f = gamma / tf.sqrt(tf.cast(batch_norm.moving_variance, tf.float64) + batch_norm.epsilon) * f
-        c = beta - tf.cast(batch_norm.moving_mean, tf.float64) * f
-    folded_bias = (tf.zeros([channels], tf.float64) if bias is None else tf.cast(bias, tf.float64)) * f + c
-    top = tf.reduce_max(tf.abs(tf.cast(kernel, tf.float64) * f), axis=list(range(len(kernel.shape) - 1)))
-    t = -folded_bias / (input_scale * (top / 127))
+    f, weight_scale, folded_bias = folded(kernel, bias, batch_norm)
+    t = -folded_bias / (input_scale * weight_scale)
     m = float(input_step)
     decided = tf.sign(f) * tf.cast(levels_sum, tf.float64) >= tf.floor(t / m) + 1
-    return tf.where(top == 0, folded_bias > 0, decided)
+    return tf.where(weight_scale == 0, folded_bias > 0, decided)
 
 
 def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):

@@ -2,7 +2,8 @@
 
     fused     thresholds computed by their producer's requantization (``fusion``), the others with the reason
     compared  unfused steps and staircases decided on their producer's exact accumulator
-              (``fusion.accumulator_compares``)
+              (``fusion.accumulator_compares``); a staircase there is fused, as one requantization, where
+              ``input_staircases`` places every channel
     max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
     scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
     folded    batch norms folded into their producer
@@ -18,6 +19,7 @@ import keras
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of
+from keras_ftprop.deploy.fused_weights import NotFusable, fused_weights
 from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
 from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
@@ -72,11 +74,18 @@ def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
     if int8:
         _warn_unrounded_staircases(model, recorded, {**fused, **compared}, unfused)
         _check_recorded(recorded, fused, compared, unfused)
-    for name in compared:
-        unfused[name] += ("; decided on its exact accumulator, one copy of its producer per threshold "
-                          "(q_k = clip(round(2 (acc - floor(t_k))), 0, 2)) summed by ADD"
-                          if isinstance(model.get_layer(name), ftprop_layers.Staircase)
-                          else "; decided on its exact accumulator (q = round(2 (acc - floor(t))) > 0)")
+    for name, site in list(compared.items()):
+        if isinstance(model.get_layer(name), ftprop_layers.Staircase):
+            try:  # one requantization where every channel can be placed (``input_staircases``)
+                fused_weights(model, site)
+            except NotFusable as reason:
+                unfused[name] += (f"; decided on its exact accumulator ({reason}), one copy of its producer per "
+                                  "threshold (q_k = clip(round(2 (acc - floor(t_k))), 0, 2)) summed by ADD")
+            else:
+                fused[name] = site
+                del compared[name], unfused[name]
+        else:
+            unfused[name] += "; decided on its exact accumulator (q = round(2 (acc - floor(t))) > 0)"
     max_abs = {}
     if int8 and pinned and targets:
         max_abs = _pinned_max_abs(model, targets, consumers, {**fused, **compared}, recorded, batches)

@@ -18,8 +18,10 @@ export uses (so the export and the copy agree by construction, up to requantizat
                step it decides on its producer's accumulator (``fusion.accumulator_compares``: the first
                layer's), compares x itself (the int8 accumulator is exact); for a step after a convolution
                (and its batch norm) x's sign is the export's decision, taken from the integer accumulator and
-               the export's own float64 threshold (``ExactStepConv2D``); backward the threshold's own
-               (FTPROP) at the unrounded x
+               the export's own float64 threshold (``ExactStepConv2D``), and for a staircase on the image
+               x is set to a value of the level the export places (``ExactStaircaseConv2D``,
+               ``keras_ftprop.deploy.input_staircases``); backward the threshold's own (FTPROP) at the
+               unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
                that a step reads (ResNet's) on power-of-two grids instead (``keras_ftprop.deploy.sums``), on
@@ -53,6 +55,7 @@ from keras_ftprop.deploy.operands import operand_sites
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D, pooled_grid, pooled_range
 from keras_ftprop.deploy.quantized_layers import (
     QUANTIZED,
+    ExactStaircaseConv2D,
     ExactStepConv2D,
     FakeQuant,
     FoldedConv2D,
@@ -64,6 +67,8 @@ from keras_ftprop.deploy.thresholds import is_threshold, thresholds_of
 
 # Layers with weights that the int8 model computes as the float model does (batch norm folds into the kernel).
 _EXACT_WITH_WEIGHTS = (keras.layers.BatchNormalization,)
+# A convolution and its batch norm whose threshold decision the copy takes as the export does.
+_EXACT_DECISIONS = (ExactStepConv2D, ExactStaircaseConv2D)
 
 
 def quantization_aware(model, representative_data, calibration_samples=500, exact_input_staircases=True):
@@ -72,7 +77,8 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     See [`keras_ftprop.deploy.qat`][keras_ftprop.deploy.qat]. ``representative_data`` (as
     ``to_tflite``'s) fixes the ranges of the input, the logits and the thresholds' inputs;
     ``exact_input_staircases`` (as ``to_tflite``'s): a staircase on the image is decided on its producer's
-    exact accumulator, the same on every runtime (False: requantized, then compared, as the export will).
+    exact accumulator, as the export's single requantization (or its copies per threshold) decides it on
+    every runtime (``ExactStaircaseConv2D``; False: requantized, then compared, as the export will).
 
     Raises:
       ValueError: a layer with weights other than Conv2D, Dense and BatchNormalization (named), a threshold
@@ -131,11 +137,17 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
             return ExactGlobalAveragePooling2D(*pools[layer.name], **layer.get_config())
         if layer.name in decided:
             site = decided[layer.name]
-            batch_norm = None if site.batch_norm is None else model.get_layer(site.batch_norm)
+            batch_norm = keras.saving.serialize_keras_object(
+                None if site.batch_norm is None else model.get_layer(site.batch_norm))
+            threshold = model.get_layer(site.threshold)
+            if isinstance(threshold, ftprop_layers.Staircase):
+                return ExactStaircaseConv2D.from_config({**layer.get_config(), "batch_norm": batch_norm, "staircase": {
+                    "input_scale": site.input_scale, "input_bound": site.input_bound,
+                    "thresholds": thresholds_of(threshold)}})
             return ExactStepConv2D.from_config({
-                **layer.get_config(), "batch_norm": keras.saving.serialize_keras_object(batch_norm),
+                **layer.get_config(), "batch_norm": batch_norm,
                 "step": {"input_scale": site.input_scale, "input_step": site.input_step}})
-        if layer.name in absorbed:  # computed by its producer's FoldedConv2D or ExactStepConv2D
+        if layer.name in absorbed:  # computed by its producer's FoldedConv2D, ExactStepConv2D, ExactStaircaseConv2D
             identity = keras.layers.Identity(name=layer.name)
             return lambda inputs, **kwargs: identity(inputs)
         if type(layer) in QUANTIZED:
@@ -196,12 +208,13 @@ def _check_quantizable(model):
 
 def _decided_steps(model, exact_sites, producers, consumers):
     """{Conv2D name: FusedThreshold} of the steps the export decides on a convolution's exact accumulator
-    (``exact_sites``) whose batch norm, if any, reads the convolution alone: the copy computes both in one
-    ``ExactStepConv2D``, which decides as the export does."""
+    (``exact_sites``), and the staircases on a grid of consecutive codes (the image's), whose batch norm, if
+    any, reads the convolution alone: the copy computes both in one ``ExactStepConv2D`` or
+    ``ExactStaircaseConv2D``, which decides as the export does."""
     decided = {}
     for site in exact_sites.values():
         producer = model.get_layer(site.producer)
-        if isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) \
+        if (isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) and site.input_step != 1) \
                 or type(producer) is not keras.layers.Conv2D:
             continue
         if site.batch_norm is not None:
@@ -230,13 +243,14 @@ def plain_model(model):
     """
     recorded = {}
     restored = {layer.batch_norm.name: layer for layer in model.layers
-                if isinstance(layer, ExactStepConv2D) and layer.batch_norm is not None}
+                if isinstance(layer, _EXACT_DECISIONS) and layer.batch_norm is not None}
 
     def clone(layer):
-        if layer.name in restored:  # the batch norm an ExactStepConv2D computed: the export folds it itself
+        if layer.name in restored:  # the batch norm an Exact*Conv2D computed: the export folds it itself
             return keras.layers.BatchNormalization.from_config(restored[layer.name].batch_norm.get_config())
-        if isinstance(layer, ExactStepConv2D):
-            config = {key: value for key, value in layer.get_config().items() if key not in ("batch_norm", "step")}
+        if isinstance(layer, _EXACT_DECISIONS):
+            config = {key: value for key, value in layer.get_config().items()
+                      if key not in ("batch_norm", "step", "staircase")}
             return keras.layers.Conv2D.from_config(config)
         if isinstance(layer, QuantizedThreshold):
             recorded[layer.name] = (layer.max_abs, layer.scaled, layer.fused)
@@ -258,7 +272,7 @@ def plain_model(model):
         if not layer.weights:
             continue
         weights = layer.get_weights()
-        if isinstance(layer, ExactStepConv2D):
+        if isinstance(layer, _EXACT_DECISIONS):
             weights = [np.asarray(quantized_kernel(layer.kernel))] + ([layer.bias.numpy()] if layer.use_bias else [])
             if layer.batch_norm is not None:
                 copy.get_layer(layer.batch_norm.name).set_weights(layer.batch_norm.get_weights())

@@ -11,6 +11,7 @@ from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
 from keras_ftprop.deploy.fused_weights import step_decisions
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
+from keras_ftprop.deploy.input_staircases import decided_levels, folded_codes, placed_affine
 from keras_ftprop.deploy.logits import exact_codes, logit_weights
 from keras_ftprop.deploy.operands import folded_weights
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D
@@ -121,8 +122,41 @@ class FoldedConv2D(keras.layers.Conv2D):
                 "operand": self.operand}
 
 
+class _ConvAndBatchNorm(keras.layers.Conv2D):
+    """A Conv2D and its ``batch_norm`` (or None) in one layer, x = batch_norm(conv(x, w_q) + b) with
+    w_q = quantized_kernel(w): the base of the layers whose int8 model decides a threshold on the convolution's
+    exact accumulator, with the batch norm folded in."""
+
+    def __init__(self, *args, batch_norm=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
+        if not (batch_norm is None or isinstance(batch_norm, keras.layers.BatchNormalization)):
+            raise ValueError(f"{type(self).__name__} needs a BatchNormalization or None")
+        self.batch_norm = batch_norm
+
+    def build(self, input_shape):
+        if self.batch_norm is not None and not self.batch_norm.built:  # a deserialized one is built
+            self.batch_norm.build(self.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def pre_activation(self, inputs, training):
+        """(w_q, batch_norm(conv(inputs, w_q) + b))."""
+        kernel_q = quantized_kernel(self.kernel)
+        x = self.convolution_op(inputs, kernel_q)
+        if self.bias is not None:
+            x = x + self.bias
+        if self.batch_norm is not None:
+            x = self.batch_norm(x, training=training)
+        return kernel_q, x
+
+    def get_config(self):
+        batch_norm = None if self.batch_norm is None else keras.saving.serialize_keras_object(self.batch_norm)
+        return {**super().get_config(), "batch_norm": batch_norm}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ExactStepConv2D(keras.layers.Conv2D):
+class ExactStepConv2D(_ConvAndBatchNorm):
     """A Conv2D and its ``batch_norm`` (or None) feeding a step that the int8 model decides on the exact
     accumulator (fused into the requantization, or compared on it); ``step``: {"input_scale", "input_step"} of
     the codes it reads.
@@ -133,27 +167,14 @@ class ExactStepConv2D(keras.layers.Conv2D):
         gradient  that of x
     """
 
-    def __init__(self, *args, batch_norm=None, step=None, **kwargs):
+    def __init__(self, *args, step=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(batch_norm, dict):
-            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
-        if step is None or not (batch_norm is None or isinstance(batch_norm, keras.layers.BatchNormalization)):
-            raise ValueError("ExactStepConv2D needs the step's input grid and a BatchNormalization or None")
-        self.batch_norm = batch_norm
+        if step is None:
+            raise ValueError("ExactStepConv2D needs the step's input grid")
         self.step = {"input_scale": float(step["input_scale"]), "input_step": int(step["input_step"])}
 
-    def build(self, input_shape):
-        if self.batch_norm is not None and not self.batch_norm.built:  # a deserialized one is built
-            self.batch_norm.build(self.compute_output_shape(input_shape))
-        super().build(input_shape)
-
     def call(self, inputs, training=None):
-        kernel_q = quantized_kernel(self.kernel)
-        x = self.convolution_op(inputs, kernel_q)
-        if self.bias is not None:
-            x = x + self.bias
-        if self.batch_norm is not None:
-            x = self.batch_norm(x, training=training)
+        kernel_q, x = self.pre_activation(inputs, training)
         if training:
             return x
         unit = self.step["input_scale"] * self.step["input_step"]
@@ -166,8 +187,52 @@ class ExactStepConv2D(keras.layers.Conv2D):
         return x + tf.stop_gradient(exact - x)
 
     def get_config(self):
-        batch_norm = None if self.batch_norm is None else keras.saving.serialize_keras_object(self.batch_norm)
-        return {**super().get_config(), "batch_norm": batch_norm, "step": self.step}
+        return {**super().get_config(), "step": self.step}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ExactStaircaseConv2D(_ConvAndBatchNorm):
+    """A Conv2D on the image and its ``batch_norm`` (or None) feeding a staircase that the int8 model decides
+    on the exact accumulator (``keras_ftprop.deploy.input_staircases``); ``staircase``: {"input_scale",
+    "input_bound"} of the image's grid and the staircase's "thresholds".
+
+        forward   x = a batch_norm(conv(x, w_q) + b) + c, whose float staircase has the boundaries the export
+                  places (``placed_affine``; a = 1, c = 0 where it keeps the float thresholds), so the copy
+                  trains on its int8 model's staircase; in inference x is set, where its staircase is not the
+                  export's level L (``decided_levels``, from the integer accumulator), to a value of level L
+                  (the midpoint between its thresholds), so the staircase after it decides as the int8 model on
+                  any CPU
+        gradient  that of x (a, c constants)
+    """
+
+    def __init__(self, *args, staircase=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if staircase is None:
+            raise ValueError("ExactStaircaseConv2D needs the image's grid and the staircase's thresholds")
+        self.staircase = {"input_scale": float(staircase["input_scale"]),
+                          "input_bound": int(staircase["input_bound"]),
+                          "thresholds": [float(t) for t in staircase["thresholds"]]}
+
+    def call(self, inputs, training=None):
+        kernel_q, x = self.pre_activation(inputs, training)
+        scale, shift = placed_affine(kernel_q, self.bias, self.batch_norm, **self.staircase)
+        x = x * tf.stop_gradient(tf.cast(scale, x.dtype)) + tf.stop_gradient(tf.cast(shift, x.dtype))
+        if training:
+            return x
+        codes = folded_codes(kernel_q, self.batch_norm)
+        # integers below 2^24: exact in float32 in any order
+        acc = self.convolution_op(tf.round(inputs / self.staircase["input_scale"]), tf.cast(codes, inputs.dtype))
+        level = decided_levels(tf.cast(acc, tf.float64), kernel_q, self.bias, self.batch_norm, **self.staircase)
+        thresholds = np.array(self.staircase["thresholds"])
+        gap = np.diff(thresholds).min() if len(thresholds) > 1 else 1.0
+        edges = np.concatenate([[thresholds[0] - gap], thresholds, [thresholds[-1] + gap]])
+        middles = tf.constant((edges[:-1] + edges[1:]) / 2, x.dtype)  # a value of each level 0..n
+        current = tf.reduce_sum(tf.cast(x[..., None] > tf.constant(thresholds, x.dtype), x.dtype), axis=-1)
+        exact = tf.where(current == tf.cast(level, x.dtype), x, tf.gather(middles, tf.cast(level, tf.int32)))
+        return x + tf.stop_gradient(exact - x)
+
+    def get_config(self):
+        return {**super().get_config(), "staircase": self.staircase}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -12,9 +12,10 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from sklearn.datasets import load_digits
 
 from keras_ftprop import HardThreshold, Staircase, deploy, micro
+from keras_ftprop.deploy import input_staircases
 from keras_ftprop.deploy.fused_weights import batch_norm_factor
 from keras_ftprop.deploy.grids import kernel_codes
-from keras_ftprop.deploy.quantized_layers import QuantizedThreshold
+from keras_ftprop.deploy.quantized_layers import ExactStaircaseConv2D, QuantizedThreshold
 from keras_ftprop.deploy.thresholds import levels_of, thresholds_of
 from tests.keras_ftprop import requantization
 
@@ -343,13 +344,12 @@ def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_
     assert solved > 25
 
 
-@pytest.fixture(scope="module")
-def image_staircase_network():
+def _image_staircase_model(seed=3):
     """image -> conv1 -> pool -> staircase(3) (decided on conv1's accumulator) -> conv2 -> BN -> step (fused)
-    -> logits, trained 2 epochs on digits, with its int8 export (int8 input and output)."""
+    -> logits, trained 2 epochs on digits."""
     digits = load_digits()
     images = (digits.images[..., None] / 16.0).astype(np.float32)
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     x = keras.Input((8, 8, 1), name="x")
     h = keras.layers.Conv2D(12, 3, padding="same", name="conv1")(x)
     h = Staircase(3, name="act1")(keras.layers.MaxPooling2D(name="pool1")(h))
@@ -358,17 +358,71 @@ def image_staircase_network():
     model = keras.Model(x, keras.layers.Dense(10, name="logits")(keras.layers.Flatten(name="flatten")(h)))
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(images, digits.target, epochs=2, batch_size=64, verbose=0)
+    return model, images
+
+
+@pytest.fixture(scope="module")
+def image_staircase_network():
+    """The image staircase network with its int8 export (int8 input and output)."""
+    model, images = _image_staircase_model()
     return model, images, deploy.to_tflite(model, images[:300], io_dtype="int8")
 
 
-def test_a_staircase_on_the_image_is_one_exact_compare_per_threshold_in_every_arithmetic(image_staircase_network):
-    """The image's accumulators are one unit apart, so no single requantization places 3 thresholds exactly
-    for every arithmetic. Each copy k of conv1 writes clip(round(M_k (acc + B_k)), 0, 2) with an integer B_k:
-    over every reachable accumulator, fixed point (double and single rounding) and float32 write 2 exactly
-    where the real pre-activation s_in s_w acc + b exceeds t_k (float64, ties left out), 0 elsewhere."""
+@pytest.fixture(scope="module")
+def unplaceable_image_staircase_network():
+    """The same, with conv1's channel 0 scaled by 1/64 (its weights and bias): 64 times the accumulator units
+    per level, beyond what one requantization places alike in float32 and fixed point, so the export decides
+    the staircase with one copy of conv1 per threshold."""
+    model, images = _image_staircase_model()
+    conv1 = model.get_layer("conv1")
+    kernel, bias = conv1.get_weights()
+    kernel[..., 0] /= 64
+    bias[0] /= 64
+    conv1.set_weights([kernel, bias])
+    return model, images, deploy.to_tflite(model, images[:300], io_dtype="int8")
+
+
+def test_a_staircase_on_the_image_is_one_requantization_alike_in_every_arithmetic(image_staircase_network):
+    """conv1 writes the staircase's level with the multiplier and bias of ``input_staircases.placement``: over
+    every reachable accumulator of every channel, fixed point (double and single rounding) and float32
+    requantization with the flatbuffer's own scales give the level the copy computes (``decided_levels``), and
+    that level is the float staircase's wherever the placement left the thresholds' gates in place."""
     model, _, flatbuffer = image_staircase_network
     report = flatbuffer.report
+    assert report.fused == {"act1": "conv1", "act2": "conv2"}, report.unfused
+    assert report.ops[("CONV_2D", "INT8")] == 2 and ("ADD", "INT8") not in report.ops
+    _, (inp, weights, bias), out, activation = _producer_op(_operators(flatbuffer), "conv1")
+    layer = model.get_layer("conv1")
+    codes = np.asarray(input_staircases.folded_codes(layer.kernel, None)).reshape(-1, 12)
+    np.testing.assert_array_equal(weights["data"].reshape(12, -1).T, codes)
+    zero_point = int(out["zero_point"][0])
+    assert activation == 1 and zero_point == 124  # RELU onto one code per level, 124..127
+    s_in = float(inp["scale"][0])
+    thresholds = thresholds_of(model.get_layer("act1"))
+    lowest, highest = _reachable(codes, 0, 255)
+    checked = 0
+    for ch in range(12):
+        acc = np.arange(lowest[ch], highest[ch] + 1)
+        want = np.asarray(input_staircases.decided_levels(
+            acc[:, None].astype(np.float64) * np.eye(12)[ch], layer.kernel, layer.bias, None, s_in, 255,
+            thresholds))[:, ch]
+        real = s_in * float(weights["scale"][ch]) / float(out["scale"][0])
+        for name in requantization.ARITHMETICS:
+            got = requantization.output_codes(acc + int(bias["data"][ch]), real, zero_point, zero_point, 127, name)
+            np.testing.assert_array_equal(got - zero_point, want, err_msg=f"channel {ch} {name}")
+        checked += len(acc)
+    assert checked > 10**5
+
+
+def test_a_staircase_channel_one_requantization_cannot_place_is_one_exact_compare_per_threshold(
+        unplaceable_image_staircase_network):
+    """Each copy k of conv1 writes clip(round(M_k (acc + B_k)), 0, 2) with an integer B_k: over every reachable
+    accumulator, fixed point (double and single rounding) and float32 write 2 exactly where the real
+    pre-activation s_in s_w acc + b exceeds t_k (float64, ties left out), 0 elsewhere."""
+    model, _, flatbuffer = unplaceable_image_staircase_network
+    report = flatbuffer.report
     assert report.fused == {"act2": "conv2"} and "decided on its exact accumulator" in report.unfused["act1"]
+    assert "channel(s) [0]" in report.unfused["act1"]
     assert report.ops[("CONV_2D", "INT8")] == 3 + 1 and report.ops[("ADD", "INT8")] == 2
     ops = _operators(flatbuffer)
     layer = model.get_layer("conv1")
@@ -397,22 +451,20 @@ def test_a_staircase_on_the_image_is_one_exact_compare_per_threshold_in_every_ar
     assert checked > 10**5
 
 
-def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_the_copy(image_staircase_network):
+@pytest.mark.parametrize("network", ["image_staircase_network", "unplaceable_image_staircase_network"])
+def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_the_copy(network, request):
     """XNNPACK, the reference kernels and TFLite Micro write the same codes (``_assert_every_int8_tensor_is_the_same``),
-    and the quantization-aware copy's levels and logits are its int8 model's."""
-    model, images, flatbuffer = image_staircase_network
+    and the quantization-aware copy's levels (``ExactStaircaseConv2D``, from its integer accumulator) are its
+    int8 model's at every unit, one requantization or one copy per threshold, and so are its logits."""
+    model, images, flatbuffer = request.getfixturevalue(network)
     _assert_every_int8_tensor_is_the_same(flatbuffer, _image_codes(flatbuffer, images[:200]))
 
     qat = deploy.quantization_aware(model, images[:300])
-    assert qat.get_layer("conv1").input_unit == pytest.approx(1 / 255)
+    assert isinstance(qat.get_layer("conv1"), ExactStaircaseConv2D)
     exported = deploy.to_tflite(qat, images[:300], io_dtype="int8")
-    assert "decided on its exact accumulator" in exported.report.unfused["act1"]
-    probe = keras.Model(qat.inputs, [qat.get_layer("act1").output, qat.get_layer("act1").input,
-                                     qat.get_layer("input_quant").output])
-    want, x, rounded = (np.asarray(t) for t in probe(images[:300]))
-    thresholds = np.array(thresholds_of(qat.get_layer("act1").threshold))
-    clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
-    assert clear.mean() > 0.99
+    assert ("act1" in exported.report.fused) == (network == "image_staircase_network")
+    probe = keras.Model(qat.inputs, [qat.get_layer("act1").output, qat.get_layer("input_quant").output])
+    want, rounded = (np.asarray(t) for t in probe(images[:300]))
     for resolver in (None, OpResolverType.BUILTIN_REF):
         interpreter = _interpreter(exported, resolver)
         (inp,) = interpreter.get_input_details()
@@ -427,7 +479,7 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
             interpreter.invoke()
             got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
             outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
-        np.testing.assert_allclose(np.stack(got)[clear], want[clear], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(np.stack(got), want, rtol=0, atol=1e-6)  # every unit
         assert_copy_logits_are_the_codes(qat, images[:300], np.stack(outputs), out, exported.report)
 
 

@@ -98,7 +98,7 @@ def fine_tuned_weights(model_dir, qat_epochs, starts):
 @pytest.mark.parametrize("exact", [True, False])
 def test_exact_input_staircases_decides_how_the_copy_rounds_a_staircase_on_the_input(tmp_path, exact):
     """``--exact_input_staircases`` (default) makes the copy decide a staircase whose producer reads the input on
-    that producer's exact accumulator (unrounded, as the export's one copy per threshold);
+    that producer's exact accumulator (``ExactStaircaseConv2D``, as the export's placed requantization);
     ``--noexact_input_staircases`` rounds its input first, as the export's requantize-then-compare."""
     config = types.SimpleNamespace(qat_epochs=1, verbose="0", export_tflite="none", exact_input_staircases=exact)
     def staircase_body(x):  # a 1x1 convolution of the input, then a staircase
@@ -109,7 +109,8 @@ def test_exact_input_staircases_decides_how_the_copy_rounds_a_staircase_on_the_i
     qat.fine_tune(config, setup, log=lambda line: None)
     copy = keras.models.load_model(os.path.join(str(tmp_path), qat.QAT_MODEL))
     assert copy.get_layer("act").fused is exact
-    assert (copy.get_layer("fc").input_unit is not None) is exact  # sums the input's integer codes
+    assert isinstance(copy.get_layer("fc"), quantization.ExactStaircaseConv2D) is exact  # sums integer codes
+    assert exact or copy.get_layer("fc").input_unit is None
 
 
 def test_a_resumed_fine_tune_reads_the_batches_the_uninterrupted_one_would(tmp_path):
