@@ -99,7 +99,8 @@ def parse_args(argv=None):
                         help="int8 with GREATER + SELECT_V2 at every threshold (to_tflite(fuse_thresholds=False))")
     parser.add_argument("--requantized_input_staircases", action="store_true",
                         help="int8 with a staircase on the image requantized, then compared "
-                             "(to_tflite(exact_input_staircases=False)): one convolution instead of one per threshold")
+                             "(to_tflite(exact_input_staircases=False)), instead of the convolution's own "
+                             "requantization placed to round alike on every runtime")
     parser.add_argument("--runtimes", type=int, default=0,
                         help="instead: identical int8 codes on XNNPACK, the reference kernels and TFLite Micro, "
                              "on this many eval images")
