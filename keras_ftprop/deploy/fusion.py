@@ -65,6 +65,16 @@ def fused_thresholds(model):
     return fused, unfused
 
 
+def decided_in_producer(model, site, producers):
+    """Whether one layer can compute ``site``'s threshold from its producer's integer accumulator, as the
+    quantization-aware copy's ``ExactStepConv2D`` and ``ExactStaircaseConv2D`` do: the producer is a Conv2D
+    and its batch norm, if any, reads it directly."""
+    producer = model.get_layer(site.producer)
+    if type(producer) is not keras.layers.Conv2D:
+        return False
+    return site.batch_norm is None or producers.get(id(only_input(model.get_layer(site.batch_norm)))) is producer
+
+
 def _fusion_of(layer, producers, consumers):
     """The FusedThreshold of ``layer`` if it can be its producer's requantization (``NotFusable`` otherwise)."""
     staircase = isinstance(layer, ftprop_layers.Staircase)

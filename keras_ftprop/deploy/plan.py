@@ -3,7 +3,8 @@
     fused     thresholds computed by their producer's requantization (``fusion``), the others with the reason
     compared  unfused steps and staircases decided on their producer's exact accumulator
               (``fusion.accumulator_compares``); a staircase there is fused, as one requantization, where
-              ``input_staircases`` places every channel
+              ``input_staircases`` places every channel and its batch norm reads the convolution directly
+              (``fusion.decided_in_producer``, as the quantization-aware copy needs)
     max_abs   each pinned threshold input's calibrated max |x| (a quantization-aware copy's recorded one)
     scaled    producers whose weights scale a step's input to max |x| = 2**STEP_INPUT_BITS
     folded    batch norms folded into their producer
@@ -20,7 +21,7 @@ import keras
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of
 from keras_ftprop.deploy.fused_weights import NotFusable, fused_weights
-from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
+from keras_ftprop.deploy.fusion import accumulator_compares, decided_in_producer, fused_thresholds
 from keras_ftprop.deploy.graph import folded_batch_norms, graph, only_input, scalable_producer, sole_input
 from keras_ftprop.deploy.grids import STEP_INPUT_BITS
 from keras_ftprop.deploy.logits import LogitSite, coarse_grid, logit_site, on_grid, output_range
@@ -76,7 +77,11 @@ def plan(model, recorded, batches, int8, pinned, fuse, staircases=True):
         _check_recorded(recorded, fused, compared, unfused)
     for name, site in list(compared.items()):
         if isinstance(model.get_layer(name), ftprop_layers.Staircase):
-            try:  # one requantization where every channel can be placed (``input_staircases``)
+            try:  # one requantization where every channel can be placed (``input_staircases``), and where a
+                # quantization-aware copy places it too (``ExactStaircaseConv2D``)
+                if not decided_in_producer(model, site, producers):
+                    raise NotFusable(f"batch norm {site.batch_norm!r} does not read {site.producer!r} directly, "
+                                     "as a quantization-aware copy's one layer must")
                 fused_weights(model, site)
             except NotFusable as reason:
                 unfused[name] += (f"; decided on its exact accumulator ({reason}), one copy of its producer per "

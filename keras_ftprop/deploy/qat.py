@@ -47,7 +47,7 @@ import numpy as np
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.calibration import calibrate, max_abs_of, representative_batches
 from keras_ftprop.deploy.functional import check_model, functional, unfused
-from keras_ftprop.deploy.fusion import accumulator_compares, fused_thresholds
+from keras_ftprop.deploy.fusion import accumulator_compares, decided_in_producer, fused_thresholds
 from keras_ftprop.deploy.graph import graph, scalable_producer, sole_input, threshold_source
 from keras_ftprop.deploy.grids import nudged_range, quantized_kernel
 from keras_ftprop.deploy.logits import DENSE_PER_CHANNEL, MIN_COPY_STEPS, coarse_grid, logit_site, output_range
@@ -107,7 +107,7 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     exact_grids, sum_max_abs = exact_sums(model, producers, consumers, dict(zip(operands, operand_ranges)))
     operand_grids.update(exact_grids)
     folded = {site.producer: site for site in operand_sites(model, producers, consumers, exact_grids)}
-    decided = _decided_steps(model, exact_sites, producers, consumers)
+    decided = _decided_steps(model, exact_sites, producers)
     absorbed = {site.batch_norm: site.producer for site in (*folded.values(), *decided.values())
                 if site.batch_norm is not None}  # batch norms computed by their producer's layer
     pinned_max.update(sum_max_abs)
@@ -206,23 +206,14 @@ def _check_quantizable(model):
         raise ValueError("quantization_aware needs a model with one input and one output")
 
 
-def _decided_steps(model, exact_sites, producers, consumers):
+def _decided_steps(model, exact_sites, producers):
     """{Conv2D name: FusedThreshold} of the steps the export decides on a convolution's exact accumulator
-    (``exact_sites``), and the staircases on a grid of consecutive codes (the image's), whose batch norm, if
-    any, reads the convolution alone: the copy computes both in one ``ExactStepConv2D`` or
+    (``exact_sites``), and the staircases on a grid of consecutive codes (the image's), that one layer can
+    compute (``fusion.decided_in_producer``): the copy computes each in one ``ExactStepConv2D`` or
     ``ExactStaircaseConv2D``, which decides as the export does."""
-    decided = {}
-    for site in exact_sites.values():
-        producer = model.get_layer(site.producer)
-        if (isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) and site.input_step != 1) \
-                or type(producer) is not keras.layers.Conv2D:
-            continue
-        if site.batch_norm is not None:
-            tensor = sole_input(model.get_layer(site.batch_norm), consumers)
-            if tensor is None or producers.get(id(tensor)) is not producer:
-                continue
-        decided[site.producer] = site
-    return decided
+    return {site.producer: site for site in exact_sites.values()
+            if not (isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) and site.input_step != 1)
+            and decided_in_producer(model, site, producers)}
 
 
 def _requantized_operands(model, producers):

@@ -344,15 +344,17 @@ def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_
     assert solved > 25
 
 
-def _image_staircase_model(seed=3):
+def _image_staircase_model(seed=3, norm_after_pool=False):
     """image -> conv1 -> pool -> staircase(3) (decided on conv1's accumulator) -> conv2 -> BN -> step (fused)
-    -> logits, trained 2 epochs on digits."""
+    -> logits, trained 2 epochs on digits; ``norm_after_pool``: a batch norm between pool and staircase."""
     digits = load_digits()
     images = (digits.images[..., None] / 16.0).astype(np.float32)
     keras.utils.set_random_seed(seed)
     x = keras.Input((8, 8, 1), name="x")
-    h = keras.layers.Conv2D(12, 3, padding="same", name="conv1")(x)
-    h = Staircase(3, name="act1")(keras.layers.MaxPooling2D(name="pool1")(h))
+    h = keras.layers.MaxPooling2D(name="pool1")(keras.layers.Conv2D(12, 3, padding="same", name="conv1")(x))
+    if norm_after_pool:
+        h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = Staircase(3, name="act1")(h)
     h = keras.layers.Conv2D(12, 3, padding="same", use_bias=False, name="conv2")(h)
     h = HardThreshold(name="act2")(keras.layers.BatchNormalization(name="bn2")(h))
     model = keras.Model(x, keras.layers.Dense(10, name="logits")(keras.layers.Flatten(name="flatten")(h)))
@@ -466,21 +468,54 @@ def test_a_staircase_on_the_image_gives_the_same_codes_on_every_runtime_and_in_t
     probe = keras.Model(qat.inputs, [qat.get_layer("act1").output, qat.get_layer("input_quant").output])
     want, rounded = (np.asarray(t) for t in probe(images[:300]))
     for resolver in (None, OpResolverType.BUILTIN_REF):
-        interpreter = _interpreter(exported, resolver)
-        (inp,) = interpreter.get_input_details()
-        scale, zero_point = inp["quantization"]
-        detail = next(t for t in interpreter.get_tensor_details()
-                      if t["name"] == exported.report.activation_tensors["act1"][1])
-        s, z = detail["quantization"]
-        (out,) = interpreter.get_output_details()
-        got, outputs = [], []
-        for example in np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8):
-            interpreter.set_tensor(inp["index"], example[None])
-            interpreter.invoke()
-            got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
-            outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
-        np.testing.assert_allclose(np.stack(got), want, rtol=0, atol=1e-6)  # every unit
-        assert_copy_logits_are_the_codes(qat, images[:300], np.stack(outputs), out, exported.report)
+        got, outputs, out = _runtime_levels(exported, "act1", rounded, resolver)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # every unit
+        assert_copy_logits_are_the_codes(qat, images[:300], outputs, out, exported.report)
+
+
+def test_a_staircase_on_the_image_whose_batch_norm_reads_a_pool_keeps_the_copys_exact_compare():
+    """conv1 -> pool -> bn1 -> staircase: the copy cannot compute that batch norm inside conv1's layer, so it
+    compares its float32 pre-activation with the float thresholds; the export then decides the staircase with
+    one copy of conv1 per threshold (the same compare, exact), not with the placed requantization, whose moved
+    boundaries the copy would not share. Copy and int8 model agree at every unit out of float32's reach of a
+    threshold, and every runtime writes the same codes."""
+    model, images = _image_staircase_model(norm_after_pool=True)
+    images = images[:300]
+    qat = deploy.quantization_aware(model, images)
+    assert not isinstance(qat.get_layer("conv1"), ExactStaircaseConv2D)
+    exported = deploy.to_tflite(qat, images, io_dtype="int8")
+    report = exported.report
+    assert "act1" not in report.fused and "act2" in report.fused, report.unfused
+    assert "batch norm 'bn1' does not read 'conv1' directly" in report.unfused["act1"]
+    assert "one copy of its producer per threshold" in report.unfused["act1"]
+    assert report.ops[("CONV_2D", "INT8")] == 3 + 1 and report.ops[("ADD", "INT8")] == 2
+    _assert_every_int8_tensor_is_the_same(exported, _image_codes(exported, images[:100]))
+    probe = keras.Model(qat.inputs, [qat.get_layer(name).output for name in ("act1", "input_quant")]
+                        + [qat.get_layer("act1").input])
+    want, rounded, pre = (np.asarray(t) for t in probe(images))
+    clear = np.abs(pre[..., None] - np.array(thresholds_of(qat.get_layer("act1").threshold))).min(-1) > 1e-5
+    assert clear.mean() > 0.99 and len(np.unique(want)) >= 3  # a staircase, not a step
+    got, _, _ = _runtime_levels(exported, "act1", rounded)
+    np.testing.assert_allclose(got[clear], want[clear], rtol=0, atol=1e-6)
+
+
+def _runtime_levels(flatbuffer, name, rounded, resolver=None):
+    """(the values of threshold ``name``'s int8 output, the output codes, the output's details) of the int8
+    model on the images that the copy rounded to ``rounded``."""
+    interpreter = _interpreter(flatbuffer, resolver)
+    (inp,) = interpreter.get_input_details()
+    scale, zero_point = inp["quantization"]
+    detail = next(t for t in interpreter.get_tensor_details()
+                  if t["name"] == flatbuffer.report.activation_tensors[name][1])
+    s, z = detail["quantization"]
+    (out,) = interpreter.get_output_details()
+    got, outputs = [], []
+    for example in np.clip(np.round(rounded / scale) + zero_point, -128, 127).astype(np.int8):
+        interpreter.set_tensor(inp["index"], example[None])
+        interpreter.invoke()
+        got.append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
+        outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
+    return np.stack(got), np.stack(outputs), out
 
 
 def assert_copy_logits_are_the_codes(qat, images, codes, out, report):
