@@ -111,35 +111,44 @@ def placement(kernel, bias, batch_norm, input_scale, input_bound, thresholds):
     return pick(spacing_p), pick(bias_code), constant, feasible, t
 
 
-def decided_levels(acc, kernel, bias, batch_norm, input_scale, input_bound, thresholds):
+def decided_levels(acc, kernel, bias, batch_norm, input_scale, input_bound, thresholds, placed=None):
     """The int8 model's level per unit (float64) from the folded accumulator ``acc`` (channels last; arguments
-    as ``placement``'s): the single requantization's where every channel is placed, otherwise the level of the
-    exact accumulator, #{k: acc > t_k}, as the export's one producer copy per threshold computes it."""
-    spacing, bias_code, constant, feasible, t = placement(kernel, bias, batch_norm, input_scale, input_bound,
-                                                         thresholds)
-    placed = levels(acc, spacing, bias_code, constant, len(thresholds))
-    compared = tf.reduce_sum(tf.cast(acc[..., None] > t, tf.float64), axis=-1)
-    compared = tf.where(constant >= 0, constant, compared)
-    return tf.cond(tf.reduce_all(feasible), lambda: placed, lambda: compared)
+    as ``placement``'s, ``placed`` its result if already computed): the single requantization's where every
+    channel is placed, otherwise the level of the exact accumulator, #{k: acc > t_k}, as the export's one
+    producer copy per threshold computes it."""
+    spacing, bias_code, constant, feasible, t = (placement(kernel, bias, batch_norm, input_scale, input_bound,
+                                                           thresholds) if placed is None else placed)
+    return tf.cond(tf.reduce_all(feasible), lambda: levels(acc, spacing, bias_code, constant, len(thresholds)),
+                   lambda: tf.where(constant >= 0, constant, count_above(acc, tf.transpose(t))))
 
 
-def placed_affine(kernel, bias, batch_norm, input_scale, input_bound, thresholds):
+def placed_affine(kernel, bias, batch_norm, input_scale, input_bound, thresholds, placed=None):
     """(a, c) per channel, float64, such that the float staircase of a x + c has the boundaries the export
     places (x the pre-activation, with the batch norm's moving statistics): the thresholds' x-values
     unit ((k + 1/2) P - B) + b (unit = s_in s_w) mapped onto t_k, a = spacing / (unit P); a = 1, c = 0 where
     the export keeps the float thresholds (copies per threshold, constant channels). The copy trains on a x + c,
-    the staircase its int8 model computes (up to the rounding of each boundary to an accumulator value)."""
-    spacing, bias_code, constant, feasible, _ = placement(kernel, bias, batch_norm, input_scale, input_bound,
-                                                        thresholds)
+    the staircase its int8 model computes (up to the rounding of each boundary to an accumulator value).
+    Arguments as ``decided_levels``'."""
+    spacing, bias_code, constant, feasible, _ = (placement(kernel, bias, batch_norm, input_scale, input_bound,
+                                                           thresholds) if placed is None else placed)
     _, weight_scale, folded_bias = folded(kernel, bias, batch_norm)
     unit = input_scale * weight_scale
-    placed = tf.reduce_all(feasible) & (constant < 0) & (unit > 0)
-    unit = tf.where(placed, unit, 1.0)
+    moved = tf.reduce_all(feasible) & (constant < 0) & (unit > 0)
+    unit = tf.where(moved, unit, 1.0)
     first = unit * (0.5 * spacing - bias_code) + folded_bias  # where the export's level 1 begins
     step = (thresholds[-1] - thresholds[0]) / (len(thresholds) - 1) if len(thresholds) > 1 else None
     scale = step / (unit * spacing) if step is not None else tf.ones_like(unit)
-    scale = tf.where(placed, scale, 1.0)
-    return scale, tf.where(placed, thresholds[0] - scale * first, 0.0)
+    scale = tf.where(moved, scale, 1.0)
+    return scale, tf.where(moved, thresholds[0] - scale * first, 0.0)
+
+
+def count_above(x, thresholds):
+    """#{k: x > t_k} per unit, in x's dtype; ``thresholds`` [n] or [n, C] (per channel, channels last): n
+    compares of x's shape, not one broadcast of n times its size (several times slower on CPU)."""
+    count = tf.zeros_like(x)
+    for k in range(thresholds.shape[0]):
+        count += tf.cast(x > tf.cast(thresholds[k], x.dtype), x.dtype)
+    return count
 
 
 def levels(acc, spacing, bias_code, constant, steps):

@@ -11,7 +11,7 @@ from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
 from keras_ftprop.deploy.fused_weights import step_decisions
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
-from keras_ftprop.deploy.input_staircases import decided_levels, folded_codes, placed_affine
+from keras_ftprop.deploy.input_staircases import count_above, decided_levels, folded_codes, placed_affine, placement
 from keras_ftprop.deploy.logits import exact_codes, logit_weights
 from keras_ftprop.deploy.operands import folded_weights
 from keras_ftprop.deploy.pools import ExactGlobalAveragePooling2D
@@ -215,19 +215,21 @@ class ExactStaircaseConv2D(_ConvAndBatchNorm):
 
     def call(self, inputs, training=None):
         kernel_q, x = self.pre_activation(inputs, training)
-        scale, shift = placed_affine(kernel_q, self.bias, self.batch_norm, **self.staircase)
+        placed = placement(kernel_q, self.bias, self.batch_norm, **self.staircase)  # once for both below
+        scale, shift = placed_affine(kernel_q, self.bias, self.batch_norm, **self.staircase, placed=placed)
         x = x * tf.stop_gradient(tf.cast(scale, x.dtype)) + tf.stop_gradient(tf.cast(shift, x.dtype))
         if training:
             return x
         codes = folded_codes(kernel_q, self.batch_norm)
         # integers below 2^24: exact in float32 in any order
         acc = self.convolution_op(tf.round(inputs / self.staircase["input_scale"]), tf.cast(codes, inputs.dtype))
-        level = decided_levels(tf.cast(acc, tf.float64), kernel_q, self.bias, self.batch_norm, **self.staircase)
+        level = decided_levels(tf.cast(acc, tf.float64), kernel_q, self.bias, self.batch_norm, **self.staircase,
+                               placed=placed)
         thresholds = np.array(self.staircase["thresholds"])
         gap = np.diff(thresholds).min() if len(thresholds) > 1 else 1.0
         edges = np.concatenate([[thresholds[0] - gap], thresholds, [thresholds[-1] + gap]])
         middles = tf.constant((edges[:-1] + edges[1:]) / 2, x.dtype)  # a value of each level 0..n
-        current = tf.reduce_sum(tf.cast(x[..., None] > tf.constant(thresholds, x.dtype), x.dtype), axis=-1)
+        current = count_above(x, thresholds)
         exact = tf.where(current == tf.cast(level, x.dtype), x, tf.gather(middles, tf.cast(level, tf.int32)))
         return x + tf.stop_gradient(exact - x)
 

@@ -87,6 +87,19 @@ def test_a_channel_without_a_boundary_in_reach_is_a_constant_level():
     assert feasible.all()
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_count_above_is_the_number_of_thresholds_strictly_below(per_channel):
+    """#{k: x > t_k}: a unit on a threshold is not above it (level 1 begins past t_0, as the staircase's)."""
+    rng = np.random.default_rng(5)
+    thresholds = np.sort(rng.normal(size=(5, 3) if per_channel else 5), axis=0)
+    x = rng.normal(size=(4, 6, 3))
+    x[0, :5] = thresholds if per_channel else thresholds[:, None]  # exact ties
+    want = (x[..., None] > (thresholds.T[None, None] if per_channel else thresholds)).sum(-1)
+    got = np.asarray(input_staircases.count_above(tf.constant(x), tf.constant(thresholds)))
+    np.testing.assert_array_equal(got, want)
+    assert set(np.unique(got)) == set(range(6))
+
+
 def test_a_batch_norm_is_folded_with_its_sign():
     """A negative batch-norm scale flips the folded codes; the placement of the folded producer is that of a
     producer whose kernel and bias are folded by hand."""
