@@ -123,6 +123,23 @@ def step_decisions(levels_sum, kernel, bias, batch_norm, input_scale, input_step
     return tf.where(weight_scale == 0, folded_bias > 0, decided)
 
 
+def staircase_decisions(levels_sum, kernel, bias, batch_norm, input_scale, input_step, thresholds):
+    """The level index (float64) of a staircase fused after codes m apart, at each unit, from the integer level
+    sum U of the unfolded kernel codes (as ``step_decisions``): level #{k: sign(f) U >= G_k},
+    G_k = floor((t_k - b) / (s_in s_w m)) + 1, as ``_fused_staircase_weights`` computes each G_k (its float64
+    operations in their order) and places its requantization's boundaries between them; a channel of zero
+    weights #{k: b > t_k}."""
+    f, weight_scale, folded_bias = folded(kernel, bias, batch_norm)
+    unit = input_scale * weight_scale * float(input_step)
+    alive = weight_scale > 0
+    folded_sum = tf.sign(f) * tf.cast(levels_sum, tf.float64)
+    level = tf.zeros_like(folded_sum)
+    for t in thresholds:
+        gate = tf.floor((t - folded_bias) / tf.where(alive, unit, 1.0)) + 1
+        level += tf.cast(tf.where(alive, folded_sum >= gate, folded_bias > t), tf.float64)
+    return level
+
+
 def accumulator_step_weights(model, site, multiplier=COMPARE_MULTIPLIER):
     """(kernel, bias) of the producer of a step compared on its exact accumulator (``site`` a FusedThreshold,
     the step's input pinned to scale 1/127): per channel the bias B = -floor(t) and the kernel scaled so that

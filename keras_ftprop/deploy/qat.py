@@ -18,9 +18,10 @@ export uses (so the export and the copy agree by construction, up to requantizat
                step it decides on its producer's accumulator (``fusion.accumulator_compares``: the first
                layer's), compares x itself (the int8 accumulator is exact); for a step after a convolution
                (and its batch norm) x's sign is the export's decision, taken from the integer accumulator and
-               the export's own float64 threshold (``ExactStepConv2D``), and for a staircase on the image
-               x is set to a value of the level the export places (``ExactStaircaseConv2D``,
-               ``keras_ftprop.deploy.input_staircases``); backward the threshold's own (FTPROP) at the
+               the export's own float64 threshold (``ExactStepConv2D``), and for a staircase x is set to a
+               value of the export's level (``ExactStaircaseConv2D``: on the image the level it places,
+               ``keras_ftprop.deploy.input_staircases``; after codes its gates,
+               ``fused_weights.staircase_decisions``); backward the threshold's own (FTPROP) at the
                unrounded x
     sum        each operand of an ``Add`` that is not a threshold's output (a residual branch's batch norm)
                on the 256-code grid of its calibrated range, as the int8 ADD requantizes its operands; a sum
@@ -142,7 +143,7 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
             threshold = model.get_layer(site.threshold)
             if isinstance(threshold, ftprop_layers.Staircase):
                 return ExactStaircaseConv2D.from_config({**layer.get_config(), "batch_norm": batch_norm, "staircase": {
-                    "input_scale": site.input_scale, "input_bound": site.input_bound,
+                    "input_scale": site.input_scale, "input_step": site.input_step, "input_bound": site.input_bound,
                     "thresholds": thresholds_of(threshold)}})
             return ExactStepConv2D.from_config({
                 **layer.get_config(), "batch_norm": batch_norm,
@@ -207,13 +208,10 @@ def _check_quantizable(model):
 
 
 def _decided_steps(model, exact_sites, producers):
-    """{Conv2D name: FusedThreshold} of the steps the export decides on a convolution's exact accumulator
-    (``exact_sites``), and the staircases on a grid of consecutive codes (the image's), that one layer can
-    compute (``fusion.decided_in_producer``): the copy computes each in one ``ExactStepConv2D`` or
-    ``ExactStaircaseConv2D``, which decides as the export does."""
-    return {site.producer: site for site in exact_sites.values()
-            if not (isinstance(model.get_layer(site.threshold), ftprop_layers.Staircase) and site.input_step != 1)
-            and decided_in_producer(model, site, producers)}
+    """{Conv2D name: FusedThreshold} of the steps and staircases the export decides on a convolution's exact
+    accumulator (``exact_sites``) that one layer can compute (``fusion.decided_in_producer``): the copy
+    computes each in one ``ExactStepConv2D`` or ``ExactStaircaseConv2D``, which decides as the export does."""
+    return {site.producer: site for site in exact_sites.values() if decided_in_producer(model, site, producers)}
 
 
 def _requantized_operands(model, producers):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_ftprop import layers as ftprop_layers
 from keras_ftprop.deploy.export_layers import export_threshold
-from keras_ftprop.deploy.fused_weights import step_decisions
+from keras_ftprop.deploy.fused_weights import staircase_decisions, step_decisions
 from keras_ftprop.deploy.grids import pinned_input_range, quantized_kernel
 from keras_ftprop.deploy.input_staircases import count_above, decided_levels, folded_codes, placed_affine, placement
 from keras_ftprop.deploy.logits import exact_codes, logit_weights
@@ -150,6 +150,13 @@ class _ConvAndBatchNorm(keras.layers.Conv2D):
             x = self.batch_norm(x, training=training)
         return kernel_q, x
 
+    def level_sum(self, inputs, kernel_q, unit):
+        """U = conv(round(inputs / unit), codes of w_q): the integer accumulator over codes ``unit`` apart
+        (integers below 2^24, exact in float32 in any order)."""
+        axes = list(range(len(self.kernel.shape) - 1))
+        codes = tf.round(kernel_q / (tf.maximum(tf.reduce_max(tf.abs(kernel_q), axis=axes), 1e-30) / 127.0))
+        return self.convolution_op(tf.round(inputs / unit), codes)
+
     def get_config(self):
         batch_norm = None if self.batch_norm is None else keras.saving.serialize_keras_object(self.batch_norm)
         return {**super().get_config(), "batch_norm": batch_norm}
@@ -177,10 +184,7 @@ class ExactStepConv2D(_ConvAndBatchNorm):
         kernel_q, x = self.pre_activation(inputs, training)
         if training:
             return x
-        unit = self.step["input_scale"] * self.step["input_step"]
-        axes = list(range(len(self.kernel.shape) - 1))
-        codes = tf.round(kernel_q / (tf.maximum(tf.reduce_max(tf.abs(kernel_q), axis=axes), 1e-30) / 127.0))
-        levels_sum = self.convolution_op(tf.round(inputs / unit), codes)  # integers below 2^24: exact
+        levels_sum = self.level_sum(inputs, kernel_q, self.step["input_scale"] * self.step["input_step"])
         decided = step_decisions(levels_sum, kernel_q, self.bias, self.batch_norm, **self.step)
         tiny = tf.constant(np.finfo(np.float32).tiny, x.dtype)  # > 0, and normal: no CPU flushes it to 0
         exact = tf.where(decided, tf.where(x > 0, x, tiny), tf.where(x > 0, tf.zeros_like(x), x))
@@ -192,40 +196,50 @@ class ExactStepConv2D(_ConvAndBatchNorm):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ExactStaircaseConv2D(_ConvAndBatchNorm):
-    """A Conv2D on the image and its ``batch_norm`` (or None) feeding a staircase that the int8 model decides
-    on the exact accumulator (``keras_ftprop.deploy.input_staircases``); ``staircase``: {"input_scale",
-    "input_bound"} of the image's grid and the staircase's "thresholds".
+    """A Conv2D and its ``batch_norm`` (or None) feeding a staircase that the int8 model decides on the exact
+    accumulator; ``staircase``: {"input_scale", "input_step", "input_bound"} of the codes it reads (m = 1: the
+    image's grid) and the staircase's "thresholds".
 
-        forward   x = a batch_norm(conv(x, w_q) + b) + c, whose float staircase has the boundaries the export
-                  places (``placed_affine``; a = 1, c = 0 where it keeps the float thresholds), so the copy
-                  trains on its int8 model's staircase; in inference x is set, where its staircase is not the
-                  export's level L (``decided_levels``, from the integer accumulator), to a value of level L
-                  (the midpoint between its thresholds), so the staircase after it decides as the int8 model on
-                  any CPU
+        forward   x = batch_norm(conv(x, w_q) + b); on the image a x + c, whose float staircase has the
+                  boundaries the export places (``input_staircases.placed_affine``; a = 1, c = 0 where it keeps
+                  the float thresholds), so the copy trains on its int8 model's staircase. In inference x is
+                  set, where its staircase is not the export's level L, to a value of level L (the midpoint
+                  between its thresholds), so the staircase after it decides as the int8 model on any CPU. L
+                  comes from the integer accumulator: ``input_staircases.decided_levels`` on the image,
+                  ``fused_weights.staircase_decisions`` after a threshold's codes (m > 1)
         gradient  that of x (a, c constants)
     """
 
     def __init__(self, *args, staircase=None, **kwargs):
         super().__init__(*args, **kwargs)
         if staircase is None:
-            raise ValueError("ExactStaircaseConv2D needs the image's grid and the staircase's thresholds")
+            raise ValueError("ExactStaircaseConv2D needs the grid of its input codes and the staircase's thresholds")
         self.staircase = {"input_scale": float(staircase["input_scale"]),
+                          "input_step": int(staircase.get("input_step", 1)),
                           "input_bound": int(staircase["input_bound"]),
                           "thresholds": [float(t) for t in staircase["thresholds"]]}
 
     def call(self, inputs, training=None):
         kernel_q, x = self.pre_activation(inputs, training)
-        placed = placement(kernel_q, self.bias, self.batch_norm, **self.staircase)  # once for both below
-        scale, shift = placed_affine(kernel_q, self.bias, self.batch_norm, **self.staircase, placed=placed)
-        x = x * tf.stop_gradient(tf.cast(scale, x.dtype)) + tf.stop_gradient(tf.cast(shift, x.dtype))
-        if training:
-            return x
-        codes = folded_codes(kernel_q, self.batch_norm)
-        # integers below 2^24: exact in float32 in any order
-        acc = self.convolution_op(tf.round(inputs / self.staircase["input_scale"]), tf.cast(codes, inputs.dtype))
-        level = decided_levels(tf.cast(acc, tf.float64), kernel_q, self.bias, self.batch_norm, **self.staircase,
-                               placed=placed)
-        thresholds = np.array(self.staircase["thresholds"])
+        scale, step, bound, thresholds = (self.staircase[key] for key in
+                                          ("input_scale", "input_step", "input_bound", "thresholds"))
+        if step == 1:  # the image: the boundaries the export places
+            placed = placement(kernel_q, self.bias, self.batch_norm, scale, bound, thresholds)  # once for both
+            a, c = placed_affine(kernel_q, self.bias, self.batch_norm, scale, bound, thresholds, placed=placed)
+            x = x * tf.stop_gradient(tf.cast(a, x.dtype)) + tf.stop_gradient(tf.cast(c, x.dtype))
+            if training:
+                return x
+            # integers below 2^24: exact in float32 in any order
+            acc = self.convolution_op(tf.round(inputs / scale), tf.cast(folded_codes(kernel_q, self.batch_norm),
+                                                                        inputs.dtype))
+            level = decided_levels(tf.cast(acc, tf.float64), kernel_q, self.bias, self.batch_norm, scale, bound,
+                                   thresholds, placed=placed)
+        else:  # after a threshold's codes: the export's gates between accumulator values
+            if training:
+                return x
+            level = staircase_decisions(self.level_sum(inputs, kernel_q, scale * step), kernel_q, self.bias,
+                                        self.batch_norm, scale, step, thresholds)
+        thresholds = np.array(thresholds)
         gap = np.diff(thresholds).min() if len(thresholds) > 1 else 1.0
         edges = np.concatenate([[thresholds[0] - gap], thresholds, [thresholds[-1] + gap]])
         middles = tf.constant((edges[:-1] + edges[1:]) / 2, x.dtype)  # a value of each level 0..n

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_ftprop import deploy, quantization
 from keras_ftprop.deploy.grids import pinned_input_range
+from keras_ftprop.deploy.quantized_layers import ExactStaircaseConv2D
 from keras_ftprop.deploy.thresholds import levels_of, thresholds_of
 from keras_ftprop.layers import HardThreshold, Staircase
 from tests.keras_ftprop.test_deploy import decoded_outputs
@@ -250,6 +251,51 @@ def test_fused_staircase_is_exact_at_every_accumulator_value_and_at_ties(steps):
         assert len(np.unique(level[:, cases == name])) > 1, name
     assert set(np.unique(level[:, cases == "beyond"])) == {0.0, 1.0}
     np.testing.assert_allclose(got["act1"][:, -2:], 1 / steps, rtol=0, atol=1e-6)  # dead channels
+
+
+def near_tie_staircase_network(steps, units=64, inputs=6, seed=3):
+    """x -> step -> fc -> BN -> staircase, batch norms whose scales are not powers of two, and biases that put
+    each unit's pre-activation on a threshold at one input pattern, up to the float32 rounding of the bias:
+    float32 and float64 decide many such units differently."""
+    rng = np.random.default_rng(seed)
+    x = keras.Input((1, 1, inputs), name="x")
+    fc = keras.layers.Conv2D(units, 1, name="fc")
+    bn = keras.layers.BatchNormalization(name="fc_bn")
+    h1 = Staircase(steps, name="act1")(bn(fc(HardThreshold(name="act0")(x))))
+    model = keras.Model(x, keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flatten")(h1)))
+    patterns = np.array(list(itertools.product([-1.0, 1.0], repeat=inputs)))
+    codes = rng.integers(-127, 128, size=(inputs, units))
+    codes[0] = 127  # the kernel is on its int8 grid: codes * 2**-5
+    gamma, beta, mean, variance = (rng.uniform(*bounds, units).astype(np.float32) for bounds in
+                                   ((0.5, 2.0), (-0.2, 0.2), (-0.2, 0.2), (0.5, 2.0)))
+    f = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + bn.epsilon)
+    at = (patterns @ codes)[rng.integers(0, len(patterns), units), np.arange(units)] * 2.0**-5
+    on = np.array(thresholds_of(Staircase(steps)))[rng.integers(0, steps, units)]
+    bias = (on - beta) / f + mean - at  # f (at + bias - mean) + beta = on
+    fc.set_weights([(codes * 2.0**-5).reshape(1, 1, inputs, units).astype(np.float32), bias.astype(np.float32)])
+    bn.set_weights([gamma, beta, mean, variance])
+    return model, patterns.reshape(-1, 1, 1, inputs).astype(np.float32)
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_quantization_aware_copy_decides_a_fused_staircase_as_its_int8_model_near_ties(steps):
+    """The copy's fc and batch norm are one ``ExactStaircaseConv2D``, whose level comes from the integer
+    accumulator and the export's own gates (``fused_weights.staircase_decisions``): the int8 model's level at
+    every unit, where the float32 pre-activation puts units at a threshold on the other side."""
+    model, patterns = near_tie_staircase_network(steps)
+    flatbuffer = deploy.to_tflite(model, patterns, quantize="int8")
+    assert flatbuffer.report.fused["act1"] == "fc"
+    got, _ = decoded_outputs(flatbuffer, ["act1"], patterns)
+    got = got["act1"].reshape(len(patterns), -1)
+    qat = deploy.quantization_aware(model, patterns)
+    fc = qat.get_layer("fc")
+    assert isinstance(fc, ExactStaircaseConv2D) and fc.batch_norm.name == "fc_bn"
+    assert fc.staircase["input_step"] == 127 and isinstance(qat.get_layer("fc_bn"), keras.layers.Identity)
+    copy = keras.Model(qat.inputs, qat.get_layer("act1").output)(patterns).numpy().reshape(len(patterns), -1)
+    np.testing.assert_allclose(copy, got, rtol=0, atol=1e-6)
+    floating = keras.Model(model.inputs, model.get_layer("act1").output)(patterns).numpy().reshape(got.shape)
+    assert np.sum(np.abs(floating - got) > 1e-6) >= 3  # float32 decides some units otherwise
+    assert len(np.unique(got)) == steps + 1
 
 
 def test_staircase_after_a_staircase_is_fused_and_computes_it_from_the_int8_input():

@@ -142,6 +142,12 @@ def test_the_copy_round_trips_through_keras_files(tmp_path, with_norm):
     assert (loaded.get_layer("conv").batch_norm is None) == (not with_norm)
 
 
+def test_a_copy_saved_before_the_input_step_was_recorded_reads_the_image():
+    config = _staircase_copy(with_norm=False).get_layer("conv").get_config()
+    del config["staircase"]["input_step"]
+    assert ExactStaircaseConv2D.from_config(config).staircase["input_step"] == 1
+
+
 def test_the_copy_writes_the_placed_levels_with_the_float_gradient():
     """In inference the staircase after the layer gives ``decided_levels`` of the integer accumulator at every
     unit; the gradient is that of the float pre-activation times ``placed_affine``'s a (the kernel's straight

@@ -202,7 +202,9 @@ def test_saved_and_loaded_copy_predicts_the_same(tmp_path):
     types = {layer.name: type(layer).__name__ for layer in qat.layers}
     # conv1 and its batch norm feed a step decided on the accumulator: one ExactStepConv2D, the norm an identity
     assert types["conv1"] == "ExactStepConv2D" and types["conv1_bn"] == "Identity"
-    assert types["conv2"] == "QuantizedConv2D" and types["fc"] == "QuantizedDense"
+    # conv2 and its batch norm feed a staircase fused after act1's codes: one ExactStaircaseConv2D
+    assert types["conv2"] == "ExactStaircaseConv2D" and types["conv2_bn"] == "Identity"
+    assert types["fc"] == "QuantizedDense"
     assert types["act1"] == types["act2"] == "QuantizedThreshold"
     assert types["input_quant"] == types["output_quant"] == "FakeQuant"
     qat.save(tmp_path / "qat.keras")

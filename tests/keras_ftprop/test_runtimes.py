@@ -272,8 +272,8 @@ def test_xnnpack_reference_kernels_and_tflite_micro_give_the_same_codes_for_ever
 
 
 def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_runtimes(digits_network):
-    """The copy sums integer codes where the export decides on the accumulator, so each of its threshold
-    units is its int8 model's (on the copy's own input codes), away from float32 ties at the last op."""
+    """The copy decides every step and staircase from its integer accumulator as the export does, so each of its
+    threshold units is its int8 model's (on the copy's own input codes)."""
     model, images, _ = digits_network
     images = images[:300]
     qat = deploy.quantization_aware(model, images)
@@ -281,14 +281,16 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
     assert qat.get_layer("conv1").step == {"input_scale": pytest.approx(1 / 255), "input_step": 1}
     assert qat.get_layer("conv2").step == {"input_scale": pytest.approx(1 / 127), "input_step": 127}
     assert qat.get_layer("conv2").batch_norm.name == "bn2" and qat.get_layer("conv1").batch_norm is None
+    # the staircases after codes: their levels from the integer accumulator and the export's gates
+    assert qat.get_layer("conv3").staircase["input_step"] == 127 and qat.get_layer("conv3").batch_norm.name == "bn3"
+    assert qat.get_layer("conv4").staircase["input_step"] == 85 and qat.get_layer("conv4").batch_norm is None
     assert qat.get_layer("logits").input_unit is None  # exact through its own grids instead:
     assert qat.get_layer("logits").logits["input_step"] == 51  # act4's codes, 5 steps apart
     flatbuffer = deploy.to_tflite(qat, images, io_dtype="int8")
     names = ["act1", "act2", "act3", "act4"]
-    probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in names]
-                        + [qat.get_layer(n).input for n in names] + [qat.get_layer("input_quant").output])
+    probe = keras.Model(qat.inputs, [qat.get_layer(n).output for n in names] + [qat.get_layer("input_quant").output])
     outputs = [np.asarray(t) for t in probe(images)]
-    want, pre, rounded = outputs[:4], outputs[4:8], outputs[8]
+    want, rounded = outputs[:4], outputs[4]
     for resolver in (None, OpResolverType.BUILTIN_REF):
         interpreter = _interpreter(flatbuffer, resolver)
         (inp,) = interpreter.get_input_details()
@@ -307,15 +309,8 @@ def test_quantization_aware_copy_decides_every_unit_as_its_int8_model_on_both_ru
                 got[name].append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - z) * s)
             outputs.append(interpreter.get_tensor(out["index"])[0].astype(np.float64))
         assert_copy_logits_are_the_codes(qat, images, np.stack(outputs), out, flatbuffer.report)
-        for name, expected, x in zip(names, want, pre):
-            if name in ("act1", "act2"):  # steps: decided by the copy as by the export, at every unit
-                np.testing.assert_allclose(np.stack(got[name]), expected, rtol=0, atol=1e-6, err_msg=name)
-                continue
-            # staircases: the copy compares its float32 pre-activation, so away from float32's reach of a threshold
-            thresholds = np.array(thresholds_of(qat.get_layer(name).threshold))
-            clear = np.abs(x[..., None] - thresholds).min(-1) > 1e-5
-            assert clear.mean() > 0.99
-            np.testing.assert_allclose(np.stack(got[name])[clear], expected[clear], rtol=0, atol=1e-6, err_msg=name)
+        for name, expected in zip(names, want):  # decided by the copy as by the export, at every unit
+            np.testing.assert_allclose(np.stack(got[name]), expected, rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_a_fused_staircase_requantization_decides_alike_in_every_arithmetic_for_any_gates():
