@@ -108,7 +108,7 @@ def quantization_aware(model, representative_data, calibration_samples=500, exac
     exact_grids, sum_max_abs = exact_sums(model, producers, consumers, dict(zip(operands, operand_ranges)))
     operand_grids.update(exact_grids)
     folded = {site.producer: site for site in operand_sites(model, producers, consumers, exact_grids)}
-    decided = _decided_steps(model, exact_sites, producers)
+    decided = _decided_in_producers(model, exact_sites, producers)
     absorbed = {site.batch_norm: site.producer for site in (*folded.values(), *decided.values())
                 if site.batch_norm is not None}  # batch norms computed by their producer's layer
     pinned_max.update(sum_max_abs)
@@ -207,7 +207,7 @@ def _check_quantizable(model):
         raise ValueError("quantization_aware needs a model with one input and one output")
 
 
-def _decided_steps(model, exact_sites, producers):
+def _decided_in_producers(model, exact_sites, producers):
     """{Conv2D name: FusedThreshold} of the steps and staircases the export decides on a convolution's exact
     accumulator (``exact_sites``) that one layer can compute (``fusion.decided_in_producer``): the copy
     computes each in one ``ExactStepConv2D`` or ``ExactStaircaseConv2D``, which decides as the export does."""
