@@ -34,6 +34,9 @@ checkpoint. With ``--record_dir``, each finished run's small outputs
 and the report is written there: commit that directory and a study continues
 on another machine where it stopped (recorded runs are not redone), and
 ``--report_only --output_dir=<record_dir>`` regenerates the report from it.
+The report refuses runs that differ in a setting one study holds fixed (the
+network's stem, the data, the schedule: ``STUDY_SETTINGS``): record another
+study in its own directory.
 Example (Debian's dataset-fashion-mnist package provides the files):
 
     python benchmarks/reproduce.py --model convnet4 \\
@@ -74,6 +77,12 @@ PUBLISHED = {
     "resnet18": ("ImageNet", {"step-sste": "49.1", "step-ftp_sh": "47.8", "staircase-sste": "60.6",
                               "staircase-ftp_sh": "64.3", "relu": "69.1", "saturated_relu": "66.9"}),
 }
+# settings.json entries that every run of one study shares: its configurations differ only in units, target
+# loss, seed and the recipe's weight decays for those units. A run whose settings lack one (an older train.py)
+# is not compared on it.
+STUDY_SETTINGS = ("model", "dataset", "image_shape", "stem", "recipe", "steps_per_epoch", "train_examples",
+                  "eval_examples", "eval_steps", "mixed_precision")
+STUDY_RESOLVED = ("optimizer", "learning_rate", "momentum", "batch_size", "epochs", "lr_decay", "lr_decay_epochs")
 # TargetDiagnostics columns (``<layer>/<statistic>``) summarised per layer group at the last epoch.
 DIAGNOSTICS = ("target_active", "target_satisfied", "target_none", "flipped")
 
@@ -195,9 +204,38 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def study_settings(run_dir):
+    """{setting: value} of a run's settings.json that its study holds fixed (``resolved.<name>`` for the
+    resolved recipe); {} without a settings.json."""
+    path = os.path.join(run_dir, "settings.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        settings = json.load(f)
+    resolved = settings.get("resolved", {})
+    return {**{key: settings[key] for key in STUDY_SETTINGS if key in settings},
+            **{f"resolved.{key}": resolved[key] for key in STUDY_RESOLVED if key in resolved}}
+
+
+def check_one_study(runs_dir, names):
+    """Exits with the runs and settings that differ if the runs ``names`` of ``runs_dir`` are not one study.
+
+    A report that averaged or paired runs of another stem, schedule or data set would be silently wrong."""
+    seen = {}  # setting -> (value, first run with it)
+    for name in names:
+        for key, value in study_settings(os.path.join(runs_dir, name)).items():
+            first = seen.setdefault(key, (value, name))
+            if first[0] != value:
+                sys.exit(f"{runs_dir}: runs of different studies: {key} is {json.dumps(first[0])} in {first[1]} "
+                         f"but {json.dumps(value)} in {name}; report them from separate directories")
+
+
 def aggregate(args, runs_dir):
-    """Per configuration: the runs' curves and mean/std of their best and final numbers."""
+    """Per configuration: the runs' curves and mean/std of their best and final numbers.
+
+    Exits if the runs differ in a setting their study holds fixed (``check_one_study``)."""
     results = {}
+    aggregated = []
     for config in args.configs:
         runs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -207,6 +245,7 @@ def aggregate(args, runs_dir):
             top1 = [row["val_top1"] for row in rows]
             top5 = [row.get("val_top5") for row in rows]
             loss = [row.get("loss") for row in rows]
+            aggregated.append(run_name(config, seed))
             span = min(CONVERGENCE_EPOCHS, len(top1) - 1)
             runs.append({"seed": seed, "top1": top1, "top5": top5, "loss": loss,
                          "best_top1": max(top1), "best_epoch": top1.index(max(top1)) + 1,
@@ -219,6 +258,7 @@ def aggregate(args, runs_dir):
                for key in ("best_top1", "final_top1", "final_top5", "final_loss", "top1_change")},
             "diagnostics": _mean_diagnostics([r["diagnostics"] for r in runs]),
         }
+    check_one_study(runs_dir, aggregated)
     return results
 
 

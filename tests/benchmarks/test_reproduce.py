@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -15,8 +16,9 @@ reproduce = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reproduce)
 
 
-def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True, extra=None):
-    """A finished run's records; ``extra`` maps further metrics.csv columns to their values per epoch."""
+def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True, extra=None, settings=None):
+    """A finished run's records; ``extra`` maps further metrics.csv columns to their values per epoch,
+    ``settings`` is its settings.json."""
     extra = extra or {}
     run_dir = os.path.join(runs_dir, f"{config}-seed{seed}")
     os.makedirs(run_dir)
@@ -30,8 +32,61 @@ def _write_run(runs_dir, config, seed, top1, top5, loss=None, export=True, extra
         for epoch, row in enumerate(zip(loss, top1, top5, *extra.values())):
             writer.writerow([epoch, *row])
     with open(os.path.join(run_dir, "settings.json"), "w") as f:
-        json.dump({"num_classes": 10}, f)
+        json.dump(settings or {"num_classes": 10}, f)
     return run_dir
+
+
+def _settings(activation, weight_decay, **changed):
+    """settings.json of a resnet18 run as train.py writes it, with ``changed`` entries replaced."""
+    resolved = {"optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "batch_size": 256, "epochs": 2,
+                "lr_decay": 0.1, "lr_decay_epochs": [6, 11], "weight_decay": weight_decay,
+                "batch_norm_weight_decay": weight_decay}
+    settings = {"model": "resnet18", "dataset": "idx:fashion-mnist", "image_shape": [32, 32, 3],
+                "stem": "imagenet", "recipe": "paper", "steps_per_epoch": 234, "activation": activation,
+                "target_loss": "soft_hinge", "num_classes": 10, "resolved": resolved}
+    for key, value in changed.items():
+        if key.startswith("resolved."):
+            resolved[key.split(".", 1)[1]] = value
+        else:
+            settings[key] = value
+    return settings
+
+
+def test_report_pairs_configurations_that_differ_only_in_units_loss_and_weight_decay(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")
+    _write_run(runs, "step-ftp_sh", 1, [0.5, 0.8], [0.9, 0.9], settings=_settings("step", 5e-7))
+    _write_run(runs, "relu", 1, [0.6, 0.9], [0.9, 0.9], settings=_settings("relu", 1e-4, target_loss=None))
+    reproduce.main(["--report_only", "--seeds=1", "--configs=step-ftp_sh,relu", "--epochs=2",
+                    f"--output_dir={tmp_path}"])
+    gaps = json.load(open(os.path.join(tmp_path, "results.json")))["gap_to_relu"]
+    assert gaps["step-ftp_sh"] == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("changed, shown", [
+    ({"stem": "cifar"}, 'stem is "imagenet" in step-ftp_sh-seed1 but "cifar" in step-sste-seed1'),
+    ({"resolved.lr_decay_epochs": [30, 60]}, "resolved.lr_decay_epochs is [6, 11]"),
+    ({"image_shape": [64, 64, 3]}, "image_shape is [32, 32, 3]"),
+    ({"dataset": "cifar10"}, 'dataset is "idx:fashion-mnist"'),
+])
+def test_report_refuses_runs_of_different_studies(tmp_path, changed, shown):
+    runs = os.path.join(tmp_path, "runs")
+    _write_run(runs, "step-ftp_sh", 1, [0.5, 0.8], [0.9, 0.9], settings=_settings("step", 5e-7))
+    _write_run(runs, "step-sste", 1, [0.5, 0.7], [0.9, 0.9], settings=_settings("step", 5e-7, **changed))
+    with pytest.raises(SystemExit, match=re.escape(shown)):
+        reproduce.main(["--report_only", "--seeds=1", "--configs=step-ftp_sh,step-sste", "--epochs=2",
+                        f"--output_dir={tmp_path}"])
+    assert not os.path.exists(os.path.join(tmp_path, "results.md"))
+
+
+def test_report_compares_only_the_settings_a_run_records(tmp_path, capsys):
+    runs = os.path.join(tmp_path, "runs")  # a run of a train.py that did not save its stem yet
+    older = _settings("step", 5e-7)
+    del older["stem"]
+    _write_run(runs, "step-ftp_sh", 1, [0.5, 0.8], [0.9, 0.9], settings=older)
+    _write_run(runs, "step-sste", 1, [0.5, 0.7], [0.9, 0.9], settings=_settings("step", 5e-7))
+    reproduce.main(["--report_only", "--seeds=1", "--configs=step-ftp_sh,step-sste", "--epochs=2",
+                    f"--output_dir={tmp_path}"])
+    assert os.path.exists(os.path.join(tmp_path, "results.md"))
 
 
 def test_report_aggregates_seeds(tmp_path, capsys):
