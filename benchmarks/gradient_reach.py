@@ -5,15 +5,15 @@ one training batch (batch norm in training mode, as in a training step), with
 ``W_s`` the kernels of the 3x3 convolutions of stage ``s`` (those that read a
 threshold; ``stem``: the first convolution, which reads the image):
 
-    reach_s = ||dL/dW_s|| / ||dL/dW_4||      (Frobenius norms, stage 4 = the last)
+    reach_s = ||dL/dW_s|| / ||dL/dW_4||      (L: the batch's cross-entropy; Frobenius norms)
 
 median over ``--seeds`` initialisations; with run directories (``train.py --model_dir``), of
 each run's ``final.keras`` instead, on a batch of its own data set. SSTE passes the gradient only inside its
 window (staircase: 0 <= x' <= 1, about a third of the units at initialisation), FTP-SH's
 soft hinge everywhere, attenuated by 1 - tanh(u)^2. In ResNet-18 the way from the loss
 to stage 1 crosses a threshold after every residual sum, shortcut included; in Bi-Real
-every threshold has an identity path around it. The table compares, per stage, the
-reach of each loss with FTP-SH's in the same network (``vs FTP-SH``). Usage:
+every threshold has an identity path around it. The table's last column divides each
+configuration's stage-1 reach by FTP-SH's in the same network (for runs, of the same seed). Usage:
 
     python benchmarks/gradient_reach.py [--dataset digits] [--seeds 3] [--models resnet18,bireal_resnet18]
     python benchmarks/gradient_reach.py RUN_DIR [RUN_DIR ...]
