@@ -142,7 +142,9 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
     expected = _weight_gradients(model, x, y)
     assert len(expected) == len(out.files) - 1
     for i, grad in enumerate(expected):
-        np.testing.assert_allclose(out[f"arr_{i}"], grad, rtol=1e-6, atol=1e-7)
+        # The child process may sum a kernel gradient in another order (seen: 6e-6 on an element
+        # of -0.24 beside others of 7); a lost loss or setting changes gradients by far more.
+        np.testing.assert_allclose(out[f"arr_{i}"], grad, rtol=1e-5, atol=1e-5 * np.abs(grad).max())
 
 
 def test_export_serves_without_the_library(tmp_path):
