@@ -63,13 +63,18 @@ def stage_gradient_norms(model, images, labels):
     return {stage: float(np.sqrt(total)) for stage, total in squares.items()}
 
 
+def stage_reach(model, images, labels):
+    """{stage: reach_s}: the stage norms relative to the last stage's."""
+    norms = stage_gradient_norms(model, images, labels)
+    return {stage: norms[stage] / norms["stage4"] for stage in STAGES}
+
+
 def reach(model_name, config, images, labels, seed, classes):
     activation, _, loss = config.partition("-")
     keras.utils.set_random_seed(seed)
     model = get_model(model_name, activation=activation, target_loss=loss or "soft_hinge",
                       input_shape=images.shape[1:], classes=classes, stem="imagenet")
-    norms = stage_gradient_norms(model, images, labels)
-    return {stage: norms[stage] / norms["stage4"] for stage in STAGES}
+    return stage_reach(model, images, labels)
 
 
 def trained_reach(run_dir, batch_size, image_size):
@@ -80,9 +85,8 @@ def trained_reach(run_dir, batch_size, image_size):
     train, _, _ = data.load(settings["dataset"], batch_size=batch_size,
                             image_size=image_size or settings["image_shape"][0], seed=1)
     images, labels = next(iter(train))
-    norms = stage_gradient_norms(model, images, labels)
     name = os.path.basename(os.path.normpath(run_dir))
-    return settings["model"], name, {stage: norms[stage] / norms["stage4"] for stage in STAGES}
+    return settings["model"], name, stage_reach(model, images, labels)
 
 
 def ftp_sh_twin(config):
